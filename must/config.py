@@ -1,0 +1,375 @@
+"""Typed recipes: OmegaConf structured configs, loaded from YAML with dotted ``key=value`` overrides.
+
+Every user mistake (unknown key, wrong type, missing value, bad stage wiring) becomes a
+:class:`~must.errors.ConfigError` naming the file and the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import json
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from must.data.config import DataConfig
+from must.errors import ConfigError
+from must.models.config import ModelConfig
+
+#: The four MusT stage kinds -> the class that implements each (imported only when used).
+STAGE_KINDS: dict[str, str] = {
+    "encoder_adapt": "must.stages.encoder_adapt:EncoderAdaptation",
+    "lm_adapt": "must.stages.lm_adapt:LMAdaptation",
+    "sft": "must.stages.sft:SFTStage",
+    "grpo": "must.stages.grpo:GRPOStage",
+}
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go."""
+
+    kind: str = "csv"
+    """``wandb``, ``csv`` or ``none``."""
+    project: str = "must"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); None uses your default."""
+    mode: str = "auto"
+    """W&B mode: ``auto`` (online only if W&B is configured on this machine), ``online`` or ``offline``."""
+    tags: List[str] = field(default_factory=list)
+    """W&B tags added to every stage's run."""
+
+
+@dataclass
+class TrainerConfig:
+    """A stage's ``lightning.Trainer`` settings (the names are Lightning's, except checkpointing)."""
+
+    accelerator: str = "auto"
+    """``cpu``, ``gpu``, ``auto`` …"""
+    devices: Any = "auto"
+    """Number of devices, a list of device ids, or ``auto``."""
+    num_nodes: int = 1
+    """Number of machines."""
+    strategy: str = "auto"
+    """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2`` … (Lightning strategy names)."""
+    precision: str = "32-true"
+    """``32-true``, ``bf16-mixed``, ``16-mixed``, ``bf16-true`` …"""
+    max_steps: int = 100
+    """Optimizer steps to train for."""
+    val_check_interval: Optional[int] = None
+    """Validate every N training steps; None validates at the end of each epoch only."""
+    limit_val_batches: Optional[int] = None
+    """Cap on validation batches per validation run; None uses them all."""
+    log_every_n_steps: int = 10
+    """Log training metrics every N steps."""
+    accumulate_grad_batches: int = 1
+    """Batches whose gradients are summed before each optimizer step."""
+    gradient_clip_val: Optional[float] = None
+    """Clip the gradient norm to this value; None disables clipping."""
+    checkpoint_every_n_steps: int = 50
+    """Write ``checkpoints/last.ckpt`` every N optimizer steps (for ``--resume``)."""
+    enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    deterministic: bool = False
+    """Ask PyTorch for deterministic algorithms (slower; for exact reproducibility)."""
+
+
+@dataclass
+class StageConfig:
+    """One stage of the recipe."""
+
+    name: str = MISSING
+    """Unique stage name; its outputs go to ``OUTPUT_DIR/<name>/``."""
+    kind: str = MISSING
+    """``encoder_adapt``, ``lm_adapt``, ``sft``, ``grpo``, or ``package.module:Class`` (your LightningModule)."""
+    init_from: Optional[str] = None
+    """An earlier stage's name, or a model folder; None builds the model from the ``model`` block."""
+    options: Dict[str, Any] = field(default_factory=dict)
+    """The stage kind's own options (see its ``Options`` dataclass)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning Trainer settings for this stage."""
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe: model, data, logger and an ordered list of stages."""
+
+    name: str = MISSING
+    """Recipe name; names the output folder and groups the W&B runs."""
+    seed: int = 0
+    """Base seed; each stage derives its own from it and its name."""
+    output_dir: str = "runs/${name}"
+    """Where every stage writes its folder."""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """Metrics logging."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The audio-language model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training and evaluation data."""
+    stages: List[StageConfig] = field(default_factory=list)
+    """The stages, run in this order."""
+
+
+@dataclass
+class StageContext:
+    """Everything a stage class needs to build itself (see :func:`must.runner.run_recipe`)."""
+
+    recipe: RecipeConfig
+    """The whole validated recipe."""
+    stage: StageConfig
+    """This stage's block."""
+    options: Any
+    """The stage class's ``Options`` instance (or the raw dict when the class has none)."""
+    init_dir: Optional[Path]
+    """Model folder to start from, or None to build from ``recipe.model``."""
+    stage_dir: Path
+    """``OUTPUT_DIR/<stage>/``."""
+    seed: int
+    """This stage's seed (already applied)."""
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Load, override, validate and resolve a recipe YAML into a :class:`RecipeConfig`.
+
+    ``overrides`` are dotted ``key=value`` strings (``seed=3``, ``stages.sft.trainer.max_steps=5``;
+    a stage may be named by its index or its name). Raises :class:`ConfigError` naming file and key.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    for item in overrides:
+        _apply_override(raw, item, path)
+    cfg = _merge_schema(raw, path)
+    _check_missing(cfg, path)
+    try:
+        recipe: RecipeConfig = OmegaConf.to_object(cfg)  # resolves ${name} interpolations
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    _check_stages(recipe, path)
+    return recipe
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys (name, model, data, stages …)")
+    return OmegaConf.create(data)
+
+
+def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. stages.sft.trainer.max_steps=5")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    # A stage may be addressed by its name: stages.sft.x -> stages.<index of sft>.x
+    if len(parts) > 1 and parts[0] == "stages" and not parts[1].isdigit():
+        names = [s.get("name") for s in raw.get("stages", [])]
+        if parts[1] not in names:
+            raise ConfigError(f"override '{item}': no stage named '{parts[1]}' in {path} (stages: {names})")
+        parts[1] = str(names.index(parts[1]))
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    try:
+        OmegaConf.update(raw, ".".join(parts), parsed, merge=True, force_add=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"override '{item}': {exc}") from None
+
+
+def _merge_schema(raw: DictConfig, path: Path) -> DictConfig:
+    schema = OmegaConf.structured(RecipeConfig)
+    # Stages are a list of structured nodes: merge them one by one so each gets the StageConfig schema.
+    stages = raw.pop("stages", None) if "stages" in raw else None
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    if stages is None:
+        return cfg
+    if not isinstance(stages, ListConfig):
+        raise ConfigError(f"{path}: key 'stages' must be a list of stage blocks")
+    merged = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, DictConfig):
+            raise ConfigError(f"{path}: key 'stages[{i}]' must be a mapping (name, kind, …)")
+        try:
+            merged.append(OmegaConf.merge(OmegaConf.structured(StageConfig), stage))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe(exc, path, prefix=f"stages[{i}].")) from None
+    cfg.stages = merged
+    return cfg
+
+
+def _check_missing(cfg: DictConfig, path: Path) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{path}: missing required value for key(s): {', '.join(missing)}")
+
+
+def _check_stages(recipe: RecipeConfig, path: Path) -> None:
+    if not recipe.stages:
+        raise ConfigError(f"{path}: key 'stages' is empty: a recipe needs at least one stage")
+    seen: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        key = f"stages[{i}]"
+        if stage.name in seen:
+            raise ConfigError(f"{path}: key '{key}.name': duplicate stage name '{stage.name}'")
+        if stage.init_from is not None and stage.init_from not in seen:
+            if stage.init_from in [s.name for s in recipe.stages]:
+                raise ConfigError(
+                    f"{path}: key '{key}.init_from': stage '{stage.init_from}' runs after "
+                    f"'{stage.name}'; init_from must name an earlier stage"
+                )
+            if not Path(stage.init_from).is_dir():
+                raise ConfigError(
+                    f"{path}: key '{key}.init_from': '{stage.init_from}' names no earlier stage "
+                    f"(earlier: {seen or 'none'}) and no existing model folder"
+                )
+        cls = stage_class(stage.kind, f"{path}: key '{key}.kind'")
+        stage_options(cls, stage.options, f"{path}: key '{key}.options")
+        seen.append(stage.name)
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+def stage_class(kind: str, where: str = "stage kind") -> type:
+    """The LightningModule class for a stage ``kind`` (one of :data:`STAGE_KINDS` or ``pkg.mod:Class``)."""
+    target = STAGE_KINDS.get(kind, kind)
+    if ":" not in target:
+        close = difflib.get_close_matches(kind, list(STAGE_KINDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{where}: unknown stage kind '{kind}' (one of {', '.join(STAGE_KINDS)}, "
+            f"or a dotted path package.module:Class){hint}"
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import '{module_name}' for stage kind '{kind}': {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"{where}: module '{module_name}' has no class '{class_name}'")
+    if not hasattr(cls, "from_context") or not hasattr(cls, "save_model"):
+        raise ConfigError(f"{where}: '{target}' must define from_context(ctx) and save_model(path)")
+    return cls
+
+
+def stage_options(cls: type, options: dict, where: str) -> Any:
+    """Validate a stage's ``options`` dict against ``cls.Options`` (a dataclass); returns the instance."""
+    schema = getattr(cls, "Options", None)
+    if schema is None or not is_dataclass(schema):
+        return dict(options)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(options)))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]}': missing required value")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
+        hint = _suggest(str(key).split(".")[-1], [f.name for f in fields(schema)]) if _is_unknown(exc) else ""
+        raise ConfigError(f"{where}.{key}': {_reason(exc)}{hint}") from None
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def _is_unknown(exc: OmegaConfBaseException) -> bool:
+    return "not in struct" in str(exc) or "ConfigKeyError" in type(exc).__name__
+
+
+def _reason(exc: OmegaConfBaseException) -> str:
+    if _is_unknown(exc):
+        return "unknown key"
+    first = str(exc).splitlines()[0]
+    return re.sub(r"\s+", " ", first)
+
+
+def _describe(exc: OmegaConfBaseException, path: Path, prefix: str = "") -> str:
+    key = prefix + str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "")
+    msg = f"{path}: key '{key}': {_reason(exc)}"
+    if _is_unknown(exc):
+        msg += _suggest(key.split(".")[-1], _valid_keys(key))
+    line = _find_line(path, key.split(".")[-1])
+    return msg + (f" (line {line})" if line else "")
+
+
+def _valid_keys(full_key: str) -> list[str]:
+    """Valid keys at the level of ``full_key`` (e.g. 'stages[1].trainer.max_stpes' -> TrainerConfig fields)."""
+    node: Any = RecipeConfig
+    for part in re.sub(r"\[\d+\]", "", full_key).split(".")[:-1]:
+        hit = next((f for f in fields(node) if f.name == part), None) if is_dataclass(node) else None
+        if hit is None:
+            return []
+        node = StageConfig if part == "stages" else _field_type(node, hit)
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _field_type(owner: type, f: Any) -> Any:
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    return type(default) if is_dataclass(default) else None
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+
+
+def _find_line(path: Path, key: str) -> int | None:
+    if not key or not path.is_file():
+        return None
+    pattern = re.compile(rf"^\s*(-\s*)?{re.escape(key)}\s*:")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def to_dict(obj: Any) -> Any:
+    """A recipe (or any part of it) as plain JSON-able dicts and lists."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+# Fields that change nothing a stage computes; left out of its hash so tweaking them never forces a rerun.
+_COSMETIC_TRAINER_KEYS = ("log_every_n_steps", "enable_progress_bar", "checkpoint_every_n_steps")
+
+
+def stage_hash(recipe: RecipeConfig, stage: StageConfig, upstream_hash: str | None) -> str:
+    """A short hash of everything that determines a stage's result (its config, model, data, seed, upstream)."""
+    stage_dict = to_dict(stage)
+    for key in _COSMETIC_TRAINER_KEYS:
+        stage_dict["trainer"].pop(key, None)
+    payload = {
+        "stage": stage_dict,
+        "model": to_dict(recipe.model),
+        "data": to_dict(recipe.data),
+        "seed": recipe.seed,
+        "upstream": upstream_hash,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dump_yaml(recipe: RecipeConfig) -> str:
+    """The resolved recipe as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe), resolve=True)

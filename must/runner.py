@@ -1,0 +1,425 @@
+"""The recipe runner: stages in order, each handed the saved model of its ``init_from``.
+
+Per stage it writes ``OUTPUT_DIR/<stage>/record.json`` (config and hash, times, global step, metrics,
+artifact) and ``OUTPUT_DIR/<stage>/model/``. A finished stage with an unchanged hash is skipped; a
+changed one is refused unless restarted; an unfinished one continues from ``checkpoints/last.ckpt``
+with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from must.config import (
+    RecipeConfig,
+    StageConfig,
+    StageContext,
+    dump_yaml,
+    stage_class,
+    stage_hash,
+    stage_options,
+    to_dict,
+)
+from must.errors import MustError
+
+RECORD = "record.json"
+LAST_CKPT = "last.ckpt"
+
+
+@dataclass
+class RunOptions:
+    """How ``must run`` treats stages already on disk."""
+
+    resume: bool = False
+    """Continue an unfinished stage from its last checkpoint."""
+    only: str | None = None
+    """Run just this stage."""
+    from_stage: str | None = None
+    """Run this stage and every later one."""
+    restart: str | None = None
+    """Discard this stage's outputs (and every later stage's) and run them again."""
+
+
+def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str, dict]:
+    """Run the recipe's stages; returns stage name -> its record (as written to record.json)."""
+    opts = opts or RunOptions()
+    out = Path(recipe.output_dir)
+    names = [s.name for s in recipe.stages]
+    for flag, value in (("--only", opts.only), ("--from", opts.from_stage), ("--restart", opts.restart)):
+        if value is not None and value not in names:
+            raise MustError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    if _is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(dump_yaml(recipe))
+        if opts.restart is not None:
+            _discard_from(recipe, out, opts.restart)
+    group = _run_group(out, recipe.name)
+
+    records: dict[str, dict] = {}
+    hashes: dict[str, str] = {}
+    selected = _selected(names, opts)
+    for stage in recipe.stages:
+        upstream = hashes.get(stage.init_from) if stage.init_from else None
+        hashes[stage.name] = stage_hash(recipe, stage, upstream)
+        stage_dir = out / stage.name
+        record = _read_record(stage_dir)
+        if stage.name not in selected:
+            if record:
+                records[stage.name] = record
+            continue
+        if record and record.get("status") == "finished":
+            if record.get("config_hash") == hashes[stage.name]:
+                print(f"[must] stage '{stage.name}': finished earlier with the same config, skipped")
+                records[stage.name] = record
+                continue
+            raise MustError(
+                f"stage '{stage.name}' finished earlier with a different config (hash "
+                f"{record.get('config_hash')} -> {hashes[stage.name]}); run again with "
+                f"--restart {stage.name} to discard it and the stages after it"
+            )
+        ckpt = _resume_checkpoint(stage, stage_dir, record, hashes[stage.name], opts.resume)
+        init_dir = _init_dir(recipe, stage, out, records)
+        records[stage.name] = run_stage(recipe, stage, stage_dir, init_dir, hashes[stage.name], group, ckpt)
+    return records
+
+
+def _selected(names: list[str], opts: RunOptions) -> set[str]:
+    if opts.only:
+        return {opts.only}
+    if opts.from_stage:
+        return set(names[names.index(opts.from_stage):])
+    return set(names)
+
+
+def _resume_checkpoint(
+    stage: StageConfig, stage_dir: Path, record: dict | None, config_hash: str, resume: bool
+) -> str | None:
+    ckpt = stage_dir / "checkpoints" / LAST_CKPT
+    if record is None and not ckpt.exists():
+        return None
+    if record is not None and record.get("config_hash") != config_hash:
+        raise MustError(
+            f"stage '{stage.name}' has an unfinished run with a different config; run again with "
+            f"--restart {stage.name} to discard it"
+        )
+    if not resume:
+        where = f"checkpoint at step {record.get('global_step')}" if record else "a checkpoint"
+        raise MustError(
+            f"stage '{stage.name}' has an unfinished run ({where} in {ckpt.parent}); "
+            f"pass --resume to continue it or --restart {stage.name} to start it over"
+        )
+    if not ckpt.exists():
+        print(f"[must] stage '{stage.name}': no checkpoint to resume from, starting over")
+        return None
+    print(f"[must] stage '{stage.name}': resuming from {ckpt}")
+    return str(ckpt)
+
+
+def _init_dir(recipe: RecipeConfig, stage: StageConfig, out: Path, records: dict) -> Path | None:
+    if stage.init_from is None:
+        return None
+    if stage.init_from in records or stage.init_from in [s.name for s in recipe.stages]:
+        record = records.get(stage.init_from)
+        if not record or record.get("status") != "finished":
+            raise MustError(
+                f"stage '{stage.name}' starts from stage '{stage.init_from}', which has not finished; "
+                f"run it first (drop --only/--from)"
+            )
+        return Path(record["model_dir"])
+    return Path(stage.init_from)
+
+
+# ----------------------------------------------------------------------------------------- one stage
+
+
+def run_stage(
+    recipe: RecipeConfig,
+    stage: StageConfig,
+    stage_dir: Path,
+    init_dir: Path | None,
+    config_hash: str,
+    group: str,
+    ckpt_path: str | None = None,
+) -> dict:
+    """Build, fit, save and (optionally) evaluate one stage; returns its record."""
+    import lightning as L
+
+    cls = stage_class(stage.kind, f"stage '{stage.name}' kind")
+    options = stage_options(cls, stage.options, f"stage '{stage.name}' key 'options")
+    seed = stage_seed(recipe.seed, stage.name)
+    L.seed_everything(seed, workers=True, verbose=False)
+    ctx = StageContext(recipe, stage, options, init_dir, stage_dir, seed)
+    record = _new_record(recipe, stage, config_hash, stage_dir, seed, init_dir)
+    if _is_main_process():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _write_record(stage_dir, record)
+    print(f"[must] stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
+    t0 = time.time()
+    trainer = None
+    try:
+        module = cls.from_context(ctx)
+        trainer = build_trainer(recipe, stage, stage_dir, group)
+        trainer.fit(module, ckpt_path=ckpt_path)
+        _check_finite(trainer, stage)
+        record["global_step"] = int(trainer.global_step)
+        record["metrics"] = _scalar_metrics(trainer.callback_metrics)
+        if trainer.is_global_zero:
+            save_model_atomic(module, stage_dir / "model")
+            if hasattr(module, "evaluate"):
+                record["eval"] = module.evaluate(stage_dir / "eval")
+        trainer.strategy.barrier()
+    except BaseException as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        if trainer is not None:
+            record["global_step"] = int(trainer.global_step)
+        record["ended_at"] = _now()
+        if _is_main_process():
+            _write_record(stage_dir, record)
+        _finish_logger(trainer)
+        raise
+    record.update(status="finished", ended_at=_now(), seconds=round(time.time() - t0, 2))
+    if trainer.is_global_zero:
+        _write_record(stage_dir, record)
+    _finish_logger(trainer)
+    print(f"[must] stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
+    return record
+
+
+def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
+    """The ``lightning.Trainer`` for a stage: its trainer block, checkpointing and logger."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    t = stage.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=stage_dir / "checkpoints",
+        filename="step{step}",
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=0,
+        save_last=True,
+        save_on_train_epoch_end=False,
+    )
+    plugins = [AtomicCheckpointIO()] if _plain_checkpoints(t.strategy) else None
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None if t.val_check_interval else 1,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        num_sanity_val_steps=0,
+        callbacks=[checkpoint],
+        logger=build_logger(recipe, stage, stage_dir, group),
+        plugins=plugins,
+        default_root_dir=stage_dir,
+    )
+
+
+def _plain_checkpoints(strategy: str) -> bool:
+    """Whether the strategy writes one checkpoint file (ours to make atomic) rather than a sharded folder."""
+    return not any(word in strategy for word in ("fsdp", "deepspeed", "model_parallel"))
+
+
+def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
+    """A Lightning logger for the stage: W&B (one run per stage, grouped by recipe run), CSV, or none."""
+    kind = recipe.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(stage_dir), name="logs", version="")
+    if kind == "wandb":
+        return _wandb_logger(recipe, stage, stage_dir, group)
+    raise MustError(f"logger.kind '{kind}': expected wandb, csv or none")
+
+
+def _wandb_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode(recipe.logger.mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # A stable id per (recipe run, stage) so --resume appends to the same W&B run.
+    run_id = f"{group}-{stage.name}".replace("/", "-")[:120]
+    logger = WandbLogger(
+        project=recipe.logger.project,
+        entity=recipe.logger.entity,
+        name=f"{recipe.name}/{stage.name}",
+        group=group,
+        job_type=stage.kind if ":" not in stage.kind else "custom",
+        tags=list(recipe.logger.tags),
+        save_dir=str(Path(recipe.output_dir)),
+        offline=mode == "offline",
+        id=run_id,
+        resume="allow",
+        config={"recipe": to_dict(recipe), "stage": stage.name},
+    )
+    return logger
+
+
+def wandb_mode(mode: str) -> str:
+    """Resolve ``auto``: online only when an API key is configured, so a run never prompts or needs network."""
+    if mode in ("online", "offline"):
+        return mode
+    if mode != "auto":
+        raise MustError(f"logger.mode '{mode}': expected auto, online or offline")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return "offline"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def _finish_logger(trainer: Any) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    if trainer is None:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_checkpoint_io_class():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class _AtomicCheckpointIO(TorchCheckpointIO):
+        """Write each checkpoint to a temp file, then rename: a crash mid-save keeps the previous one."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            path = Path(path)
+            tmp = path.with_name(path.name + ".tmp")
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+
+    return _AtomicCheckpointIO
+
+
+def AtomicCheckpointIO():  # noqa: N802 - a factory named like the class it returns
+    """A Lightning CheckpointIO whose saves are atomic (temp file + rename)."""
+    return _atomic_checkpoint_io_class()()
+
+
+def save_model_atomic(module: Any, target: Path) -> None:
+    """Save the stage's model to ``target`` via a temp folder and a rename, never leaving half a folder."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_model(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _check_finite(trainer: Any, stage: StageConfig) -> None:
+    import math
+
+    loss = trainer.callback_metrics.get("train/loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        raise MustError(f"stage '{stage.name}': training loss became {float(loss)}; the last good checkpoint is kept")
+
+
+# ----------------------------------------------------------------------------------------- records
+
+
+def _new_record(
+    recipe: RecipeConfig, stage: StageConfig, config_hash: str, stage_dir: Path, seed: int, init_dir: Path | None
+) -> dict:
+    return {
+        "stage": stage.name,
+        "kind": stage.kind,
+        "status": "running",
+        "config": to_dict(stage),
+        "config_hash": config_hash,
+        "init_from": str(init_dir) if init_dir else None,
+        "seed": seed,
+        "started_at": _now(),
+        "ended_at": None,
+        "seconds": None,
+        "global_step": 0,
+        "metrics": {},
+        "model_dir": str(stage_dir / "model"),
+    }
+
+
+def _read_record(stage_dir: Path) -> dict | None:
+    path = stage_dir / RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MustError(f"{path}: unreadable record ({exc}); delete it or use --restart") from None
+
+
+def _write_record(stage_dir: Path, record: dict) -> None:
+    tmp = stage_dir / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, stage_dir / RECORD)
+
+
+def _discard_from(recipe: RecipeConfig, out: Path, name: str) -> None:
+    names = [s.name for s in recipe.stages]
+    for stage in names[names.index(name):]:
+        if (out / stage).exists():
+            print(f"[must] --restart {name}: discarding {out / stage}")
+            shutil.rmtree(out / stage)
+
+
+def _scalar_metrics(metrics: dict) -> dict[str, float]:
+    result = {}
+    for key, value in metrics.items():
+        try:
+            result[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return result
+
+
+def _run_group(out: Path, name: str) -> str:
+    """A stable id for this recipe run (kept in OUTPUT_DIR/run.json) that groups its stages' W&B runs."""
+    path = out / "run.json"
+    if path.is_file():
+        return json.loads(path.read_text())["group"]
+    group = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    if _is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"group": group}))
+    return group
+
+
+def stage_seed(seed: int, stage_name: str) -> int:
+    """A stage's own seed: the recipe seed mixed with the stage name, the same on every run and rank."""
+    return (seed * 1_000_003 + zlib.crc32(stage_name.encode())) % (2**31 - 1)
+
+
+def _is_main_process() -> bool:
+    """False in the extra processes Lightning launches for DDP (they must not delete or write records)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
