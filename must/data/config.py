@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 
 @dataclass
 class DataConfig:
-    """Where training and evaluation data come from. Filled in by the data module."""
+    """Where training and evaluation data come from: synthetic music rendered on the fly, or MusTBench files."""
 
     source: str = "synthetic"
     """``synthetic`` (rendered on the fly), or ``mustbench`` (a parquet plus an audio folder)."""
     sample_rate: int = 16000
     """Sample rate every waveform is brought to, Hz."""
+
+    # --- synthetic music -------------------------------------------------------------------------
+    min_seconds: float = 20.0
+    """Shortest synthetic track, seconds (20-60 s clips for tiny runs; 120-360 s is benchmark length)."""
+    max_seconds: float = 60.0
+    """Longest synthetic track, seconds."""
+    seed: int = 0
+    """Seed offset of the synthetic tracks: track i of a split is a pure function of (seed, split, i)."""
+    train_tracks: int = 2000
+    """Number of synthetic training tracks (an epoch's length; each is rendered when asked for)."""
+    val_tracks: int = 16
+    """Number of synthetic validation tracks."""
+    test_tracks: int = 64
+    """Number of synthetic held-out test tracks (the evaluation split)."""
+    tasks: List[str] = field(default_factory=lambda: ["TSG", "LTR", "TAD", "GTO", "MTR"])
+    """MusTBench tasks to build questions for."""
+    questions_per_track: int = 8
+    """Most questions asked of one track (tasks balanced); 0 keeps every question the builder makes."""
+    transition_sigma_s: float = 1.0
+    """Width (standard deviation, seconds) of each peak of the stage-1 transition-probability curve."""
+    mood_window_s: float = 8.0
+    """Length of a stage-1 mood-change clip centred on a boundary, seconds."""
+
+    # --- real data (source: mustbench) -----------------------------------------------------------
+    parquet: Optional[str] = None
+    """MusTBench-format parquet (columns id, track_id, task, category, qa_type, question, answer, answers, split)."""
+    audio_dir: Optional[str] = None
+    """Folder holding ``<track_id>.<mp3|wav|flac|ogg>``; None means the parquet's folder."""
