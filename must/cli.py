@@ -71,6 +71,7 @@ def validate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "run": (add_run_arguments, run),
     "validate": (add_validate_arguments, validate),
+    "synth": _lazy("must.data.cli", "add_arguments", "handler"),
 }
 
 _HELP = {
