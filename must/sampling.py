@@ -25,6 +25,7 @@ gets never depends on which other rows have stopped, so the prefix-shared path a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -84,6 +85,7 @@ def sample(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     share_prefix: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> Samples:
     """Draw ``num_samples`` completions for each prompt.
 
@@ -101,7 +103,9 @@ def sample(
         generator: source of the per-row uniforms (its device must match the model's).
         share_prefix: prefill each prompt once and expand its cache (True), or repeat the prompt G times
             before the prefill (False: the plain path, for checks and comparison).
+        timings: when given, seconds spent are added under ``prefill`` and ``decode``.
     """
+    t0 = time.perf_counter()
     G, device = num_samples, prompt_embeds.device
     eos = torch.tensor(list(eos_token_ids), device=device)
     if not share_prefix:
@@ -123,6 +127,7 @@ def sample(
         prompt_mask = prompt_mask.repeat_interleave(G, 0)
         next_pos = next_pos.repeat_interleave(G, 0)
 
+    t1 = time.perf_counter()
     rows = logits.size(0)
     tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros(rows, max_new_tokens, device=device)
@@ -149,6 +154,9 @@ def sample(
         out = lm(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **{_CACHE: cache})
         cache, logits, next_pos = getattr(out, _CACHE), out.logits[:, -1], next_pos + 1
 
+    if timings is not None:
+        timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
+        timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t1
     tokens, logps = tokens[:, :steps], logps[:, :steps]
     is_eos = torch.isin(tokens, eos)
     # a row's mask runs through its first EOS (inclusive); rows without EOS keep every token

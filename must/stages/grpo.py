@@ -1,0 +1,618 @@
+"""Stage 4: GRPO — reinforcement learning with temporal rewards.
+
+One training step:
+
+1. take ``prompts_per_step`` prompts; the policy *encodes* them once (for MusicLALM: the frozen audio
+   encoder; the result is reused for the G samples and for every log-prob pass below);
+2. sample G completions per prompt with :func:`must.sampling.sample` (one prefill per prompt, its
+   cache expanded to the G samples, rows stop at EOS);
+3. score them with the reward functions (TRL signature ``f(prompts, completions, **columns)``), one
+   call per function for the whole batch; weighted sum, ``None`` = not applicable;
+4. dynamic sampling (DAPO): groups whose rewards all agree carry no signal (zero advantage); drop
+   them and sample fresh prompts to refill the batch, up to ``max_refills`` times;
+5. group-relative advantages (mean-centred, optionally divided by the group std);
+6. ``num_iterations`` optimisation passes over the batch: clipped surrogate with separate low/high
+   clip, plus ``beta`` times the k3 KL to the reference (the policy with its LoRA adapters off).
+
+Speed notes (issue 6). The old-policy log-probs of the first pass are its own, detached (the weights
+have not moved yet), so there is never a separate "old" forward: with ``num_iterations == 1`` the
+ratio is exactly 1, with more passes the first pass stores them for the next ones. ``beta == 0``
+runs no reference pass. The prompt is run once per prompt in the training forward too
+(:func:`must.sampling.completion_logits`).
+
+The formulas follow TRL 1.16's ``GRPOTrainer._compute_loss`` (token-level importance sampling),
+checked number for number in ``tests/test_grpo_trl.py``.
+
+The policy is any ``nn.Module`` with (duck-typed, no base class):
+
+- ``lm``: the Hugging Face causal LM (a peft model when LoRA is on);
+- ``tokenizer``: decodes completions; its EOS / pad ids end and fill them;
+- ``encode(rows) -> list``: one item per prompt row, the expensive part computed once (no grad);
+- ``embed(items) -> (embeds (B, P, D), mask (B, P))``: left-padded prompt embeddings, differentiable
+  (for MusicLALM the cheap trainable projector runs here);
+- ``save_pretrained(path)``.
+
+:class:`TextPolicy` is that object for a text-only causal LM (rows carry a ``prompt`` string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from trl.trainer.utils import entropy_from_logits, nanstd, selective_log_softmax
+
+from must.errors import ConfigError, MustError
+from must.sampling import completion_logits, sample
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class Options:
+    """The ``options:`` block of a ``grpo`` stage."""
+
+    prompts_per_step: int = 4
+    """Prompts per optimisation step (each gets ``num_generations`` samples)."""
+    num_generations: int = 8
+    """G, completions sampled per prompt."""
+    max_completion_length: int = 16
+    """Longest completion, tokens (temporal answers are short)."""
+    temperature: float = 1.0
+    """Sampling temperature; the log-probs of the loss use the same one, as TRL does."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
+    loss_type: str = "dapo"
+    """Loss aggregation: ``grpo`` (per-sequence mean), ``dr_grpo`` (over B * max length), ``dapo`` / ``bnpo`` (per token)."""
+    epsilon_low: float = 0.2
+    """Lower clip: the ratio is clipped at 1 - epsilon_low."""
+    epsilon_high: float = 0.28
+    """Upper clip: the ratio is clipped at 1 + epsilon_high (DAPO's clip-higher; TRL's default is 0.2)."""
+    beta: float = 0.0
+    """KL weight to the reference (the policy with its adapters off); 0 runs no reference pass."""
+    num_iterations: int = 1
+    """Optimisation passes over one batch of rollouts (mu in the GRPO paper)."""
+    scale_rewards: str = "group"
+    """Divide advantages by the group std (``group``), the batch std (``batch``), or not (``none``, Dr. GRPO)."""
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards all agree and refill the batch with fresh prompts (DAPO)."""
+    max_refills: int = 2
+    """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
+    mask_truncated_completions: bool = False
+    """Leave completions that hit the length limit without EOS out of the loss."""
+    reward_weights: Dict[str, float] = field(default_factory=dict)
+    """Weight of each reward function by name (missing names weigh 1.0)."""
+    share_prefix: bool = True
+    """Run each prompt once per group in sampling and in the loss (off: the plain path, for comparison)."""
+    disable_dropout: bool = True
+    """Zero every dropout so the first pass's log-probs are the old policy's."""
+
+
+# ----------------------------------------------------------------------------------------- pure functions
+
+
+def group_advantages(rewards: Tensor, num_generations: int, scale: str = "group") -> Tensor:
+    """Group-relative advantages, as TRL's ``sum_then_normalize``.
+
+    Args:
+        rewards: (N*G,) total reward per completion; NaN marks an unscorable completion (left out of
+            its group's mean and std, advantage 0).
+        num_generations: G.
+        scale: ``group`` divides by the group std + 1e-4, ``batch`` by the batch std, ``none`` not at all.
+
+    Returns:
+        (N*G,) advantages.
+    """
+    if scale not in SCALE_REWARDS:
+        raise ConfigError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale!r}")
+    grouped = rewards.view(-1, num_generations)
+    advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+    if scale == "group":
+        advantages = advantages / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (nanstd(rewards) + 1e-4)
+    return torch.nan_to_num(advantages.reshape(-1), nan=0.0)
+
+
+def informative_groups(rewards: Tensor, num_generations: int) -> Tensor:
+    """(N,) bool: groups whose (N*G,) rewards do not all agree, NaNs ignored (these carry a learning signal)."""
+    grouped = rewards.view(-1, num_generations)
+    spread = torch.nan_to_num(nanstd(grouped, dim=1), nan=0.0)
+    return ~torch.isclose(spread, torch.zeros_like(spread))
+
+
+def token_logps(logits: Tensor, completion_ids: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Log-prob of each completion token and the entropy of each position (no grad; for logging).
+
+    logits (R, T, V), completion_ids (R, T) -> logps (R, T) differentiable, entropy (R, T).
+    """
+    logits = logits / temperature
+    logps = selective_log_softmax(logits, completion_ids)  # TRL's memory-lean log_softmax + gather
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits)
+    return logps, entropy
+
+
+def clipped_surrogate(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float
+) -> tuple[Tensor, Tensor]:
+    """PPO/GRPO per-token loss ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)``, r = exp(logp - old).
+
+    logps, old_logps (R, T); advantages (R,) or (R, T). Returns (per-token loss (R, T), ratio r (R, T)).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    return -torch.min(ratio * advantages, clipped * advantages), ratio
+
+
+def reference_kl(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1, (R, T)."""
+    delta = ref_logps - logps
+    return torch.exp(delta) - delta - 1
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    loss_type: str,
+    max_completion_length: int,
+    num_items: Tensor | float | None = None,
+) -> Tensor:
+    """Reduce an (R, T) per-token loss to a scalar, as TRL does for each ``loss_type``.
+
+    ``grpo``: mean over sequences of each sequence's token mean. ``bnpo``: token mean over the batch.
+    ``dr_grpo``: token sum / (R * max_completion_length). ``dapo``: token sum / ``num_items`` (the
+    tokens of the whole generation batch divided by the number of processes, so DDP's gradient mean
+    gives the global token mean; defaults to this batch's token count).
+    """
+    mask = mask.to(per_token_loss.dtype)
+    total = (per_token_loss * mask).sum()
+    if loss_type == "grpo":
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return total / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":
+        return total / (per_token_loss.size(0) * max_completion_length)
+    if loss_type == "dapo":
+        items = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=mask.dtype)
+        return total / items.clamp(min=1.0)
+    raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def clip_fractions(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float, epsilon_high: float
+) -> dict[str, Tensor]:
+    """Share of completion tokens whose ratio was clipped: ``low`` (A < 0), ``high`` (A > 0), ``region`` (either)."""
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    low = (ratio < 1 - epsilon_low) & (advantages < 0)
+    high = (ratio > 1 + epsilon_high) & (advantages > 0)
+    return {k: masked_mean(v.float(), mask) for k, v in (("low", low), ("high", high), ("region", low | high))}
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over the positions where mask is 1 (0 when there are none)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def reward_name(func: Callable) -> str:
+    """A reward function's log name: its ``__name__`` (or its class name for callable objects)."""
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def score(
+    reward_funcs: Sequence[Callable],
+    prompts: list,
+    completions: list[str],
+    columns: dict[str, list],
+) -> tuple[Tensor, dict[str, list[float]]]:
+    """Call each reward function once on the whole batch.
+
+    Returns (R, K) float rewards (NaN where a function returned None), and the per-component values
+    that functions expose (a ``components`` dict of name -> list set after the call), for logging.
+    """
+    table, components = [], {}
+    for func in reward_funcs:
+        values = func(prompts=prompts, completions=completions, **columns)
+        table.append([math.nan if v is None else float(v) for v in values])
+        for name, vals in (getattr(func, "last_components", None) or {}).items():
+            components[name] = list(vals)
+    return torch.tensor(table, dtype=torch.float32).T.reshape(len(completions), len(reward_funcs)), components
+
+
+def total_reward(rewards_per_func: Tensor, weights: Tensor) -> Tensor:
+    """(R, K) rewards, (K,) weights -> (R,) weighted sum ignoring NaN; NaN when every function returned None."""
+    total = (rewards_per_func * weights).nansum(dim=1)
+    return total.masked_fill(torch.isnan(rewards_per_func).all(dim=1), math.nan)
+
+
+# ----------------------------------------------------------------------------------------- text policy
+
+
+class TextPolicy(nn.Module):
+    """A GRPO policy over a text-only Hugging Face causal LM; rows carry their prompt text under ``prompt``."""
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, prompt_key: str = "prompt"):
+        super().__init__()
+        self.lm, self.tokenizer, self.prompt_key = lm, tokenizer, prompt_key
+
+    def encode(self, rows: list[dict]) -> list[Tensor]:
+        """One (P_i,) token-id tensor per row (nothing is frozen in a text prompt: this is just tokenizing)."""
+        texts = [row[self.prompt_key] for row in rows]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        device = self.lm.get_input_embeddings().weight.device
+        return [torch.tensor(x, dtype=torch.long, device=device) for x in ids]
+
+    def embed(self, items: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Left-pad the token ids and look up their embeddings: (B, P, D), (B, P)."""
+        ids, mask = left_pad(items, self.tokenizer.pad_token_id)
+        return self.lm.get_input_embeddings()(ids), mask
+
+    def save_pretrained(self, path: Path) -> None:
+        """Write the LM (adapters only when it is a peft model) and the tokenizer."""
+        self.lm.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def left_pad(seqs: Sequence[Tensor], value: float) -> tuple[Tensor, Tensor]:
+    """Stack 1-D (or (L, D)) tensors into (B, P[, D]) padded on the left, and its (B, P) long mask."""
+    width = max(s.size(0) for s in seqs)
+    out = seqs[0].new_full((len(seqs), width, *seqs[0].shape[1:]), value)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, width - s.size(0) :] = s
+        mask[i, width - s.size(0) :] = 1
+    return out, mask
+
+
+# ----------------------------------------------------------------------------------------- rollouts
+
+
+@dataclass
+class Rollouts:
+    """N prompts with G scored completions each; row ``n * G + g`` is sample g of prompt n."""
+
+    rows: list
+    """N dataset rows."""
+    encoded: list
+    """N items from ``policy.encode`` (reused by every log-prob pass)."""
+    completion_ids: Tensor
+    """(N*G, T) long."""
+    completion_mask: Tensor
+    """(N*G, T) long, 1 up to and including EOS."""
+    finished: Tensor
+    """(N*G,) bool: ended with EOS."""
+    rewards_per_func: Tensor
+    """(N*G, K) float, NaN where not applicable."""
+    rewards: Tensor
+    """(N*G,) weighted total, NaN when unscorable."""
+
+    def groups(self, index: Sequence[int], G: int) -> "Rollouts":
+        """The rollouts of the prompts at ``index``."""
+        idx = torch.tensor(list(index), dtype=torch.long)
+        rows_idx = (idx[:, None] * G + torch.arange(G)).reshape(-1)
+        dev_idx = rows_idx.to(self.completion_ids.device)
+        return Rollouts(
+            [self.rows[i] for i in index],
+            [self.encoded[i] for i in index],
+            self.completion_ids[dev_idx],
+            self.completion_mask[dev_idx],
+            self.finished[dev_idx],
+            self.rewards_per_func[rows_idx],
+            self.rewards[rows_idx],
+        )
+
+
+def cat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
+    """Concatenate rollouts from several sampling rounds (completions padded on the right to one length)."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.completion_ids.size(1) for p in parts)
+
+    def right(x: Tensor, value: int) -> Tensor:
+        return nn.functional.pad(x, (0, width - x.size(1)), value=value)
+
+    return Rollouts(
+        [r for p in parts for r in p.rows],
+        [e for p in parts for e in p.encoded],
+        torch.cat([right(p.completion_ids, pad_token_id) for p in parts]),
+        torch.cat([right(p.completion_mask, 0) for p in parts]),
+        torch.cat([p.finished for p in parts]),
+        torch.cat([p.rewards_per_func for p in parts]),
+        torch.cat([p.rewards for p in parts]),
+    )
+
+
+def collate_rows(rows: list) -> list[dict]:
+    """Keep a batch as a list of row dicts (dataclass rows such as QA become dicts)."""
+    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------- the stage
+
+
+class GRPOStage(L.LightningModule):
+    """Stage 4: GRPO on any policy with differentiable prompt embeddings (see the module docstring)."""
+
+    Options = Options
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        reward_funcs: Sequence[Callable],
+        train_data: Any,
+        options: Options | None = None,
+        eval_fn: Callable[[nn.Module, Path], dict] | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False  # several optimiser passes per batch of rollouts
+        self.policy = policy
+        self.reward_funcs = list(reward_funcs)
+        self.train_data = train_data
+        self.options = options or Options()
+        self.eval_fn = eval_fn
+        o = self.options
+        if o.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"options.loss_type: one of {LOSS_TYPES}, got {o.loss_type!r}")
+        if o.scale_rewards not in SCALE_REWARDS:
+            raise ConfigError(f"options.scale_rewards: one of {SCALE_REWARDS}, got {o.scale_rewards!r}")
+        if not self.reward_funcs:
+            raise ConfigError("a grpo stage needs at least one reward function")
+        names = [reward_name(f) for f in self.reward_funcs]
+        unknown = set(o.reward_weights) - set(names)
+        if unknown:
+            raise ConfigError(f"options.reward_weights: no reward function named {sorted(unknown)} (have {names})")
+        self.reward_names = names
+        self.register_buffer("reward_weights", torch.tensor([o.reward_weights.get(n, 1.0) for n in names]), False)
+        if o.beta != 0.0 and not hasattr(policy.lm, "disable_adapter"):
+            raise ConfigError("options.beta > 0 needs a LoRA (peft) policy: the reference is the policy with adapters off")
+        if o.disable_dropout:
+            for module in policy.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        tok = policy.tokenizer
+        eos = tok.eos_token_id
+        self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]
+        self._refill_iter = None
+        self.counters: dict[str, float] = defaultdict(float)  # cumulative seconds and calls, for benchmarks
+
+    # -- construction from a recipe -----------------------------------------------------------
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> "GRPOStage":
+        """Build the stage from the recipe: MusicLALM from ``ctx.init_dir`` (or ``recipe.model``), QA prompts
+        from ``recipe.data``, rewards from :mod:`must.rewards`."""
+        from must.stages import _grpo_wiring  # the MusicLALM / data / rewards glue, kept apart
+
+        policy, data, rewards, eval_fn = _grpo_wiring.build(ctx)
+        return cls(policy, rewards, data, ctx.options, eval_fn=eval_fn)
+
+    def save_model(self, path: Path) -> None:
+        """Write the policy folder the next stage (or a user) loads."""
+        self.policy.save_pretrained(Path(path))
+
+    def evaluate(self, out_dir: Path) -> dict:
+        """Score the trained policy (when the stage was given an evaluator)."""
+        return self.eval_fn(self.policy, Path(out_dir)) if self.eval_fn else {}
+
+    # -- Lightning --------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise MustError("grpo: the policy has no trainable parameters")
+        o = self.options
+        return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+
+    def train_dataloader(self) -> DataLoader:
+        n = self.options.prompts_per_step
+        return DataLoader(self.train_data, batch_size=n, shuffle=True, drop_last=True, collate_fn=collate_rows)
+
+    def training_step(self, rows: list[dict], batch_idx: int) -> Tensor:
+        o, G = self.options, self.options.num_generations
+        roll, stats = self.collect(rows)
+        ref_logps = self._reference_logps(roll) if o.beta != 0.0 else None
+        advantages = group_advantages(roll.rewards, G, o.scale_rewards).to(self.device)
+        mask = roll.completion_mask
+        if o.mask_truncated_completions:
+            mask = mask * roll.finished.unsqueeze(1)
+        num_items = self._num_items(mask)
+        opt = self.optimizers()
+        old_logps = None
+        for it in range(o.num_iterations):
+            t0 = time.perf_counter()
+            loss, logps, pass_stats = self.policy_loss(roll, advantages, mask, old_logps, ref_logps, num_items)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if o.max_grad_norm > 0:
+                self.clip_gradients(opt, gradient_clip_val=o.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            if old_logps is None and o.num_iterations > 1:
+                old_logps = logps.detach()  # the first pass ran on the weights that sampled: the old policy
+            self.counters["update_s"] += time.perf_counter() - t0
+            stats.update(pass_stats)  # the last pass's ratios are the informative ones
+        self.counters["steps"] += o.num_iterations
+        bar = {"reward", "loss"}
+        n = len(roll.rows)
+        self.log_dict({k: v for k, v in stats.items() if k in bar}, on_step=True, prog_bar=True, batch_size=n)
+        self.log_dict({k: v for k, v in stats.items() if k not in bar}, on_step=True, batch_size=n)
+        return loss.detach()
+
+    # -- rollouts ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, rows: list[dict]) -> tuple[Rollouts, dict[str, list[float]]]:
+        """Encode N prompts once, sample G completions each, score them. Returns rollouts and components."""
+        o, G, policy = self.options, self.options.num_generations, self.policy
+        t0 = time.perf_counter()
+        encoded = policy.encode(rows)
+        t1 = time.perf_counter()
+        embeds, mask = policy.embed(encoded)
+        timings: dict[str, float] = {}
+        s = sample(
+            policy.lm,
+            embeds,
+            mask,
+            G,
+            o.max_completion_length,
+            self.eos_token_ids,
+            self.pad_token_id,
+            temperature=o.temperature,
+            top_p=o.top_p,
+            share_prefix=o.share_prefix,
+            timings=timings,
+        )
+        t2 = time.perf_counter()
+        ids = [c[m.bool()].tolist() for c, m in zip(s.completion_ids.cpu(), s.completion_mask.cpu())]
+        completions = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        prompts = [row.get("prompt", row.get("question")) for row in rows for _ in range(G)]
+        columns = {k: [row.get(k) for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        columns["completion_ids"] = ids
+        per_func, components = score(self.reward_funcs, prompts, completions, columns)
+        t3 = time.perf_counter()
+        c = self.counters
+        c["encode_calls"] += 1
+        c["encode_s"] += t1 - t0
+        c["prefill_s"] += timings.get("prefill", 0.0)
+        c["decode_s"] += timings.get("decode", 0.0)
+        c["sample_s"] += t2 - t1
+        c["reward_s"] += t3 - t2
+        c["rollouts"] += len(completions)
+        rewards = total_reward(per_func, self.reward_weights.cpu())
+        roll = Rollouts(rows, encoded, s.completion_ids, s.completion_mask, s.finished, per_func, rewards)
+        return roll, components
+
+    def collect(self, rows: list[dict]) -> tuple[Rollouts, dict[str, float]]:
+        """Sample and score ``rows``; with dynamic sampling, replace groups whose rewards all agree."""
+        o, G, N = self.options, self.options.num_generations, len(rows)
+        roll, components = self.generate(rows)
+        everything, comps = [roll], [components]
+        keep = informative_groups(roll.rewards, G)
+        stats = {"frac_reward_zero_std": 1.0 - keep.float().mean().item()}
+        if o.dynamic_sampling:
+            kept = [roll.groups(keep.nonzero().squeeze(-1).tolist(), G)]
+            have, refills = int(keep.sum()), 0
+            while have < N and refills < o.max_refills:
+                more, more_components = self.generate(self._refill_rows(N))
+                everything.append(more)
+                comps.append(more_components)
+                good = informative_groups(more.rewards, G).nonzero().squeeze(-1).tolist()[: N - have]
+                kept.append(more.groups(good, G))
+                have, refills = have + len(good), refills + 1
+            if have < N:  # refills spent: keep shapes (and DDP's backward count) with zero-signal groups
+                dull = (~keep).nonzero().squeeze(-1).tolist()[: N - have]
+                kept.append(roll.groups(dull, G))
+            roll = cat_rollouts([k for k in kept if k.rows], self.pad_token_id)
+            stats["refills"] = float(refills)
+        stats.update(self._rollout_stats(cat_rollouts(everything, self.pad_token_id), comps))
+        return roll, stats
+
+    def _refill_rows(self, n: int) -> list[dict]:
+        """n fresh prompts from a second, endlessly reshuffled pass over the training data."""
+        if self._refill_iter is None:
+            gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + self.global_step)
+
+            def endless():
+                while True:
+                    yield from DataLoader(
+                        self.train_data, batch_size=n, shuffle=True, drop_last=True, collate_fn=collate_rows, generator=gen
+                    )
+
+            self._refill_iter = endless()
+        return next(self._refill_iter)
+
+    def _rollout_stats(self, roll: Rollouts, components: list[dict]) -> dict[str, float]:
+        """Logged reward and completion statistics over every completion sampled this step."""
+        stats = {
+            "reward": torch.nanmean(roll.rewards).item(),
+            "reward_std": nanstd(roll.rewards).item(),
+            "completion_length": roll.completion_mask.sum(1).float().mean().item(),
+            "completion_terminated": roll.finished.float().mean().item(),
+        }
+        for i, name in enumerate(self.reward_names):
+            stats[f"rewards/{name}"] = torch.nanmean(roll.rewards_per_func[:, i]).item()
+        merged: dict[str, list] = defaultdict(list)
+        for part in components:
+            for key, values in part.items():
+                merged[key].extend(values)
+        for key, values in merged.items():
+            vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            if vals:
+                stats[f"rewards/{key}"] = float(sum(vals)) / len(vals)
+        if "format" in merged:  # the router's format component: 1 when the answer parses
+            vals = [v for v in merged["format"] if v is not None]
+            stats["valid_format"] = sum(1.0 for v in vals if v > 0) / max(len(vals), 1)
+        for key in [k for k in stats if not math.isfinite(stats[k])]:
+            stats.pop(key)
+        return stats
+
+    # -- the loss ---------------------------------------------------------------------------------
+
+    def _logits(self, roll: Rollouts) -> Tensor:
+        """(N*G, T, V) logits over the completions, prompts run once per group."""
+        embeds, mask = self.policy.embed(roll.encoded)
+        lm, G = self.policy.lm, self.options.num_generations
+        return completion_logits(lm, embeds, mask, roll.completion_ids, G, share_prefix=self.options.share_prefix)
+
+    @torch.no_grad()
+    def _reference_logps(self, roll: Rollouts) -> Tensor:
+        """Completion log-probs under the reference: the same policy with its LoRA adapters switched off."""
+        t0 = time.perf_counter()
+        with self.policy.lm.disable_adapter():
+            logps, _ = token_logps(self._logits(roll), roll.completion_ids, self.options.temperature)
+        self.counters["reference_passes"] += 1
+        self.counters["reference_s"] += time.perf_counter() - t0
+        return logps
+
+    def _num_items(self, mask: Tensor) -> Tensor:
+        """Completion tokens of the whole batch over all processes, divided by their number (dapo's normaliser)."""
+        local = mask.sum().float()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return local
+        return self.trainer.strategy.reduce(local, reduce_op="mean")
+
+    def policy_loss(
+        self,
+        roll: Rollouts,
+        advantages: Tensor,
+        mask: Tensor,
+        old_logps: Tensor | None,
+        ref_logps: Tensor | None,
+        num_items: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """One pass: (scalar loss, (N*G, T) log-probs with grad, logged statistics)."""
+        o = self.options
+        logps, entropy = token_logps(self._logits(roll), roll.completion_ids, o.temperature)
+        old = logps.detach() if old_logps is None else old_logps  # first pass: ratio exactly 1
+        per_token, ratio = clipped_surrogate(logps, old, advantages, o.epsilon_low, o.epsilon_high)
+        stats = {}
+        if ref_logps is not None:
+            kl = reference_kl(logps, ref_logps)
+            per_token = per_token + o.beta * kl
+            stats["kl"] = masked_mean(kl.detach(), mask).item()
+        loss = aggregate_loss(per_token, mask, o.loss_type, o.max_completion_length, num_items)
+        clipped = clip_fractions(ratio.detach(), advantages, mask, o.epsilon_low, o.epsilon_high)
+        stats.update({f"clip_ratio/{k}": v.item() for k, v in clipped.items()})
+        stats["entropy"] = masked_mean(entropy, mask).item()
+        stats["loss"] = loss.item()
+        return loss, logps, stats
