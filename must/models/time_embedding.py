@@ -1,0 +1,61 @@
+"""Absolute-time embeddings for audio tokens (after dynamic sampling an index no longer tells time).
+
+``digits`` (default) speaks the answer's language: a token at 83 s gets the LLM's own input
+embeddings of the tokens of ``1:23``, right-aligned into fixed slots (seconds-units always in the
+last slot) and combined with a learned gate per slot, so ``1:23`` and ``3:21`` differ. In DESIGN's
+probe this lifted TSG Hit@3s from 67 % to 88 %. ``sinusoidal`` is the usual alternative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from must.models.config import TimeEmbeddingConfig
+from must.timecode import format_time
+
+
+class TimeEmbedding(nn.Module):
+    """(B, T) token times in seconds -> (B, T, H) embeddings added to the projected audio tokens."""
+
+    def __init__(self, cfg: TimeEmbeddingConfig, hidden: int, tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+        self.kind = cfg.kind
+        self.tokenizer = tokenizer
+        self._slot_ids: dict[int, list[int]] = {}
+        if cfg.kind == "digits":
+            g = torch.Generator().manual_seed(0)
+            # Distinct gates per slot break the symmetry of a plain sum; 1 + noise keeps each digit's
+            # embedding recognisable to the LLM from the first step.
+            self.gates = nn.Parameter(1.0 + 0.5 * torch.randn(cfg.slots, hidden, generator=g))
+        elif cfg.kind == "sinusoidal":
+            self.proj = nn.Linear(cfg.sinusoid_dim, hidden)
+        elif cfg.kind != "none":
+            raise ValueError(f"time_embedding.kind must be digits, sinusoidal or none, got {cfg.kind!r}")
+
+    def slot_ids(self, second: int) -> list[int]:
+        """Token ids of ``format_time(second)`` right-aligned in ``slots`` slots (-1 = empty slot)."""
+        if second not in self._slot_ids:
+            ids = self.tokenizer(format_time(second), add_special_tokens=False).input_ids[-self.cfg.slots:]
+            self._slot_ids[second] = [-1] * (self.cfg.slots - len(ids)) + list(ids)
+        return self._slot_ids[second]
+
+    def forward(self, times: torch.Tensor, input_embeddings: nn.Module | None = None) -> torch.Tensor | None:
+        """``times`` (B, T) seconds; ``input_embeddings`` the LLM's token embedding (for ``digits``)."""
+        if self.kind == "none":
+            return None
+        if self.kind == "sinusoidal":
+            half = self.cfg.sinusoid_dim // 2
+            freqs = torch.exp(-math.log(self.cfg.max_period) * torch.arange(half, device=times.device) / half)
+            ang = times[..., None].float() * freqs
+            return self.proj(torch.cat([ang.sin(), ang.cos()], dim=-1))
+        seconds = times.detach().round().long().clamp_min(0)
+        table = {s: self.slot_ids(s) for s in seconds.unique().tolist()}
+        uniq = torch.tensor(sorted(table), device=times.device)
+        ids = torch.tensor([table[s] for s in sorted(table)], device=times.device)  # (U, slots)
+        emb = input_embeddings(ids.clamp_min(0)) * (ids >= 0)[..., None]  # (U, slots, H)
+        per_second = (emb * self.gates.to(emb.dtype)).sum(1)  # (U, H)
+        return per_second[torch.searchsorted(uniq, seconds)]
