@@ -1,5 +1,15 @@
-"""Data: the core types, synthetic music with exact labels, task builders and real-data loading."""
+"""Data: the core types, synthetic music with exact labels, task builders and real-data loading.
 
-from must.data.types import QA, ArousalSegment, Caption, Track, Transition
+Torch datasets live in :mod:`must.data.datasets`, real files in :mod:`must.data.real` (both import torch).
+"""
 
-__all__ = ["QA", "ArousalSegment", "Caption", "Track", "Transition"]
+from must.data.synth import SOURCE_NAMES, caption_text, generate_track
+from must.data.targets import mood_change_clips, source_activity, transition_curve
+from must.data.tasks import build_qas, most_frequent_letter, trivial_answer
+from must.data.types import QA, TASKS, ArousalSegment, Caption, Track, Transition
+
+__all__ = [
+    "QA", "TASKS", "ArousalSegment", "Caption", "Track", "Transition", "SOURCE_NAMES", "caption_text",
+    "generate_track", "mood_change_clips", "source_activity", "transition_curve", "build_qas",
+    "most_frequent_letter", "trivial_answer",
+]

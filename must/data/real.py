@@ -21,21 +21,42 @@ from must.errors import MustError
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D signal by zero-padding/truncating its spectrum (ideal low-pass).
+def _next_smooth(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (FFT lengths that numpy transforms fast)."""
+    best, p5 = 2 * n, 1
+    while p5 < 2 * n:
+        p35 = p5
+        while p35 < 2 * n:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
-    Written here because neither scipy nor torchaudio is a dependency; exact for any rate ratio.
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D signal through its spectrum (an ideal low-pass), float32.
+
+    Written here because neither scipy nor torchaudio is a dependency. The signal is zero-padded to
+    ``orig/g * k`` samples (g the rates' gcd, k 5-smooth) so both FFTs are fast and the output length
+    is whole; the output is cut back to ``round(len * target / orig)`` samples.
     """
     if orig_sr == target_sr or len(audio) == 0:
         return audio.astype(np.float32, copy=False)
-    n_out = int(round(len(audio) * target_sr / orig_sr))
-    spec = np.fft.rfft(audio.astype(np.float64))
+    g = math.gcd(int(orig_sr), int(target_sr))
+    up, down = target_sr // g, orig_sr // g
+    k = _next_smooth(-(-len(audio) // down))
+    n_in, n_out = down * k, up * k
+    spec = np.fft.rfft(audio.astype(np.float32), n_in)
     n_bins = n_out // 2 + 1
     if n_bins <= len(spec):
         spec = spec[:n_bins]
     else:
         spec = np.concatenate([spec, np.zeros(n_bins - len(spec), dtype=spec.dtype)])
-    return (np.fft.irfft(spec, n_out) * (n_out / len(audio))).astype(np.float32)
+    out = np.fft.irfft(spec, n_out)[: int(round(len(audio) * target_sr / orig_sr))]
+    return (out * (n_out / n_in)).astype(np.float32)
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:

@@ -645,3 +645,11 @@ def caption_text(track: Track) -> str:
         else:
             parts.append(f"[{format_time(c.start)}-{format_time(c.end)}] {c.text}")
     return " ".join(parts)
+
+
+def render_sources(seed: int, cfg: Any, sources: tuple[str, ...]) -> np.ndarray:
+    """Track ``seed`` with only ``sources`` audible (unscaled mix), shape (samples,): to check labels against audio."""
+    sr = int(_cfg_get(cfg, "sample_rate", 16000))
+    sections = arrange(seed, float(_cfg_get(cfg, "min_seconds", 20.0)), float(_cfg_get(cfg, "max_seconds", 60.0)))
+    audio, _ = render(sections, _notes(seed, sections), sections[-1].end, sr, only=tuple(sources))
+    return audio
