@@ -72,6 +72,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "run": (add_run_arguments, run),
     "validate": (add_validate_arguments, validate),
     "synth": _lazy("must.data.cli", "add_arguments", "handler"),
+    "score": _lazy("must.eval", "add_score_arguments", "score_handler"),
+    "eval": _lazy("must.eval", "add_eval_arguments", "eval_handler"),
 }
 
 _HELP = {

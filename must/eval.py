@@ -1,0 +1,337 @@
+"""``must score`` (a predictions file against a MusTBench parquet) and ``must eval`` (run a saved model on
+every row, then score, report and plot).
+
+``scores.json`` is, in percent::
+
+    {"TSG": {"onset", "offset", "score"}, "LTR": {"accuracy", "score"}, "TAD": {"meteor", "clap", "score"},
+     "GTO": {"accuracy", "score"}, "MTR": {"iou", "f1", "score"}, "overall", "missing": [sub-metrics],
+     "missing_predictions": [row ids], "baseline": {same shape, trivial answers}, "rows": [...]}
+
+A task absent from the references is null; ``overall`` is the mean of the available sub-metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from must.errors import MustError
+from must.metrics.mustbench import MusTBenchMetric, score_rows, trivial_baseline_scores
+from must.parsing import parse_answer
+
+#: The published leaderboard shipped with the demo fixture (percent, the leaderboard's keys).
+PUBLISHED_LEADERBOARD = Path(__file__).resolve().parents[2] / "shared/fixtures/mustbench_demo/published_leaderboard.json"
+
+_COLUMNS = (
+    ("TSG on", "TSG", "onset", "tsg_onset"),
+    ("TSG off", "TSG", "offset", "tsg_offset"),
+    ("TSG", "TSG", "score", "tsg"),
+    ("LTR", "LTR", "accuracy", "ltr"),
+    ("METEOR", "TAD", "meteor", "tad_meteor"),
+    ("CLAP", "TAD", "clap", "tad_clap"),
+    ("TAD", "TAD", "score", "tad"),
+    ("GTO", "GTO", "accuracy", "gto"),
+    ("IoU", "MTR", "iou", "mtr_iou"),
+    ("F1", "MTR", "f1", "mtr_f1"),
+    ("MTR", "MTR", "score", "mtr"),
+)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_references(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a MusTBench parquet as dicts (``duration`` 0 when unknown); MustError naming the file."""
+    from must.data.real import load_mustbench
+
+    return [qa.to_row() for qa in load_mustbench(path, check_audio=False)]
+
+
+def load_predictions(path: str | Path) -> dict[str, str | None]:
+    """``{"id": ..., "prediction": ...}`` per line -> id -> prediction; MustError naming a bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise MustError(f"predictions file not found: {path}")
+    out: dict[str, str | None] = {}
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MustError(f"{path}:{n}: not a JSON line ({exc.msg})") from exc
+            if not isinstance(obj, dict) or "id" not in obj or "prediction" not in obj:
+                raise MustError(f'{path}:{n}: expected {{"id": ..., "prediction": ...}}, got {line.strip()[:80]}')
+            pred = obj["prediction"]
+            out[str(obj["id"])] = None if pred is None else str(pred)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def _durations(references: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    return {str(r["track_id"]): float(r["duration"]) for r in references if float(r.get("duration") or 0) > 0}
+
+
+def score_predictions(
+    predictions: Mapping[str, str | None],
+    references: Sequence[Mapping[str, Any]],
+    k: float = 3.0,
+    clap_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The full ``scores.json`` dict for id -> prediction text against reference rows."""
+    metric = MusTBenchMetric(k=k, clap_dir=clap_dir)
+    preds = [predictions.get(str(r["id"])) for r in references]
+    rows = score_rows(preds, references, k, metric.clap)
+    metric.update(rows=rows)
+    out = metric.compute()
+    out["missing_predictions"] = [str(r["id"]) for r, p in zip(references, preds, strict=True) if p is None]
+    out["baseline"] = trivial_baseline_scores(references, _durations(references), k)
+    out["rows"] = [row.to_json() for row in rows]
+    return out
+
+
+def _cell(block: Any, key: str) -> str:
+    value = None if block is None else block.get(key)
+    return "--" if value is None else f"{value:.1f}"
+
+
+def table_row(scores: Mapping[str, Any]) -> list[str]:
+    """The 11 task cells and overall of one result in the published table's order."""
+    cells = [_cell(scores.get(task), key) for _, task, key, _ in _COLUMNS]
+    overall = scores.get("overall")
+    return cells + ["--" if overall is None else f"{overall:.1f}"]
+
+
+def leaderboard_row(entry: Mapping[str, Any]) -> list[str]:
+    """One published entry's cells (its flat keys) in the same order."""
+    return [("--" if entry.get(k) is None else f"{entry[k]:.1f}") for *_, k in _COLUMNS] + [f"{entry['overall']:.1f}"]
+
+
+def format_table(rows: Sequence[tuple[str, Sequence[str]]], markdown: bool = False) -> str:
+    """The published-style table: Model | TSG on/off/score | LTR | TAD METEOR/CLAP/score | GTO | MTR IoU/F1/score | Overall."""
+    header = ["Model"] + [c[0] for c in _COLUMNS] + ["Overall"]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows]
+        return "\n".join(lines)
+    width = max(len(header[0]), *(len(name) for name, _ in rows))
+    fmt = lambda name, cells: f"{name:<{width}}  " + " ".join(f"{c:>7}" for c in cells)  # noqa: E731
+    return "\n".join([fmt(header[0], header[1:])] + [fmt(name, cells) for name, cells in rows])
+
+
+def print_scores(scores: Mapping[str, Any], name: str = "this run", file: Any = None) -> None:
+    """Print our row and the trivial baselines' row, then what is missing."""
+    file = file or sys.stdout
+    rows = [(name, table_row(scores))]
+    if scores.get("baseline"):
+        rows.append(("trivial baseline", table_row(scores["baseline"])))
+    print(format_table(rows), file=file)
+    if scores.get("missing"):
+        print(f"not measured: {', '.join(scores['missing'])} (overall = mean of the rest)", file=file)
+    if scores.get("missing_predictions"):
+        ids = scores["missing_predictions"]
+        shown = ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
+        print(f"{len(ids)} row(s) without a prediction, counted wrong: {shown}", file=file)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``must score``."""
+    parser.add_argument("--predictions", required=True, help='JSONL, one {"id": ..., "prediction": "..."} a line')
+    parser.add_argument("--references", required=True, help="MusTBench-format parquet")
+    parser.add_argument("--out", help="write the scores JSON here")
+    parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds (default 3)")
+    parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
+
+
+def score_handler(args: argparse.Namespace) -> int:
+    """``must score``: print the table, write the JSON."""
+    scores = score_predictions(
+        load_predictions(args.predictions), load_references(args.references), args.tolerance, args.clap_dir
+    )
+    print_scores(scores, Path(args.predictions).stem)
+    if args.out:
+        write_json(args.out, scores)
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+def _load_leaderboard(path: str | Path | None) -> list[dict[str, Any]]:
+    path = Path(path) if path else PUBLISHED_LEADERBOARD
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_report(
+    out_dir: Path, scores: Mapping[str, Any], model_name: str, leaderboard: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()
+) -> Path:
+    """``report.md``: our row and the trivial baselines beside the published results."""
+    rows = [(f"**{model_name}** (this run)", table_row(scores))]
+    if scores.get("baseline"):
+        rows.append(("trivial baseline", table_row(scores["baseline"])))
+    rows += [(f"{e['model']} {e.get('size', '')}".strip(), leaderboard_row(e)) for e in leaderboard]
+    n_rows = len(scores.get("rows", []))
+    lines = [
+        f"# MusTBench evaluation: {model_name}",
+        "",
+        f"{n_rows} question(s) scored. Percent; TSG is Hit@3s; a task score is the mean of its sub-metrics, "
+        "overall the mean of the available sub-metrics. Published rows are the paper's (full MusTBench); "
+        "ours covers only the rows given, so compare with care.",
+        "",
+        format_table(rows, markdown=True),
+        "",
+    ]
+    if scores.get("missing"):
+        lines.append(f"Not measured: {', '.join(scores['missing'])}.")
+    if scores.get("missing_predictions"):
+        lines.append(f"Rows without a prediction (counted wrong): {', '.join(scores['missing_predictions'])}.")
+    lines += [f"- {n}" for n in notes]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _tracks(references: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    by_track: dict[str, list[Mapping[str, Any]]] = {}
+    for r in references:
+        by_track.setdefault(str(r["track_id"]), []).append(r)
+    return by_track
+
+
+def predict(
+    model: Any,
+    references: Sequence[Mapping[str, Any]],
+    audio_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run ``model`` (a :class:`~must.models.lalm.MusicLALM`) on every row, whole tracks, each track encoded
+    once and its questions batched. Returns one record per row: ``id, prediction, parsed, reason,
+    duration, covered_seconds, error``; a track whose audio cannot be read gives ``error`` on its rows."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from must.data.real import find_audio, load_audio
+
+    sr = int(model.cfg.encoder.sample_rate)
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(references), desc="must eval", unit="q", disable=not progress)
+    for track_id, rows in _tracks(references).items():
+        base = [{"id": str(r["id"]), "task": r["task"], "prediction": None, "parsed": None, "reason": None,
+                 "duration": float(r.get("duration") or 0) or None, "covered_seconds": None, "error": None}
+                for r in rows]
+        try:
+            path = find_audio(audio_dir, track_id)
+            if path is None:
+                raise MustError(f"no audio for track {track_id} in {audio_dir}")
+            wave = load_audio(path, sr)
+            with torch.no_grad():
+                enc = model.encode_audio([wave], sr, stochastic=False)
+            duration, covered = float(enc.durations[0]), float(enc.covered_seconds[0])
+            for rec in base:
+                rec["duration"], rec["covered_seconds"] = round(duration, 3), round(covered, 3)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                answers = model.generate(enc.index_select([0] * len(chunk)), [str(r["question"]) for r in chunk],
+                                         max_new_tokens=max_new_tokens)
+                for rec, r, ans in zip(base[start : start + batch_size], chunk, answers, strict=True):
+                    parsed = parse_answer(str(r["task"]), ans[0])
+                    rec.update(prediction=ans[0], parsed=parsed.to_json(), reason=parsed.reason)
+        except Exception as exc:  # one bad track must not stop the run: record it and go on
+            for rec in base:
+                if rec["prediction"] is None:
+                    rec["error"] = f"{type(exc).__name__}: {exc}"
+        records.extend(base)
+        bar.update(len(rows))
+    bar.close()
+    return records
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str | Path,
+    audio_dir: str | Path | None,
+    out_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    clap_dir: str | Path | None = None,
+    n_plots: int = 4,
+    leaderboard: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load a saved model, answer every row, write ``predictions.jsonl``, ``scores.json``, ``report.md``
+    and ``plots/``; returns the scores dict."""
+    from must.models.lalm import MusicLALM
+    from must.viz import plot_rows
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
+    references = load_references(data)
+    t0 = time.perf_counter()
+    model = MusicLALM.from_pretrained(model_dir).eval()
+    records = predict(model, references, audio_dir, batch_size, max_new_tokens, progress)
+    seconds = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    # fill unknown durations from the audio so offsets and MTR get their trivial baselines
+    by_id = {rec["id"]: rec for rec in records}
+    for r in references:
+        if not r.get("duration") and by_id[str(r["id"])]["duration"]:
+            r["duration"] = by_id[str(r["id"])]["duration"]
+    scores = score_predictions({k: v["prediction"] for k, v in by_id.items()}, references, clap_dir=clap_dir)
+    errors = [rec for rec in records if rec["error"]]
+    scores["errors"] = [{"id": rec["id"], "error": rec["error"]} for rec in errors]
+    write_json(out_dir / "scores.json", scores)
+    plot_rows(references, by_id, out_dir / "plots", n_per_task=n_plots)
+    notes = [f"model: {model_dir}", f"data: {data} ({len(references)} rows), audio: {audio_dir}",
+             f"generation: greedy, max {max_new_tokens} new tokens, {seconds:.1f} s in all"]
+    notes += [f"audio error on {rec['id']}: {rec['error']}" for rec in errors[:20]]
+    write_report(out_dir, scores, model_dir.name, _load_leaderboard(leaderboard), notes)
+    return scores
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``must eval``."""
+    parser.add_argument("model_dir", help="a saved MusicLALM folder (a stage's model/)")
+    parser.add_argument("--data", required=True, help="MusTBench-format parquet")
+    parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's folder)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (one track at a time)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
+    parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")
+    parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the demo fixture's)")
+
+
+def eval_handler(args: argparse.Namespace) -> int:
+    """``must eval``: predictions, scores, report and plots in ``--out``."""
+    if not Path(args.model_dir).is_dir():
+        raise MustError(f"model folder not found: {args.model_dir}")
+    scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,
+                            args.clap_dir, args.plots, args.leaderboard)
+    print_scores(scores, Path(args.model_dir).name)
+    if scores.get("errors"):
+        print(f"{len(scores['errors'])} row(s) could not be run (see {args.out}/predictions.jsonl)")
+    print(f"wrote {args.out}/predictions.jsonl, scores.json, report.md, plots/")
+    return 0
