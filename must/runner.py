@@ -168,7 +168,8 @@ def run_stage(
     try:
         module = cls.from_context(ctx)
         trainer = build_trainer(recipe, stage, stage_dir, group)
-        trainer.fit(module, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint is data, never code (safe to resume from a file someone sent you).
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         _check_finite(trainer, stage)
         record["global_step"] = int(trainer.global_step)
         record["metrics"] = _scalar_metrics(trainer.callback_metrics)
