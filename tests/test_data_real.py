@@ -65,8 +65,17 @@ def test_stereo_any_rate_to_mono(tmp_path):
 
 
 def _parquet(tmp_path, **changes):
-    row = {"id": "q1", "track_id": "t1", "task": "TSG", "category": "drums", "qa_type": "onset",
-           "question": "When?", "answer": "0:05", "answers": ["0:05"], "split": "test"}
+    row = {
+        "id": "q1",
+        "track_id": "t1",
+        "task": "TSG",
+        "category": "drums",
+        "qa_type": "onset",
+        "question": "When?",
+        "answer": "0:05",
+        "answers": ["0:05"],
+        "split": "test",
+    }
     row.update(changes)
     df = pd.DataFrame([row]).drop(columns=[k for k, v in changes.items() if v is _DROP])
     path = tmp_path / "bench.parquet"
@@ -94,8 +103,22 @@ def test_bad_parquet_inputs(tmp_path):
 
 
 def test_missing_audio_lists_the_ids(tmp_path):
-    df = pd.DataFrame([{"id": f"q{i}", "track_id": f"t{i}", "task": "TSG", "category": None, "qa_type": "onset",
-                        "question": "?", "answer": "0:01", "answers": ["0:01"], "split": "test"} for i in range(4)])
+    df = pd.DataFrame(
+        [
+            {
+                "id": f"q{i}",
+                "track_id": f"t{i}",
+                "task": "TSG",
+                "category": None,
+                "qa_type": "onset",
+                "question": "?",
+                "answer": "0:01",
+                "answers": ["0:01"],
+                "split": "test",
+            }
+            for i in range(4)
+        ]
+    )
     df.to_parquet(tmp_path / "b.parquet")
     _wav(tmp_path / "t0.mp3".replace(".mp3", ".wav"))
     _wav(tmp_path / "t2.flac".replace(".flac", ".wav"))

@@ -70,8 +70,11 @@ def test_energy_follows_a_loudness_transition():
             ch = tr.change
             if "loudness" not in ch or {"density", "tempo", "brightness"} & set(ch):
                 continue
-            both = [s for s, runs in t.sources.items()
-                    if any(a < tr.time - 3.5 and b > tr.time + 3.5 for a, b in runs)]
+            both = [
+                s
+                for s, runs in t.sources.items()
+                if any(a < tr.time - 3.5 and b > tr.time + 3.5 for a, b in runs)
+            ]
             if not both:
                 continue
             audio = render_sources(seed, CFG, (both[0],))
@@ -156,7 +159,7 @@ def test_source_activity_and_mood_clips(tracks):
     for (start, end, delta), tr in zip(clips, t.transitions):
         assert start <= tr.time <= end and end - start == pytest.approx(8.0)
         if round(tr.time, 3) in segs:  # arousal changed here
-            before = [s.value for s in t.arousal if s.end == pytest.approx(tr.time)][0]
+            before = next(s.value for s in t.arousal if s.end == pytest.approx(tr.time))
             assert delta == pytest.approx(segs[round(tr.time, 3)] - before)
         else:
             assert delta == 0.0

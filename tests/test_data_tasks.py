@@ -37,7 +37,7 @@ def _options(question):
 
 
 def test_same_seed_same_qas_different_seed_different(labelled):
-    t, qas = labelled[5]
+    _t, qas = labelled[5]
     assert build_qas(generate_track(5, CFG, render_audio=False), 5, "train") == qas
     assert [q.question for q in labelled[6][1]] != [q.question for q in qas]
 
@@ -82,7 +82,9 @@ def test_ltr_answer_is_the_change_at_the_asked_time(labelled):
             else:
                 assert chosen not in NO_CHANGE_TEXTS
                 assert sum(o in NO_CHANGE_TEXTS for o in opts.values()) == 1
-                assert round(asked) in descriptions_by_time or any(abs(asked - x) <= 0.5 for x in descriptions_by_time)
+                assert round(asked) in descriptions_by_time or any(
+                    abs(asked - x) <= 0.5 for x in descriptions_by_time
+                )
                 n_change += 1
     assert n_change > 50 and n_quiet > 5
 
@@ -155,7 +157,7 @@ def test_trivial_answer_values():
 
 
 def test_select_qas_balances_tasks(labelled):
-    t, qas = max(labelled, key=lambda x: len(x[1]))
+    _t, qas = max(labelled, key=lambda x: len(x[1]))
     chosen = select_qas(qas, 5, seed=0)
     assert len(chosen) == 5 and len({q.task for q in chosen}) == 5
     assert select_qas(qas, 0, seed=0) == qas
@@ -164,7 +166,11 @@ def test_select_qas_balances_tasks(labelled):
 def test_splits_are_disjoint_and_fixed():
     cfg = DataConfig(min_seconds=20, max_seconds=25, train_tracks=4, val_tracks=3, test_tracks=3)
     seeds = {s: {track_seed(cfg.seed, s, i) for i in range(50)} for s in ("train", "val", "test")}
-    assert not (seeds["train"] & seeds["val"]) and not (seeds["train"] & seeds["test"]) and not (seeds["val"] & seeds["test"])
+    assert (
+        not (seeds["train"] & seeds["val"])
+        and not (seeds["train"] & seeds["test"])
+        and not (seeds["val"] & seeds["test"])
+    )
     test_a, qas_a = synthetic_split(cfg, "test")
     test_b, qas_b = synthetic_split(cfg, "test")
     val, _ = synthetic_split(cfg, "val")

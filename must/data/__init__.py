@@ -9,7 +9,19 @@ from must.data.tasks import build_qas, most_frequent_letter, trivial_answer
 from must.data.types import QA, TASKS, ArousalSegment, Caption, Track, Transition
 
 __all__ = [
-    "QA", "TASKS", "ArousalSegment", "Caption", "Track", "Transition", "SOURCE_NAMES", "caption_text",
-    "generate_track", "mood_change_clips", "source_activity", "transition_curve", "build_qas",
-    "most_frequent_letter", "trivial_answer",
+    "QA",
+    "SOURCE_NAMES",
+    "TASKS",
+    "ArousalSegment",
+    "Caption",
+    "Track",
+    "Transition",
+    "build_qas",
+    "caption_text",
+    "generate_track",
+    "mood_change_clips",
+    "most_frequent_letter",
+    "source_activity",
+    "transition_curve",
+    "trivial_answer",
 ]

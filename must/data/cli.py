@@ -8,7 +8,9 @@ from must.errors import MustError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracks", type=int, required=True, help="number of tracks (split 80/10/10 by track)")
+    parser.add_argument(
+        "--tracks", type=int, required=True, help="number of tracks (split 80/10/10 by track)"
+    )
     parser.add_argument("--out", required=True, help="output folder (audio/, labels/, mustbench.parquet)")
     parser.add_argument("--seed", type=int, default=0, help="seed offset; same seed, same tracks")
     parser.add_argument("--min-seconds", type=float, default=20.0, help="shortest track, seconds")
@@ -22,7 +24,11 @@ def handler(args: argparse.Namespace) -> int:
     if args.tracks < 1:
         raise MustError(f"--tracks must be at least 1, got {args.tracks}")
     if not 5 <= args.min_seconds <= args.max_seconds:
-        raise MustError(f"need 5 <= --min-seconds <= --max-seconds, got {args.min_seconds} and {args.max_seconds}")
-    path = write_synthetic(args.out, args.tracks, args.seed, args.min_seconds, args.max_seconds, args.sample_rate)
+        raise MustError(
+            f"need 5 <= --min-seconds <= --max-seconds, got {args.min_seconds} and {args.max_seconds}"
+        )
+    path = write_synthetic(
+        args.out, args.tracks, args.seed, args.min_seconds, args.max_seconds, args.sample_rate
+    )
     print(f"[must] wrote {args.tracks} tracks and {path}")
     return 0

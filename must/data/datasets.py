@@ -8,8 +8,9 @@ seeds from disjoint streams, so no track is in two splits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ def track_seed(seed: int, split: str, index: int) -> int:
     """The generator seed of track ``index`` of ``split``: distinct per (seed, split, index)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, SPLITS.index(split), int(index)]).generate_state(2)
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, SPLITS.index(split), int(index)]).generate_state(
+        2
+    )
     return int(state[0]) << 32 | int(state[1])
 
 
@@ -43,7 +46,9 @@ def split_size(cfg: DataConfig, split: str) -> int:
 
 def synthetic_track(cfg: DataConfig, split: str, index: int, render_audio: bool = True) -> Track:
     """Track ``index`` of ``split`` under ``cfg`` (rendered now; nothing touches disk)."""
-    return generate_track(track_seed(cfg.seed, split, index), cfg, track_id(cfg.seed, split, index), render_audio)
+    return generate_track(
+        track_seed(cfg.seed, split, index), cfg, track_id(cfg.seed, split, index), render_audio
+    )
 
 
 def synthetic_qas(cfg: DataConfig, track: Track, split: str, index: int) -> list[QA]:
@@ -52,7 +57,9 @@ def synthetic_qas(cfg: DataConfig, track: Track, split: str, index: int) -> list
     return select_qas(build_qas(track, seed, split, cfg.tasks), cfg.questions_per_track, seed)
 
 
-def synthetic_split(cfg: DataConfig, split: str = "test", render_audio: bool = True) -> tuple[list[Track], list[QA]]:
+def synthetic_split(
+    cfg: DataConfig, split: str = "test", render_audio: bool = True
+) -> tuple[list[Track], list[QA]]:
     """The fixed tracks and questions of a split (e.g. the held-out test set used for evaluation)."""
     tracks, qas = [], []
     for i in range(split_size(cfg, split)):
@@ -87,14 +94,18 @@ class Stage1Dataset(_SynthDataset):
     ``mood_clips`` (clips, 3) as (start_s, end_s, delta_arousal), ``track_id``, ``duration``.
     """
 
-    def __init__(self, cfg: DataConfig, split: str = "train", frame_rate: float = 2.5, length: int | None = None):
+    def __init__(
+        self, cfg: DataConfig, split: str = "train", frame_rate: float = 2.5, length: int | None = None
+    ):
         super().__init__(cfg, split, length)
         self.frame_rate = frame_rate
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         track = self._track(index)
         item = self._base(track)
-        item["transition"] = torch.from_numpy(transition_curve(track, self.frame_rate, self.cfg.transition_sigma_s))
+        item["transition"] = torch.from_numpy(
+            transition_curve(track, self.frame_rate, self.cfg.transition_sigma_s)
+        )
         item["activity"] = torch.from_numpy(source_activity(track, self.frame_rate))
         clips = mood_change_clips(track, self.cfg.mood_window_s)
         item["mood_clips"] = torch.tensor(clips, dtype=torch.float32).reshape(-1, 3)

@@ -30,8 +30,16 @@ def track_labels(track: Track) -> dict[str, Any]:
     return data
 
 
-def write_synthetic(out_dir: str | Path, n_tracks: int, seed: int = 0, min_s: float = 20.0, max_s: float = 60.0,
-                    sample_rate: int = 16000, cfg: DataConfig | None = None, progress: bool = True) -> Path:
+def write_synthetic(
+    out_dir: str | Path,
+    n_tracks: int,
+    seed: int = 0,
+    min_s: float = 20.0,
+    max_s: float = 60.0,
+    sample_rate: int = 16000,
+    cfg: DataConfig | None = None,
+    progress: bool = True,
+) -> Path:
     """Write ``n_tracks`` synthetic tracks under ``out_dir`` and return the parquet's path.
 
     Layout: ``audio/<track_id>.flac``, ``labels/<track_id>.json``, ``mustbench.parquet`` (the benchmark's
@@ -42,8 +50,14 @@ def write_synthetic(out_dir: str | Path, n_tracks: int, seed: int = 0, min_s: fl
     import soundfile as sf
     from tqdm.auto import tqdm
 
-    cfg = replace(cfg or DataConfig(), seed=seed, min_seconds=min_s, max_seconds=max_s, sample_rate=sample_rate,
-                  questions_per_track=(cfg.questions_per_track if cfg else 0))
+    cfg = replace(
+        cfg or DataConfig(),
+        seed=seed,
+        min_seconds=min_s,
+        max_seconds=max_s,
+        sample_rate=sample_rate,
+        questions_per_track=(cfg.questions_per_track if cfg else 0),
+    )
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         spec = spec[:n_bins]
     else:
         spec = np.concatenate([spec, np.zeros(n_bins - len(spec), dtype=spec.dtype)])
-    out = np.fft.irfft(spec, n_out)[: int(round(len(audio) * target_sr / orig_sr))]
+    out = np.fft.irfft(spec, n_out)[: round(len(audio) * target_sr / orig_sr)]
     return (out * (n_out / n_in)).astype(np.float32)
 
 
@@ -118,8 +118,9 @@ def _opt_str(value: Any) -> str | None:
     return str(value)
 
 
-def load_mustbench(parquet_path: str | Path, audio_dir: str | Path | None = None,
-                   check_audio: bool = True) -> list[QA]:
+def load_mustbench(
+    parquet_path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True
+) -> list[QA]:
     """The questions of a MusTBench-format parquet, validated up front.
 
     ``audio_dir`` defaults to the parquet's folder. Checks, each a MustError: the file exists and
@@ -139,12 +140,16 @@ def load_mustbench(parquet_path: str | Path, audio_dir: str | Path | None = None
         raise MustError(f"cannot read parquet {parquet_path}: {exc}") from exc
     missing_cols = [c for c in MUSTBENCH_COLUMNS if c not in df.columns]
     if missing_cols:
-        raise MustError(f"{parquet_path}: missing column(s) {', '.join(missing_cols)}; "
-                        f"expected {', '.join(MUSTBENCH_COLUMNS)}")
+        raise MustError(
+            f"{parquet_path}: missing column(s) {', '.join(missing_cols)}; "
+            f"expected {', '.join(MUSTBENCH_COLUMNS)}"
+        )
     bad = df[~df["task"].isin(TASKS)]
     if len(bad):
         rows = ", ".join(f"{r.id} ({r.task!r})" for r in bad.head(10).itertuples())
-        raise MustError(f"{parquet_path}: unknown task in {len(bad)} row(s): {rows}; expected one of {', '.join(TASKS)}")
+        raise MustError(
+            f"{parquet_path}: unknown task in {len(bad)} row(s): {rows}; expected one of {', '.join(TASKS)}"
+        )
     if df["id"].duplicated().any():
         dup = df.loc[df["id"].duplicated(), "id"].astype(str).head(10).tolist()
         raise MustError(f"{parquet_path}: duplicate id(s) {', '.join(dup)}")
@@ -157,17 +162,32 @@ def load_mustbench(parquet_path: str | Path, audio_dir: str | Path | None = None
         missing = [t for t, p in paths.items() if p is None]
         if missing:
             shown = ", ".join(missing[:20]) + (" …" if len(missing) > 20 else "")
-            raise MustError(f"{parquet_path}: no audio in {audio_dir} for {len(missing)} track id(s): {shown} "
-                            f"(looked for <track_id>{'|'.join(AUDIO_EXTENSIONS)})")
+            raise MustError(
+                f"{parquet_path}: no audio in {audio_dir} for {len(missing)} track id(s): {shown} "
+                f"(looked for <track_id>{'|'.join(AUDIO_EXTENSIONS)})"
+            )
         durations = {t: audio_duration(p) for t, p in paths.items()}
     has_duration = "duration" in df.columns
     qas = []
     for row in df.itertuples(index=False):
         tid = str(row.track_id)
-        duration = float(row.duration) if has_duration and row.duration == row.duration else durations.get(tid, 0.0)
-        qas.append(QA(id=str(row.id), track_id=tid, task=str(row.task), category=_opt_str(row.category),
-                      qa_type=_opt_str(row.qa_type), question=str(row.question), answer=str(row.answer),
-                      answers=_as_list(row.answers, str(row.answer)), split=str(row.split), duration=duration))
+        duration = (
+            float(row.duration) if has_duration and row.duration == row.duration else durations.get(tid, 0.0)
+        )
+        qas.append(
+            QA(
+                id=str(row.id),
+                track_id=tid,
+                task=str(row.task),
+                category=_opt_str(row.category),
+                qa_type=_opt_str(row.qa_type),
+                question=str(row.question),
+                answer=str(row.answer),
+                answers=_as_list(row.answers, str(row.answer)),
+                split=str(row.split),
+                duration=duration,
+            )
+        )
     return qas
 
 
@@ -191,5 +211,9 @@ class MustBenchDataset(Dataset):
         if path is None:
             raise MustError(f"no audio in {self.audio_dir} for track id {tid}")
         audio = load_audio(path, self.sample_rate)
-        return {"waveform": torch.from_numpy(audio), "qas": self.by_track[tid], "track_id": tid,
-                "duration": len(audio) / self.sample_rate}
+        return {
+            "waveform": torch.from_numpy(audio),
+            "qas": self.by_track[tid],
+            "track_id": tid,
+            "duration": len(audio) / self.sample_rate,
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from must.data.types import Track
 
 def n_frames(duration: float, frame_rate: float) -> int:
     """Frames covering ``duration`` seconds at ``frame_rate`` Hz (frame i covers [i/fr, (i+1)/fr))."""
-    return max(1, int(math.ceil(duration * frame_rate - 1e-9)))
+    return max(1, math.ceil(duration * frame_rate - 1e-9))
 
 
 def frame_times(duration: float, frame_rate: float) -> np.ndarray:
@@ -38,7 +39,9 @@ def arousal_at(track: Track, time: float) -> float:
     return track.arousal[-1].value if track.arousal else 0.0
 
 
-def mood_change_clips(track: Track, window_s: float = 8.0, negatives: bool = False) -> list[tuple[float, float, float]]:
+def mood_change_clips(
+    track: Track, window_s: float = 8.0, negatives: bool = False
+) -> list[tuple[float, float, float]]:
     """Clips across each boundary and their arousal change: ``(start_s, end_s, after - before)``.
 
     A clip is ``window_s`` long, centred on the boundary and shifted to stay inside the track.
@@ -52,7 +55,7 @@ def mood_change_clips(track: Track, window_s: float = 8.0, negatives: bool = Fal
         clips.append((start, min(start + window_s, track.duration), float(delta)))
     if negatives:
         bounds = [0.0] + [t.time for t in track.transitions] + [track.duration]
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             if b - a >= window_s + 2:
                 mid = (a + b) / 2
                 clips.append((mid - half, mid + half, 0.0))

@@ -10,8 +10,8 @@ positions are drawn uniformly.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import permutations
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from itertools import pairwise, permutations
 
 import numpy as np
 
@@ -66,12 +66,16 @@ _GTO_ASK = (
     "What is the correct temporal order?",
 )
 _MTR_Q = {
-    "highest": ("When is(are) the highest arousal duration(s) in this audio?",
-                "Which time interval(s) of the track have the highest energy and intensity?",
-                "When is the music at its most intense (highest arousal)?"),
-    "lowest": ("When is(are) the lowest arousal duration(s) in this audio?",
-               "Which time interval(s) of the track are the calmest (lowest arousal)?",
-               "When is the music at its least intense (lowest arousal)?"),
+    "highest": (
+        "When is(are) the highest arousal duration(s) in this audio?",
+        "Which time interval(s) of the track have the highest energy and intensity?",
+        "When is the music at its most intense (highest arousal)?",
+    ),
+    "lowest": (
+        "When is(are) the lowest arousal duration(s) in this audio?",
+        "Which time interval(s) of the track are the calmest (lowest arousal)?",
+        "When is the music at its least intense (lowest arousal)?",
+    ),
 }
 
 
@@ -179,7 +183,7 @@ def _ltr_item(rng, time, correct, wrong, category):
 def _quiet_time(track: Track, rng: np.random.Generator) -> float | None:
     """A time at least 6 s from every boundary and the track's ends, or None."""
     bounds = [0.0] + [t.time for t in track.transitions] + [track.duration]
-    gaps = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 14]
+    gaps = [(a, b) for a, b in pairwise(bounds) if b - a >= 14]
     if not gaps:
         return None
     a, b = gaps[int(rng.integers(len(gaps)))]
@@ -217,7 +221,9 @@ def build_gto(track: Track, rng: np.random.Generator, max_questions: int = 2) ->
         lines = [_pick(rng, _GTO_Q)] + [f"{name}: {named[name].description}" for name in "XYZ"]
         lines.append(_pick(rng, _GTO_ASK))
         lines += [f"{GTO_LETTERS[i]}. {' → '.join(o)}" for i, o in enumerate(GTO_ORDERS)]
-        out.append(("ordering", "single_choice", "\n".join(lines), GTO_LETTERS[letter], [GTO_LETTERS[letter]]))
+        out.append(
+            ("ordering", "single_choice", "\n".join(lines), GTO_LETTERS[letter], [GTO_LETTERS[letter]])
+        )
     return out
 
 
@@ -253,9 +259,20 @@ def build_qas(track: Track, seed: int, split: str = "train", tasks: Sequence[str
         if task not in tasks:
             continue
         for n, (category, qa_type, question, answer, answers) in enumerate(BUILDERS[task](track, rng)):
-            qas.append(QA(id=f"{track.id}-{task.lower()}-{n}", track_id=track.id, task=task,
-                          category=category, qa_type=qa_type, question=question, answer=answer,
-                          answers=list(answers), split=split, duration=float(track.duration)))
+            qas.append(
+                QA(
+                    id=f"{track.id}-{task.lower()}-{n}",
+                    track_id=track.id,
+                    task=task,
+                    category=category,
+                    qa_type=qa_type,
+                    question=question,
+                    answer=answer,
+                    answers=list(answers),
+                    split=split,
+                    duration=float(track.duration),
+                )
+            )
     return qas
 
 

@@ -1,0 +1,95 @@
+"""On-the-fly datasets (determinism, workers, collate) and ``must synth`` on disk."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from must.data.config import DataConfig
+from must.data.datasets import CaptionDataset, QADataset, Stage1Dataset, collate, synthetic_split
+from must.data.real import load_mustbench
+from must.data.synth import SOURCE_NAMES
+from must.data.types import MUSTBENCH_COLUMNS
+
+CFG = DataConfig(
+    min_seconds=8.0, max_seconds=12.0, train_tracks=4, val_tracks=2, test_tracks=2, questions_per_track=3
+)
+
+
+def test_stage1_items_and_collate():
+    ds = Stage1Dataset(CFG, "train", frame_rate=2.5)
+    items = [ds[0], ds[1]]
+    for it in items:
+        frames = int(np.ceil(it["duration"] * 2.5))
+        assert it["waveform"].dtype == torch.float32 and it["waveform"].ndim == 1
+        assert it["transition"].shape == (frames,) and it["activity"].shape == (frames, len(SOURCE_NAMES))
+        assert it["mood_clips"].shape[1] == 3
+    batch = collate(items)
+    lengths = [len(it["waveform"]) for it in items]
+    assert batch["waveform"].shape == (2, max(lengths)) and batch["lengths"].tolist() == lengths
+    short = int(np.argmin(lengths))
+    assert batch["waveform"][short, min(lengths) :].abs().sum() == 0
+    assert batch["activity"].shape[0] == 2 and batch["frame_lengths"].tolist() == [
+        len(i["transition"]) for i in items
+    ]
+    assert batch["track_id"] == [it["track_id"] for it in items]
+    assert torch.equal(ds[1]["waveform"], items[1]["waveform"])  # same index, same audio
+
+
+def test_workers_give_the_same_items_as_the_main_process():
+    ds = CaptionDataset(CFG, "train")
+    direct = [ds[i] for i in range(len(ds))]
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+    got = [b for b in loader]
+    assert [c for b in got for c in b["caption"]] == [d["caption"] for d in direct]
+    assert torch.equal(got[1]["waveform"][0, : len(direct[2]["waveform"])], direct[2]["waveform"])
+    assert direct[0]["caption"].startswith("[0:00-")
+
+
+def test_qa_dataset_matches_the_fixed_split():
+    tracks, qas = synthetic_split(CFG, "test")
+    ds = QADataset(CFG, "test")
+    assert len(ds) == CFG.test_tracks
+    item_qas = [q for i in range(len(ds)) for q in ds[i]["qas"]]
+    assert item_qas == qas
+    assert all(len(ds[i]["qas"]) <= CFG.questions_per_track for i in range(len(ds)))
+    assert np.array_equal(ds[0]["waveform"].numpy(), tracks[0].audio)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_must_synth_writes_audio_labels_and_parquet(tmp_path):
+    import argparse
+
+    from must.cli import COMMANDS
+
+    add, handler = COMMANDS["synth"]
+    parser = argparse.ArgumentParser()
+    add(parser)
+    args = parser.parse_args(
+        ["--tracks", "3", "--out", str(tmp_path), "--seed", "7", "--min-seconds", "8", "--max-seconds", "10"]
+    )
+    assert handler(args) == 0
+    df = pd.read_parquet(tmp_path / "mustbench.parquet")
+    assert list(df.columns) == list(MUSTBENCH_COLUMNS) + ["duration"]
+    split_of = df.groupby("track_id")["split"].nunique()
+    assert (split_of == 1).all()  # no track in two splits
+    audio = sorted(p.stem for p in (tmp_path / "audio").glob("*.flac"))
+    labels = sorted(p.stem for p in (tmp_path / "labels").glob("*.json"))
+    assert len(audio) == 3 and audio == labels and set(df["track_id"]) <= set(audio)
+    lab = json.loads((tmp_path / "labels" / f"{audio[0]}.json").read_text())
+    info = sf.info(str(tmp_path / "audio" / f"{audio[0]}.flac"))
+    assert info.samplerate == 16000 and info.frames / 16000 == pytest.approx(lab["duration"], abs=1e-3)
+    assert {"sources", "transitions", "arousal", "captions", "split"} <= set(lab)
+    # the written test track is the one the on-the-fly test split renders
+    cfg = DataConfig(min_seconds=8, max_seconds=10, seed=7, test_tracks=1)
+    (track,), _ = synthetic_split(cfg, "test")
+    written, _ = sf.read(str(tmp_path / "audio" / f"{track.id}.flac"), dtype="float32")
+    assert np.abs(written - track.audio).max() < 1e-4
+    # and the folder reads back as MusTBench data
+    qas = load_mustbench(tmp_path / "mustbench.parquet", tmp_path / "audio")
+    assert len(qas) == len(df) and all(q.duration > 7.9 for q in qas)
