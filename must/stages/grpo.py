@@ -100,6 +100,8 @@ class Options:
     """Weight of each reward function by name (missing names weigh 1.0)."""
     share_prefix: bool = True
     """Run each prompt once per group in sampling and in the loss (off: the plain path, for comparison)."""
+    kl_importance_correction: bool = True
+    """Multiply the KL estimate by the importance ratio (TRL's ``use_bias_correction_kl``)."""
     disable_dropout: bool = True
     """Zero every dropout so the first pass's log-probs are the old policy's."""
 
@@ -163,10 +165,16 @@ def clipped_surrogate(
     return -torch.min(ratio * advantages, clipped * advantages), ratio
 
 
-def reference_kl(logps: Tensor, ref_logps: Tensor) -> Tensor:
-    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1, (R, T)."""
+def reference_kl(logps: Tensor, ref_logps: Tensor, ratio: Tensor | None = None) -> Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1, (R, T).
+
+    With ``ratio`` (the importance ratio to the sampling policy, with its gradient) the estimate is
+    multiplied by it, as TRL does by default (``use_bias_correction_kl``): the samples come from the
+    old policy, so the KL gradient needs the same correction as the surrogate.
+    """
     delta = ref_logps - logps
-    return torch.exp(delta) - delta - 1
+    kl = torch.exp(delta) - delta - 1
+    return kl if ratio is None else kl * ratio
 
 
 def aggregate_loss(
@@ -607,7 +615,7 @@ class GRPOStage(L.LightningModule):
         per_token, ratio = clipped_surrogate(logps, old, advantages, o.epsilon_low, o.epsilon_high)
         stats = {}
         if ref_logps is not None:
-            kl = reference_kl(logps, ref_logps)
+            kl = reference_kl(logps, ref_logps, ratio if o.kl_importance_correction else None)
             per_token = per_token + o.beta * kl
             stats["kl"] = masked_mean(kl.detach(), mask).item()
         loss = aggregate_loss(per_token, mask, o.loss_type, o.max_completion_length, num_items)

@@ -1,0 +1,286 @@
+"""GRPO speed: must's stage 4 against TRL's GRPOTrainer on the same model, prompts and settings (issue 6).
+
+    python benchmarks/grpo_vs_trl.py                 # text case, both frameworks, 3 alternating repeats
+    python benchmarks/grpo_vs_trl.py --repeats 1 --steps 4  # quicker
+
+The same tiny text-only causal LM (a Llama built from config, same seed, same initial weights), the
+same prompts and reward, G=8, completion length 16, the same learning rate, loss type (dapo), clip
+range, beta=0, one optimisation pass per batch, constant learning rate, full fine-tuning. Our stage
+runs with dynamic sampling off (TRL has none, so it would only add sampling work on our side).
+Each framework runs ``--warmup`` steps that are not timed, then ``--steps`` timed steps; runs
+alternate (ours, TRL, ours, TRL, ...) so that load from other processes on a shared machine falls on
+both alike, and the table reports the median run. Peak memory is the peak resident set size above
+the level at the run's start, sampled every 5 ms (on the CPU torch allocates through malloc, so RSS is
+what there is; freed memory is handed back with malloc_trim between runs).
+
+The last line printed is ``speedup_vs_trl=<float>``: our rollouts/s over TRL's (medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import logging
+import os
+import statistics
+import string
+import tempfile
+import threading
+import time
+import warnings
+
+import torch
+
+
+def tiny_tokenizer(extra_tokens: int):
+    """A character-level tokenizer (digits, letters, punctuation) plus ``extra_tokens`` filler words, offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(string.digits + string.ascii_letters + " :-?.,'")
+    words = ["<pad>", "</s>", "<unk>", *chars, *[f"<w{i}>" for i in range(extra_tokens)]]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_lm(tokenizer, hidden: int, layers: int, seed: int):
+    """A small Llama built from config with the tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(hidden // 32, 1),
+        num_key_value_heads=max(hidden // 64, 1),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+SOURCES = ["drums", "bass", "lead vocal", "piano", "synth pad", "electric guitar", "strings", "brass"]
+
+
+def prompts(n: int) -> list[dict]:
+    """MusTBench-style TSG questions as plain text prompts (about 90 characters each)."""
+    out = []
+    for i in range(n):
+        src, which = SOURCES[i % len(SOURCES)], ("first appear" if i % 2 else "finally disappear")
+        out.append({"prompt": f"Track {i:03d}. Question: when does the {src} {which}? Answer with a time as M:SS. Answer:"})
+    return out
+
+
+def time_reward(prompts, completions, **kwargs) -> list[float]:
+    """Toy reward: 1 for an M:SS time anywhere in the completion, else the share of digits."""
+    import re
+
+    return [1.0 if re.search(r"\d:\d\d", c) else sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+class PeakRSS:
+    """Peak resident set size above the starting level, sampled every 5 ms in a thread (MiB)."""
+
+    def __enter__(self):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mib = (self.peak - self.start) / 2**20
+
+
+def run_ours(model, tok, data, args) -> dict:
+    import lightning as L
+
+    from must.stages.grpo import GRPOStage, Options, TextPolicy
+
+    opts = Options(
+        prompts_per_step=args.prompts,
+        num_generations=args.G,
+        max_completion_length=args.T,
+        learning_rate=args.lr,
+        loss_type=args.loss_type,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        beta=0.0,
+        num_iterations=1,
+        dynamic_sampling=False,
+        max_grad_norm=1.0,
+    )
+    stage = GRPOStage(TextPolicy(model, tok), [time_reward], data, opts)
+    stamps = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer = L.Trainer(
+        max_steps=args.warmup + args.steps,
+        accelerator="cpu" if args.device == "cpu" else "gpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Clock()],
+    )
+    with PeakRSS() as mem:
+        trainer.fit(stage)
+    c = stage.counters
+    parts = {k: c[k] for k in ("prefill_s", "decode_s", "reward_s", "update_s")}
+    return {"stamps": stamps, "mem": mem.mib, "parts": parts, "reward": trainer.callback_metrics.get("reward")}
+
+
+def run_trl(model, tok, data, args) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = GRPOConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=args.prompts * args.G,
+            num_generations=args.G,
+            max_completion_length=args.T,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            loss_type=args.loss_type,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            beta=0.0,
+            num_iterations=1,
+            use_vllm=False,
+            max_steps=args.warmup + args.steps,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=args.device == "cpu",
+            bf16=False,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=args.seed,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[time_reward],
+            args=cfg,
+            train_dataset=Dataset.from_list(data),
+            processing_class=tok,
+            callbacks=[Clock()],
+        )
+        with PeakRSS() as mem:
+            trainer.train()
+    return {"stamps": stamps, "mem": mem.mib, "parts": {}}
+
+
+def rates(res: dict, args) -> dict:
+    """Timed part only: from the end of the last warm-up step to the end of the last step."""
+    st = res["stamps"]
+    seconds = st[args.warmup + args.steps - 1] - st[args.warmup - 1]
+    return {
+        "rollouts_s": args.steps * args.prompts * args.G / seconds,
+        "steps_s": args.steps / seconds,
+        "mem": res["mem"],
+        "parts": res["parts"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--G", type=int, default=8, help="completions per prompt")
+    p.add_argument("--T", type=int, default=16, help="completion length, tokens")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab-extra", type=int, default=4000, help="filler tokens on top of the characters")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--loss-type", default="dapo")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["ours", "trl"], default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    tok = tiny_tokenizer(args.vocab_extra)
+    base = tiny_lm(tok, args.hidden, args.layers, args.seed)
+    data = prompts(64)
+    n_params = sum(p.numel() for p in base.parameters())
+    print(
+        f"model: Llama hidden={args.hidden} layers={args.layers} vocab={len(tok)} params={n_params / 1e6:.2f}M; "
+        f"G={args.G} T={args.T} prompts/step={args.prompts} steps={args.steps} (+{args.warmup} warm-up) "
+        f"loss={args.loss_type} lr={args.lr} beta=0 device={args.device} threads={torch.get_num_threads()}"
+    )
+    results = {"ours": [], "trl": []}
+    runners = {"ours": run_ours, "trl": run_trl}
+    names = [args.only] if args.only else ["ours", "trl"]
+    for r in range(args.repeats):
+        for name in names:
+            torch.manual_seed(args.seed + r)
+            model = copy.deepcopy(base).to(args.device)
+            res = rates(runners[name](model, tok, data, args), args)
+            results[name].append(res)
+            extra = ""
+            if res["parts"]:
+                total = sum(res["parts"].values())
+                extra = "  " + " ".join(f"{k[:-2]}={v / total:.0%}" for k, v in res["parts"].items())
+            print(
+                f"run {r} {name:4s}: {res['rollouts_s']:7.1f} rollouts/s  {res['steps_s']:6.3f} steps/s  "
+                f"peak +{res['mem']:.0f} MiB{extra}",
+                flush=True,
+            )
+            del model
+
+    def med(name, key):
+        return statistics.median(x[key] for x in results[name])
+
+    print("\n| framework | rollouts/s | optimizer steps/s | peak memory (MiB above start) |")
+    print("|---|---:|---:|---:|")
+    for name, label in (("ours", "must GRPOStage"), ("trl", "TRL GRPOTrainer")):
+        if results[name]:
+            print(f"| {label} | {med(name, 'rollouts_s'):.1f} | {med(name, 'steps_s'):.3f} | {med(name, 'mem'):.0f} |")
+    if len(names) == 2:
+        print(f"speedup_vs_trl={med('ours', 'rollouts_s') / med('trl', 'rollouts_s'):.2f}")
+
+
+if __name__ == "__main__":
+    main()
