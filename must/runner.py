@@ -200,6 +200,8 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from must.resume import RNGStateCallback
+
     t = stage.trainer
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints",
@@ -227,7 +229,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic,
         num_sanity_val_steps=0,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, RNGStateCallback()],
         logger=build_logger(recipe, stage, stage_dir, group),
         plugins=plugins,
         default_root_dir=stage_dir,

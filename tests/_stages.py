@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from must.resume import step_sampler
+
 
 @dataclass
 class ToyOptions:
@@ -46,7 +48,8 @@ class Producer(L.LightningModule):
     def train_dataloader(self):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(64, self.options.width, generator=g)
-        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8, shuffle=True)
+        data = TensorDataset(x, x.sum(1, keepdim=True))
+        return DataLoader(data, batch_size=8, sampler=step_sampler(self, len(data), 8, seed=1))
 
     def on_train_start(self):
         path = self.stage_dir / "starts.json"
@@ -58,6 +61,7 @@ class Producer(L.LightningModule):
         if self.global_step == crash_at:
             raise RuntimeError(f"simulated crash at step {crash_at}")
         x, y = batch
+        x = x + 0.1 * torch.randn_like(x)  # draws from the global RNG: resume must restore it
         loss = torch.nn.functional.mse_loss(self.layer(x), y)
         self.log("train/loss", loss)
         return loss

@@ -82,6 +82,14 @@ def test_resume_continues_at_the_saved_global_step(tmp_path, monkeypatch):
     records = run_recipe(load_recipe(path), RunOptions(resume=True))
     assert json.loads((stage_a / "starts.json").read_text()) == [0, 5]
     assert records["a"]["global_step"] == 10 and records["b"]["status"] == "finished"
+    # Same final weights as a run that was never interrupted (data order and RNG restored).
+    resumed = torch.load(stage_a / "model" / "weights.pt", weights_only=True)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    run_recipe(load_recipe(recipe_file(clean, steps=10, every=5)), RunOptions(only="a"))
+    straight = torch.load(clean / "out" / "a" / "model" / "weights.pt", weights_only=True)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
 
 
 def test_only_and_from_pick_stages(tmp_path):
