@@ -187,7 +187,8 @@ def write_report(
     rows = [(f"**{model_name}** (this run)", table_row(scores))]
     if scores.get("baseline"):
         rows.append(("trivial baseline", table_row(scores["baseline"])))
-    rows += [(f"{e['model']} {e.get('size', '')}".strip(), leaderboard_row(e)) for e in leaderboard]
+    rows += [(f"{e['model']} {e.get('size', '') if e.get('size') != '--' else ''}".strip(), leaderboard_row(e))
+             for e in leaderboard]
     n_rows = len(scores.get("rows", []))
     lines = [
         f"# MusTBench evaluation: {model_name}",
