@@ -93,3 +93,50 @@ def test_must_synth_writes_audio_labels_and_parquet(tmp_path):
     # and the folder reads back as MusTBench data
     qas = load_mustbench(tmp_path / "mustbench.parquet", tmp_path / "audio")
     assert len(qas) == len(df) and all(q.duration > 7.9 for q in qas)
+
+
+def test_labels_round_trip_through_disk(tmp_path):
+    from must.data.datasets import synthetic_track
+    from must.data.export import read_track_labels, write_synthetic
+
+    write_synthetic(tmp_path, 1, seed=2, min_s=8, max_s=10, progress=False)
+    (path,) = (tmp_path / "labels").glob("*.json")
+    back = read_track_labels(path, audio=True)
+    cfg = DataConfig(seed=2, min_seconds=8, max_seconds=10)
+    fresh = synthetic_track(cfg, "test", 0)
+    assert back.id == fresh.id and back.duration == fresh.duration
+    assert back.sources == {k: [tuple(r) for r in v] for k, v in fresh.sources.items()}
+    assert (
+        back.transitions == fresh.transitions
+        and back.arousal == fresh.arousal
+        and back.captions == fresh.captions
+    )
+    assert np.abs(back.audio - fresh.audio).max() < 1e-4
+
+
+def test_bad_data_config_names_the_key():
+    from must.data.datasets import qa_dataset
+    from must.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.tasks: unknown task.*XYZ"):
+        QADataset(DataConfig(tasks=["TSG", "XYZ"]))
+    with pytest.raises(ConfigError, match="data.min_seconds"):
+        Stage1Dataset(DataConfig(min_seconds=30, max_seconds=20))
+    with pytest.raises(ConfigError, match="data.parquet"):
+        qa_dataset(DataConfig(source="mustbench"))
+    with pytest.raises(ConfigError, match="data.source"):
+        qa_dataset(DataConfig(source="hub"))
+
+
+def test_qa_dataset_reads_the_real_fixture():
+    from pathlib import Path
+
+    from must.data.datasets import eval_qas, qa_dataset
+
+    parquet = Path("/work/shared/fixtures/mustbench_demo/mustbench_demo.parquet")
+    if not parquet.is_file():
+        pytest.skip("fixture not found")
+    cfg = DataConfig(source="mustbench", parquet=str(parquet))
+    ds = qa_dataset(cfg, "test")
+    assert len(ds) == 1 and ds.track_ids == ["1023323"]
+    assert [q.id for q in eval_qas(cfg)] == ["mtr-1023323"]

@@ -71,6 +71,7 @@ def synthetic_split(
 
 class _SynthDataset(Dataset):
     def __init__(self, cfg: DataConfig, split: str = "train", length: int | None = None):
+        check_config(cfg)
         self.cfg, self.split = cfg, split
         self.length = split_size(cfg, split) if length is None else length
 
@@ -155,3 +156,51 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def qa_to_dict(qa: QA) -> dict[str, Any]:
     """A QA as a plain dict (e.g. to log or to hand to TRL as dataset columns)."""
     return asdict(qa)
+
+
+def check_config(cfg: DataConfig) -> None:
+    """Raise ConfigError naming the ``data.*`` key for settings the generator cannot honour."""
+    from must.data.types import TASKS
+    from must.errors import ConfigError
+
+    if cfg.source not in ("synthetic", "mustbench"):
+        raise ConfigError(f"data.source: {cfg.source!r} is not one of synthetic, mustbench")
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(
+            f"data.tasks: unknown task(s) {', '.join(unknown)}; expected some of {', '.join(TASKS)}"
+        )
+    if not 5.0 <= cfg.min_seconds <= cfg.max_seconds:
+        raise ConfigError(
+            f"data.min_seconds/max_seconds: need 5 <= min_seconds <= max_seconds, got {cfg.min_seconds}, "
+            f"{cfg.max_seconds}"
+        )
+    if cfg.source == "mustbench" and not cfg.parquet:
+        raise ConfigError("data.parquet: required when data.source is mustbench")
+
+
+def qa_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    """The QA dataset of a split for ``cfg.source``: synthetic (rendered on the fly) or MusTBench files.
+
+    For ``mustbench`` the parquet's rows whose ``split`` column equals ``split`` are used.
+    """
+    check_config(cfg)
+    if cfg.source == "synthetic":
+        return QADataset(cfg, split)
+    from pathlib import Path
+
+    from must.data.real import MustBenchDataset, load_mustbench
+
+    audio_dir = cfg.audio_dir or str(Path(cfg.parquet).parent)
+    qas = [q for q in load_mustbench(cfg.parquet, audio_dir) if q.split == split]
+    return MustBenchDataset(qas, audio_dir, cfg.sample_rate)
+
+
+def eval_qas(cfg: DataConfig) -> list[QA]:
+    """The held-out questions scored after training: the synthetic test split, or the parquet's test rows."""
+    check_config(cfg)
+    if cfg.source == "synthetic":
+        return synthetic_split(cfg, "test", render_audio=False)[1]
+    from must.data.real import load_mustbench
+
+    return [q for q in load_mustbench(cfg.parquet, cfg.audio_dir) if q.split == "test"]

@@ -73,3 +73,33 @@ def write_synthetic(
     path = out / "mustbench.parquet"
     df.to_parquet(path, index=False)
     return path
+
+
+def read_track_labels(path: str | Path, audio: bool = False, sample_rate: int = 16000) -> Track:
+    """A track from a ``labels/<id>.json`` written by :func:`write_synthetic` (audio loaded if asked)."""
+    from must.data.real import find_audio, load_audio
+    from must.data.types import ArousalSegment, Caption, Transition
+    from must.errors import MustError
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        track = Track(
+            id=d["id"],
+            duration=float(d["duration"]),
+            sample_rate=sample_rate,
+            sources={k: [tuple(run) for run in v] for k, v in d["sources"].items()},
+            transitions=[Transition(**t) for t in d["transitions"]],
+            arousal=[ArousalSegment(**a) for a in d["arousal"]],
+            captions=[Caption(**c) for c in d["captions"]],
+            meta=d.get("meta", {}),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MustError(f"cannot read track labels {path}: {exc}") from exc
+    audio_path = find_audio(path.parent.parent / "audio", track.id)
+    track.path = str(audio_path) if audio_path else None
+    if audio:
+        if audio_path is None:
+            raise MustError(f"no audio for {track.id} in {path.parent.parent / 'audio'}")
+        track.audio = load_audio(audio_path, sample_rate)
+    return track
