@@ -206,7 +206,8 @@ class MusicLALM(nn.Module):
 
     def prompt_inputs(self, encoding: AudioEncoding, questions: list[str], answers: list[str] | None = None,
                       padding_side: str | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs: ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, L), ``labels`` (B, L).
+        """Model inputs: ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, L), ``labels`` (B, L),
+        ``position_ids`` (B, L); pass them all to ``self.llm(**inputs)``.
 
         Each row is ``[chat prefix][host audio tokens][MusT tokens][rest of the user turn][answer + EOS]``;
         labels are -100 everywhere but the answer tokens and EOS. Without ``answers`` the rows end with
@@ -243,7 +244,10 @@ class MusicLALM(nn.Module):
             sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
             inputs[i, sl], attn[i, sl] = r, 1
             labels[i, sl] = torch.tensor(lab, device=self.device)
-        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels}
+        # Explicit positions (as HF generation computes them) so left padding is right and no model
+        # state (e.g. the Omni thinker's cached rope deltas) leaks between calls.
+        positions = (attn.cumsum(-1) - 1).clamp_min(0)
+        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels, "position_ids": positions}
 
     def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded generation prompts: ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L)."""

