@@ -1,0 +1,171 @@
+"""The GRPO LightningModule on a tiny text LM with LoRA: what trains, what is reused, what is skipped."""
+
+import contextlib
+import string
+
+import lightning as L
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from must.sampling import completion_logits
+from must.stages.grpo import GRPOStage, Options, TextPolicy, left_pad, token_logps
+
+
+def char_tokenizer():
+    words = ["<pad>", "</s>", "<unk>", *(string.digits + string.ascii_lowercase + " :-?")]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_lm(vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+class CountingPolicy(TextPolicy):
+    """TextPolicy that counts how often each prompt is encoded and embedded, and reference passes."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.encoded_rows, self.embed_calls, self.adapter_off = 0, 0, 0
+
+    def encode(self, rows):
+        self.encoded_rows += len(rows)
+        return super().encode(rows)
+
+    def embed(self, items):
+        self.embed_calls += 1
+        return super().embed(items)
+
+
+def lora_policy(seed=0):
+    tok = char_tokenizer()
+    lm = get_peft_model(tiny_lm(len(tok), seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    policy = CountingPolicy(lm, tok)
+    real = lm.disable_adapter
+
+    @contextlib.contextmanager
+    def counted():
+        policy.adapter_off += 1
+        with real():
+            yield
+
+    lm.disable_adapter = counted
+    return policy
+
+
+def varied(prompts, completions, **kw):
+    """Distinct characters in the answer: differs between samples of a random policy."""
+    return [len(set(c)) / 10 for c in completions]
+
+
+def flat_or_varied(prompts, completions, **kw):
+    """Constant for prompts that say 'flat' (a group with no signal), else ``varied``."""
+    return [1.0 if "flat" in p else len(set(c)) / 10 for p, c in zip(prompts, completions)]
+
+
+DATA = [{"prompt": f"when does {w} enter?", "task": "TSG"} for w in ["bass", "drums", "voice", "piano", "synth", "harp"]]
+
+
+def fit(stage, steps):
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(stage)
+    return trainer
+
+
+def test_trains_lora_only_and_saves(tmp_path):
+    policy = lora_policy()
+    opts = Options(prompts_per_step=2, num_generations=4, max_completion_length=6, learning_rate=5e-2,
+                   dynamic_sampling=False)
+    stage = GRPOStage(policy, [varied], DATA, opts)
+    before = {n: p.detach().clone() for n, p in policy.lm.named_parameters()}
+    trainer = fit(stage, 3)
+    moved = {n for n, p in policy.lm.named_parameters() if not torch.equal(p, before[n])}
+    lora = {n for n, _ in policy.lm.named_parameters() if "lora_" in n}
+    assert moved == lora  # every adapter weight moved, nothing else did
+    assert trainer.global_step == 3
+    for key in ("reward", "reward_std", "entropy", "completion_length", "clip_ratio/region", "rewards/varied"):
+        assert key in trainer.callback_metrics
+    stage.save_model(tmp_path / "model")
+    assert (tmp_path / "model" / "adapter_config.json").exists()
+    assert (tmp_path / "model" / "tokenizer.json").exists()
+
+
+def test_prompts_encoded_once_and_no_reference_pass_at_beta_zero():
+    policy = lora_policy()
+    opts = Options(prompts_per_step=2, num_generations=4, max_completion_length=5, num_iterations=3, beta=0.0,
+                   dynamic_sampling=False)
+    stage = GRPOStage(policy, [varied], DATA, opts)
+    trainer = fit(stage, 6)  # 6 optimiser steps = 2 batches of rollouts x 3 passes
+    assert trainer.global_step == 6
+    assert policy.encoded_rows == 2 * 2  # each prompt encoded once, reused by its 4 samples and 3 passes
+    assert policy.embed_calls == 2 * (1 + 3)  # sampling + one per pass; no separate old-policy pass
+    assert policy.adapter_off == 0 and stage.counters["reference_passes"] == 0
+
+
+def test_reference_is_the_policy_with_adapters_off():
+    policy = lora_policy(seed=1)
+    base = tiny_lm(len(policy.tokenizer), seed=1)  # same base weights, no adapters
+    with torch.no_grad():  # move the adapters away from the identity so policy != reference
+        for n, p in policy.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    opts = Options(prompts_per_step=2, num_generations=3, max_completion_length=5, beta=0.1, dynamic_sampling=False)
+    stage = GRPOStage(policy, [varied], DATA, opts)
+    roll, _ = stage.collect(DATA[:2])
+    ref = stage._reference_logps(roll)
+    assert policy.adapter_off == 1
+    prompt_mask, mask = policy.embed(roll.encoded)[1], roll.completion_mask
+    logits = completion_logits(base, embed_with(base, policy, roll), prompt_mask, roll.completion_ids, 3)
+    expected, _ = token_logps(logits, roll.completion_ids)
+    torch.testing.assert_close(ref * mask, expected * mask, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        own, _ = token_logps(stage._logits(roll), roll.completion_ids)
+    assert (own - ref).abs().max() > 1e-3  # the adapters do change the policy
+    trainer = fit(stage, 2)
+    assert "kl" in trainer.callback_metrics and policy.adapter_off == 1 + 2
+
+
+def embed_with(base, policy, roll):
+    """The prompt embeddings of the plain base model (the embedding table is not adapted)."""
+    ids, _ = left_pad(roll.encoded, policy.tokenizer.pad_token_id)
+    return base.get_input_embeddings()(ids)
+
+
+def test_dynamic_sampling_replaces_groups_whose_rewards_agree():
+    policy = lora_policy()
+    data = [{"prompt": f"flat {i}"} for i in range(4)] + [{"prompt": f"live {i}"} for i in range(4)]
+    opts = Options(prompts_per_step=4, num_generations=4, max_completion_length=6, max_refills=4)
+    stage = GRPOStage(policy, [flat_or_varied], data, opts)
+    rows = [data[0], data[1], data[4], data[5]]
+    roll, stats = stage.collect(rows)
+    assert stats["frac_reward_zero_std"] == 0.5
+    assert stats["refills"] >= 1
+    assert len(roll.rows) == 4 and all(r["prompt"].startswith("live") for r in roll.rows)
+    assert roll.completion_ids.size(0) == 16 and roll.rewards.shape == (16,)
+    # a batch with nothing to learn from keeps its size after the refills run out
+    flat = GRPOStage(lora_policy(), [flat_or_varied], data[:4], Options(prompts_per_step=2, num_generations=3,
+                                                                       max_completion_length=4, max_refills=2))
+    roll, stats = flat.collect(data[:2])
+    assert len(roll.rows) == 2 and stats["refills"] == 2 and stats["frac_reward_zero_std"] == 1.0
+
+
+def test_bad_options_are_named():
+    policy = lora_policy()
+    with pytest.raises(Exception, match="loss_type"):
+        GRPOStage(policy, [varied], DATA, Options(loss_type="ppo"))
+    with pytest.raises(Exception, match="reward_weights"):
+        GRPOStage(policy, [varied], DATA, Options(reward_weights={"nope": 1.0}))
+    plain = TextPolicy(tiny_lm(len(policy.tokenizer)), policy.tokenizer)
+    with pytest.raises(Exception, match="beta"):
+        GRPOStage(plain, [varied], DATA, Options(beta=0.1))
