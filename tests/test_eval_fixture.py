@@ -1,0 +1,63 @@
+"""``must eval`` end to end on the real fixture track with a tiny model; an unreadable track is recorded."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from must.cli import main
+
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/mustbench_demo"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from must.models.lalm import MusicLALM
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    MusicLALM.from_config(None).save_pretrained(path)
+    return path
+
+
+@pytest.mark.skipif(not (FIXTURE / "1023323.mp3").is_file(), reason="demo fixture not present")
+def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    shutil.copy(FIXTURE / "1023323.mp3", audio / "1023323.mp3")
+    (audio / "broken.mp3").write_bytes(b"this is not an mp3")
+    real = pd.read_parquet(FIXTURE / "mustbench_demo.parquet")
+    extra = pd.DataFrame([
+        {"id": "tsg-real", "track_id": "1023323", "task": "TSG", "category": "vocals", "qa_type": "onset",
+         "question": "When do the vocals first appear?", "answer": "0:12", "answers": ["0:12"], "split": "test"},
+        {"id": "tsg-broken", "track_id": "broken", "task": "TSG", "category": "drums", "qa_type": "offset",
+         "question": "When do the drums finally disappear?", "answer": "0:40", "answers": ["0:40"], "split": "test"},
+    ])
+    data = tmp_path / "bench.parquet"
+    pd.concat([real, extra], ignore_index=True).to_parquet(data)
+    out = tmp_path / "out"
+    code = main(["eval", str(tiny_model), "--data", str(data), "--audio-dir", str(audio), "--out", str(out),
+                 "--max-new-tokens", "8"])
+    assert code == 0
+    preds = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert set(preds) == {"mtr-1023323", "tsg-real", "tsg-broken"}
+    real_row = preds["mtr-1023323"]
+    assert real_row["error"] is None and isinstance(real_row["prediction"], str)
+    assert real_row["duration"] == pytest.approx(97.4, abs=0.1)
+    assert real_row["covered_seconds"] == pytest.approx(real_row["duration"], abs=0.5)  # the whole track
+    assert preds["tsg-broken"]["error"] and "broken" in preds["tsg-broken"]["error"]
+    assert preds["tsg-broken"]["prediction"] is None
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores) >= {"TSG", "LTR", "TAD", "GTO", "MTR", "overall", "missing", "rows", "baseline"}
+    assert scores["LTR"] is None and scores["MTR"]["iou"] is not None
+    assert scores["missing_predictions"] == ["tsg-broken"]
+    # whole-track baseline on the real row, written as text ("0:00–1:37", 97 s): G = 0:57–1:12 (15 s) inside it
+    assert scores["baseline"]["MTR"]["iou"] == pytest.approx(100 * 15 / 97, abs=0.005)
+    # the broken track has no duration, so its offset baseline cannot be made and is named missing
+    assert scores["baseline"]["TSG"]["offset"] is None and "tsg_offset" in scores["baseline"]["missing"]
+    report = (out / "report.md").read_text()
+    assert "(this run)" in report and "| MusT 7B | 55.5 |" in report and "trivial baseline" in report
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert plots == ["MTR_mtr-1023323.png", "TSG_tsg-broken.png", "TSG_tsg-real.png"]
+    assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
