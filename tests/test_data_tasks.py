@@ -10,6 +10,7 @@ from must.data.datasets import synthetic_split, track_seed
 from must.data.synth import NO_CHANGE_TEXTS, SOURCE_LABELS, generate_track
 from must.data.tasks import (
     GTO_ORDERS,
+    MTR_MAX_COVER,
     TRIVIAL_MARGIN_S,
     arousal_extreme,
     build_qas,
@@ -116,7 +117,7 @@ def test_mtr_answers_parse_back_and_never_cover_the_whole_track(labelled):
             for (a, b), (x, y) in zip(parsed.value, truth):
                 assert abs(a - x) <= 0.5 and abs(b - y) <= 0.5
             assert "\u2013" in q.answer
-            assert sum(y - x for x, y in truth) <= 0.7 * t.duration
+            assert sum(y - x for x, y in truth) <= MTR_MAX_COVER * t.duration
             n_multi += len(truth) > 1
     assert n_multi >= 1
 
@@ -180,3 +181,13 @@ def test_splits_are_disjoint_and_fixed():
     assert not hashes & {hash(t.audio.tobytes()) for t in val}
     assert not {t.id for t in test_a} & {t.id for t in val}
     assert all(q.split == "test" for q in qas_a) and len(qas_a) <= 3 * cfg.questions_per_track
+
+
+def test_trivial_baselines_score_low_with_the_benchmark_scorer(labelled):
+    from must.metrics.mustbench import trivial_baseline_scores
+
+    rows = [q.to_row() for _, qas in labelled for q in qas]
+    s = trivial_baseline_scores(rows)
+    assert s["TSG"]["onset"] == 0.0 and s["TSG"]["offset"] == 0.0
+    assert s["LTR"]["accuracy"] < 35 and s["GTO"]["accuracy"] < 30
+    assert s["MTR"]["iou"] < 30

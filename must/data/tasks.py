@@ -32,6 +32,9 @@ GTO_LETTERS = "ABCDEF"
 GTO_ORDERS = tuple(permutations("XYZ"))
 #: An onset earlier than this, or an offset later than ``duration - this``, is not asked (seconds).
 TRIVIAL_MARGIN_S = 4.0
+#: MTR is not asked when its answer intervals cover more than this fraction of the track (the whole-track
+#: baseline's IoU on a question is exactly that fraction).
+MTR_MAX_COVER = 0.4
 
 _ONSET_Q = (
     "When does the {x} first appear in the audio?",
@@ -241,7 +244,7 @@ def build_mtr(track: Track, rng: np.random.Generator) -> list[tuple]:
     out = []
     for which in ("highest", "lowest"):
         spans = arousal_extreme(track, which)
-        if sum(b - a for a, b in spans) > 0.7 * track.duration:
+        if sum(b - a for a, b in spans) > MTR_MAX_COVER * track.duration:
             continue
         refs = [format_interval(a, b) for a, b in spans]
         out.append((None, which, _pick(rng, _MTR_Q[which]), ", ".join(refs), refs))
