@@ -123,7 +123,7 @@ def format_table(rows: Sequence[tuple[str, Sequence[str]]], markdown: bool = Fal
         lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows]
         return "\n".join(lines)
     width = max(len(header[0]), *(len(name) for name, _ in rows))
-    fmt = lambda name, cells: f"{name:<{width}}  " + " ".join(f"{c:>7}" for c in cells)  # noqa: E731
+    fmt = lambda name, cells: f"{name:<{width}}  " + " ".join(f"{c:>7}" for c in cells)
     return "\n".join([fmt(header[0], header[1:])] + [fmt(name, cells) for name, cells in rows])
 
 
@@ -193,9 +193,9 @@ def write_report(
     lines = [
         f"# MusTBench evaluation: {model_name}",
         "",
-        f"{n_rows} question(s) scored. Percent; TSG is Hit@3s; a task score is the mean of its sub-metrics, "
+        (f"{n_rows} question(s) scored. Percent; TSG is Hit@3s; a task score is the mean of its sub-metrics, "
         "overall the mean of the available sub-metrics. Published rows are the paper's (full MusTBench); "
-        "ours covers only the rows given, so compare with care.",
+        "ours covers only the rows given, so compare with care."),
         "",
         format_table(rows, markdown=True),
         "",
@@ -257,7 +257,7 @@ def predict(
                 for rec, r, ans in zip(base[start : start + batch_size], chunk, answers, strict=True):
                     parsed = parse_answer(str(r["task"]), ans[0])
                     rec.update(prediction=ans[0], parsed=parsed.to_json(), reason=parsed.reason)
-        except Exception as exc:  # one bad track must not stop the run: record it and go on
+        except Exception as exc:  # noqa: BLE001  one bad track must not stop the run: record it, go on
             for rec in base:
                 if rec["prediction"] is None:
                     rec["error"] = f"{type(exc).__name__}: {exc}"

@@ -54,7 +54,7 @@ def plot_timeline(
     fig, ax = plt.subplots(figsize=(8, 1.9), dpi=100)
     lanes = {"reference": (1.0, "tab:green", reference), "prediction": (0.0, "tab:orange", prediction)}
     end = max(float(duration or 0), 1.0)
-    for label, (y, color, value) in lanes.items():
+    for (y, color, value) in lanes.values():
         times, spans = _as_marks(value)
         for a, b in spans:
             ax.broken_barh([(a, max(b - a, end * 0.002))], (y - 0.3, 0.6), facecolors=color, alpha=0.7)

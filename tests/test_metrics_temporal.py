@@ -7,8 +7,8 @@ from must.metrics import (
     OptionAccuracy,
     TemporalF1,
     TemporalIoU,
-    interval_union,
     intersection_length,
+    interval_union,
     temporal_iou_f1,
 )
 

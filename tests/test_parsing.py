@@ -2,7 +2,14 @@
 
 import pytest
 
-from must.parsing import completion_text, parse_answer, parse_interval, parse_intervals, parse_option, parse_time
+from must.parsing import (
+    completion_text,
+    parse_answer,
+    parse_interval,
+    parse_intervals,
+    parse_option,
+    parse_time,
+)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Rewards: graded, monotone in the error, penalties, None on other tasks, chat-format completions."""
 
+import itertools
 import math
 
 import pytest
@@ -19,8 +20,8 @@ from must.timecode import format_interval, format_time
 
 def _tsg(completions, answer="1:00", duration=120.0):
     n = len(completions)
-    return dict(prompts=["q"] * n, completions=completions, task=["TSG"] * n, answer=[answer] * n,
-                duration=[duration] * n)
+    return {"prompts": ["q"] * n, "completions": completions, "task": ["TSG"] * n, "answer": [answer] * n,
+                "duration": [duration] * n}
 
 
 def test_timestamp_reward_is_exponential_and_monotone():
@@ -28,7 +29,7 @@ def test_timestamp_reward_is_exponential_and_monotone():
     got = timestamp_reward(**_tsg([format_time(60 + e) for e in errors]))
     assert got[0] == 1.0
     assert got[4] == pytest.approx(math.exp(-1))  # default scale 5 s
-    assert all(a > b for a, b in zip(got, got[1:]))
+    assert all(a > b for a, b in itertools.pairwise(got))
     early = timestamp_reward(**_tsg([format_time(60 - e) for e in errors]))
     assert early == pytest.approx(got)  # symmetric
 
@@ -41,7 +42,7 @@ def test_interval_reward_monotone_in_shift():
     got = interval_reward(prompts=["q"] * n, completions=comps, task=["MTR"] * n, answer=[ref] * n,
                           duration=[200.0] * n)
     assert got[0] == 1.0
-    assert all(a > b for a, b in zip(got, got[1:]))  # strictly, through overlap and past it
+    assert all(a > b for a, b in itertools.pairwise(got))  # strictly, through overlap and past it
     assert got[-1] > 0  # a near miss still gets some credit
 
 
@@ -59,13 +60,13 @@ def test_penalties_and_components():
 
 
 def test_task_rewards_are_none_on_other_tasks_and_router_covers_all():
-    kw = dict(
-        prompts=["q"] * 5,
-        completions=["0:30", "(B)", "0:30-0:50", "the bass enters", "F"],
-        task=["TSG", "LTR", "MTR", "TAD", "GTO"],
-        answer=["0:30", "B", "0:30\u20130:50", "the bass enters", "E"],
-        duration=[100.0] * 5,
-    )
+    kw = {
+        "prompts": ["q"] * 5,
+        "completions": ["0:30", "(B)", "0:30-0:50", "the bass enters", "F"],
+        "task": ["TSG", "LTR", "MTR", "TAD", "GTO"],
+        "answer": ["0:30", "B", "0:30\u20130:50", "the bass enters", "E"],
+        "duration": [100.0] * 5,
+    }
     assert timestamp_reward(**kw) == [1.0, None, None, None, None]
     assert option_reward(**kw) == [None, 1.0, None, None, 0.0]
     assert interval_reward(**kw)[2] == 1.0

@@ -235,7 +235,7 @@ def trivial_baseline_predictions(
             if p.ok
         )
         if counts:
-            letters[task] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            letters[task] = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
     out: dict[str, str | None] = {}
     for r in references:
         task, rid = str(r["task"]).upper(), str(r["id"])

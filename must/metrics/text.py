@@ -8,6 +8,7 @@ Debian's ``wordnet-base`` in ``/usr/share/wordnet``), else exact and Porter-stem
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shutil
@@ -22,18 +23,13 @@ from torchmetrics import Metric
 
 from must.metrics.temporal import _MeanMetric
 
+log = logging.getLogger(__name__)
+
 #: Where Debian's ``wordnet-base`` puts the WordNet 3.0 database (``apt-get install wordnet-base``).
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 
 # WordNet 3.0's lexicographer files (the `lexnames` file nltk needs; Debian's package leaves it out).
-_LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
-    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
-    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
-    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
-    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
-    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
-).split()
+_LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
 _LEX_POS = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 
@@ -79,8 +75,8 @@ def load_wordnet() -> tuple[Any, str]:
 
         wordnet.ensure_loaded()
         return wordnet, "wordnet"
-    except Exception:  # nltk raises LookupError, or others on a broken install: fall through
-        pass
+    except Exception:
+        log.debug("nltk's own WordNet not usable", exc_info=True)
     root = _debian_wordnet_dir()
     if root is not None:
         try:
@@ -90,6 +86,7 @@ def load_wordnet() -> tuple[Any, str]:
             for allowed in {str(root), str(root.resolve()), str(DEBIAN_WORDNET)}:
                 if allowed not in nltk.data.path:
                     nltk.data.path.append(allowed)
+
             class _Reader(WordNetCorpusReader):
                 def map_wn(self, version: str = "wordnet") -> None:
                     # the OMW version map looks for nltk's own wordnet corpus; unneeded for synonyms
@@ -101,7 +98,7 @@ def load_wordnet() -> tuple[Any, str]:
             reader.synsets("music")
             return reader, "wordnet"
         except Exception:
-            pass
+            log.debug("Debian WordNet at %s not usable", root, exc_info=True)
     return _NoWordNet(), "exact+stem"
 
 

@@ -21,7 +21,15 @@ from typing import Any
 
 from must.metrics.temporal import interval_union, temporal_iou_f1, union_length
 from must.metrics.text import meteor
-from must.parsing import OPTION_LETTERS, Parsed, completion_text, parse_answer, parse_intervals, parse_option, parse_time
+from must.parsing import (
+    OPTION_LETTERS,
+    Parsed,
+    completion_text,
+    parse_answer,
+    parse_intervals,
+    parse_option,
+    parse_time,
+)
 
 
 @dataclass
