@@ -164,6 +164,10 @@ def score_handler(args: argparse.Namespace) -> int:
         load_predictions(args.predictions), load_references(args.references), args.tolerance, args.clap_dir
     )
     print_scores(scores, Path(args.predictions).stem)
+    if scores.get("TAD"):
+        from must.metrics.text import meteor_mode
+
+        print(f"METEOR matching: {meteor_mode()}")
     if args.out:
         write_json(args.out, scores)
         print(f"wrote {args.out}")
@@ -267,29 +271,34 @@ def predict(
     return records
 
 
-def evaluate_model(
-    model_dir: str | Path,
-    data: str | Path,
-    audio_dir: str | Path | None,
+def evaluate_loaded(
+    model: Any,
+    references: Sequence[dict[str, Any]],
+    audio_dir: str | Path,
     out_dir: str | Path,
+    model_name: str = "model",
     batch_size: int = 8,
     max_new_tokens: int = 32,
     clap_dir: str | Path | None = None,
     n_plots: int = 4,
     leaderboard: str | Path | None = None,
     progress: bool = True,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Load a saved model, answer every row, write ``predictions.jsonl``, ``scores.json``, ``report.md``
-    and ``plots/``; returns the scores dict."""
-    from must.models.lalm import MusicLALM
+    """Evaluate a model already in memory (e.g. a stage's ``evaluate``): answer every reference row, write
+    ``predictions.jsonl``, ``scores.json``, ``report.md`` and ``plots/`` under ``out_dir``; returns the scores."""
+    from must.metrics.text import meteor_mode
     from must.viz import plot_rows
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
-    references = load_references(data)
+    out_dir = Path(out_dir)
+    references = [dict(r) for r in references]
+    was_training = getattr(model, "training", False)
+    model.eval()
     t0 = time.perf_counter()
-    model = MusicLALM.from_pretrained(model_dir).eval()
-    records = predict(model, references, audio_dir, batch_size, max_new_tokens, progress)
+    try:
+        records = predict(model, references, audio_dir, batch_size, max_new_tokens, progress)
+    finally:
+        model.train(was_training)
     seconds = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
@@ -305,11 +314,36 @@ def evaluate_model(
     scores["errors"] = [{"id": rec["id"], "error": rec["error"]} for rec in errors]
     write_json(out_dir / "scores.json", scores)
     plot_rows(references, by_id, out_dir / "plots", n_per_task=n_plots)
-    notes = [f"model: {model_dir}", f"data: {data} ({len(references)} rows), audio: {audio_dir}",
-             f"generation: greedy, max {max_new_tokens} new tokens, {seconds:.1f} s in all"]
+    notes = [*notes, f"{len(references)} rows, audio from {audio_dir}",
+             f"generation: greedy, at most {max_new_tokens} new tokens; {seconds:.1f} s for all rows"]
+    if any(str(r["task"]).upper() == "TAD" for r in references):
+        notes.append(f"METEOR matching: {meteor_mode()} (exact+stem when no WordNet database is installed)")
     notes += [f"audio error on {rec['id']}: {rec['error']}" for rec in errors[:20]]
-    write_report(out_dir, scores, model_dir.name, _load_leaderboard(leaderboard), notes)
+    write_report(out_dir, scores, model_name, _load_leaderboard(leaderboard), notes)
     return scores
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str | Path,
+    audio_dir: str | Path | None,
+    out_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    clap_dir: str | Path | None = None,
+    n_plots: int = 4,
+    leaderboard: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet."""
+    from must.models.lalm import MusicLALM
+
+    model_dir = Path(model_dir)
+    audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
+    references = load_references(data)
+    model = MusicLALM.from_pretrained(model_dir)
+    return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
+                           clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
