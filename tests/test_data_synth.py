@@ -163,3 +163,24 @@ def test_source_activity_and_mood_clips(tracks):
             assert delta == pytest.approx(segs[round(tr.time, 3)] - before)
         else:
             assert delta == 0.0
+
+
+def test_optional_gm_renderer_keeps_the_labels():
+    pytest.importorskip("tinysoundfont")
+    pytest.importorskip("pretty_midi")
+    cfg = DataConfig(min_seconds=12, max_seconds=15, renderer="gm")
+    a, b = generate_track(4, cfg), generate_track(4, cfg)
+    plain = generate_track(4, DataConfig(min_seconds=12, max_seconds=15))
+    assert np.array_equal(a.audio, b.audio) and not np.array_equal(a.audio, plain.audio)
+    assert a.sources == plain.sources and a.transitions == plain.transitions
+    assert a.audio.dtype == np.float32 and len(a.audio) == len(plain.audio)
+    assert 0.05 < np.abs(a.audio).max() <= 0.95 + 1e-6
+
+
+def test_gm_renderer_missing_soundfont_is_a_named_error(tmp_path):
+    pytest.importorskip("tinysoundfont")
+    from must.errors import MustError
+
+    cfg = DataConfig(min_seconds=8, max_seconds=9, renderer="gm", soundfont=str(tmp_path / "none.sf2"))
+    with pytest.raises(MustError, match="SoundFont not found: .*none.sf2"):
+        generate_track(0, cfg)

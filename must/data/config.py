@@ -36,6 +36,11 @@ class DataConfig:
     """Width (standard deviation, seconds) of each peak of the stage-1 transition-probability curve."""
     mood_window_s: float = 8.0
     """Length of a stage-1 mood-change clip centred on a boundary, seconds."""
+    renderer: str = "numpy"
+    """``numpy`` (built-in synthesis, fast, exact offsets) or ``gm`` (General MIDI through a SoundFont; needs
+    the optional ``tinysoundfont`` package, see must/data/gm.py)."""
+    soundfont: Optional[str] = None
+    """SoundFont for ``renderer: gm``; None uses the GM SoundFont that ``pretty_midi`` ships."""
 
     # --- real data (source: mustbench) -----------------------------------------------------------
     parquet: Optional[str] = None

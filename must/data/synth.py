@@ -208,19 +208,21 @@ def _mutate(rng: np.random.Generator, prev: Section, start: float, end: float) -
 
 
 def arrange(seed: int, min_seconds: float, max_seconds: float) -> list[Section]:
-    """The sections of track ``seed``: its length drawn from [min_seconds, max_seconds]."""
+    """The sections of track ``seed``: its length drawn from [min_seconds, max_seconds].
+
+    Every boundary falls on a bar line of the section it ends (sections are whole bars at their own
+    tempo), so no section ends in a half-empty bar; only the last section is cut at the track's end.
+    """
     rng = np.random.default_rng(seed)
     duration = round(float(rng.uniform(min_seconds, max_seconds)), 2)
     lengths = _section_lengths(rng, duration)
-    bounds = np.concatenate([[0.0], np.cumsum(lengths)])
-    bounds[-1] = duration
     # The intro holds few sources so that most sources enter later (their onsets are worth asking about).
     intro_pool = ["pad", "guitar", "bass", "hihat", "kick"]
     n_intro = int(rng.integers(1, 3))
     intro = set(rng.choice(intro_pool, n_intro, replace=False).tolist())
     first = Section(
         0.0,
-        float(bounds[1]),
+        0.0,
         int(rng.integers(76, 141)),
         int(rng.integers(12)),
         str(rng.choice(["major", "minor"])),
@@ -231,10 +233,19 @@ def arrange(seed: int, min_seconds: float, max_seconds: float) -> list[Section]:
         PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))],
     )
     sections = [first]
-    for i in range(1, len(lengths)):
-        nxt, change = _mutate(rng, sections[-1], float(bounds[i]), float(bounds[i + 1]))
-        nxt.extra["change"] = change
-        sections.append(nxt)
+    t = 0.0
+    for i, length in enumerate(lengths):
+        if i:
+            nxt, change = _mutate(rng, sections[-1], t, t)
+            nxt.extra["change"] = change
+            sections.append(nxt)
+        sec = sections[-1]
+        bar = 240.0 / sec.tempo
+        sec.start, sec.end = t, t + max(1, round(length / bar)) * bar
+        t = sec.end
+        if duration - t < min(4.0, duration / 4):  # too little left for another section
+            break
+    sections[-1].end = duration
     for s in sections:
         s.arousal = section_arousal(s)
     return sections
@@ -254,7 +265,7 @@ def _section_notes(
 ) -> list[tuple[float, float, int, float, int]]:
     """Notes of ``src`` in section ``s`` on its beat grid, in its key; the first note is on the downbeat."""
     beat = 60.0 / s.tempo
-    n_beats = int((s.end - s.start) / beat)
+    n_beats = int((s.end - s.start) / beat + 1e-6)
     if n_beats < 1:
         return []
     d = s.density
@@ -725,7 +736,12 @@ def generate_track(
     )
     duration = sections[-1].end
     notes = _notes(seed, sections)
-    audio, spans = render(sections, notes, duration, sr, only=None if render_audio else ())
+    gm = render_audio and _cfg_get(cfg, "renderer", "numpy") == "gm"
+    audio, spans = render(sections, notes, duration, sr, only=None if render_audio and not gm else ())
+    if gm:
+        from must.data.gm import render_gm
+
+        audio = render_gm(sections, notes, duration, sr, _cfg_get(cfg, "soundfont", None))
     peak = float(np.abs(audio).max()) if render_audio else 0.0
     if peak > 0.95:  # scale the whole track, so loudness changes between sections are kept
         audio *= np.float32(0.95 / peak)
