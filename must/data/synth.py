@@ -633,7 +633,7 @@ def _phrase(rng: np.random.Generator, key: str, change: dict) -> str:
         if key == "in":
             forms = (
                 f"the {x} {'enter' if plural else 'enters'}",
-                f"{x} {'come' if plural else 'comes'} in",
+                f"the {x} {'come' if plural else 'comes'} in",
                 f"the {x} {'set' if plural else 'sets'} in",
                 f"the {x} {'join' if plural else 'joins'}",
                 f"the {x} {'start' if plural else 'starts'} playing",
