@@ -153,17 +153,20 @@ class ClapScore(Metric):
 
     def __init__(self, model_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from transformers import AutoProcessor, ClapModel
+        from transformers import AutoTokenizer, ClapModel
 
+        # text-to-text needs only the text tower's tokenizer (a real CLAP folder ships a RoBERTa one)
         self.model = ClapModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-        self.processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        # RoBERTa-style positions start after the padding index: stay 2 short of the table
+        self.max_length = int(self.model.config.text_config.max_position_embeddings) - 2
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        tok = getattr(self.processor, "tokenizer", self.processor)
-        inputs = tok(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
         emb = self.model.get_text_features(**inputs)
         emb = getattr(emb, "pooler_output", emb)
         return torch.nn.functional.normalize(emb.float(), dim=-1)
