@@ -140,3 +140,15 @@ def test_qa_dataset_reads_the_real_fixture():
     ds = qa_dataset(cfg, "test")
     assert len(ds) == 1 and ds.track_ids == ["1023323"]
     assert [q.id for q in eval_qas(cfg)] == ["mtr-1023323"]
+
+
+def test_labelled_folder_errors(tmp_path):
+    from must.data.export import load_labelled_folder, read_track_labels
+    from must.errors import MustError
+
+    with pytest.raises(MustError, match="no label files"):
+        load_labelled_folder(tmp_path)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "x.json").write_text("{not json")
+    with pytest.raises(MustError, match="cannot read track labels .*x.json"):
+        read_track_labels(tmp_path / "labels" / "x.json")

@@ -42,9 +42,10 @@ def write_synthetic(
 ) -> Path:
     """Write ``n_tracks`` synthetic tracks under ``out_dir`` and return the parquet's path.
 
-    Layout: ``audio/<track_id>.flac``, ``labels/<track_id>.json``, ``mustbench.parquet`` (the benchmark's
-    columns plus ``duration``; splits by track). Track i of a split is the same one the on-the-fly
-    datasets render for that (seed, split, i), so the written test split equals ``synthetic_split``'s.
+    Layout: ``audio/<track_id>.flac`` (16-bit), ``labels/<track_id>.json``, ``mustbench.parquet`` (the
+    benchmark's columns plus ``duration``; splits by track, 80/10/10). Track i of a split is the same
+    track the on-the-fly datasets render for that (seed, split, i); the parquet holds every question the
+    builders make (``cfg.questions_per_track`` applies only when ``cfg`` is given).
     """
     import pandas as pd
     import soundfile as sf
@@ -103,3 +104,13 @@ def read_track_labels(path: str | Path, audio: bool = False, sample_rate: int = 
             raise MustError(f"no audio for {track.id} in {path.parent.parent / 'audio'}")
         track.audio = load_audio(audio_path, sample_rate)
     return track
+
+
+def load_labelled_folder(folder: str | Path, audio: bool = False, sample_rate: int = 16000) -> list[Track]:
+    """Every track of a folder written by :func:`write_synthetic` (``labels/*.json``), sorted by id."""
+    from must.errors import MustError
+
+    paths = sorted((Path(folder) / "labels").glob("*.json"))
+    if not paths:
+        raise MustError(f"no label files in {Path(folder) / 'labels'}")
+    return [read_track_labels(p, audio, sample_rate) for p in paths]
