@@ -124,6 +124,8 @@ def test_bad_data_config_names_the_key():
         Stage1Dataset(DataConfig(min_seconds=30, max_seconds=20))
     with pytest.raises(ConfigError, match="data.parquet"):
         qa_dataset(DataConfig(source="mustbench"))
+    with pytest.raises(ConfigError, match="data.renderer"):
+        CaptionDataset(DataConfig(renderer="fluid"))
     with pytest.raises(ConfigError, match="data.source"):
         qa_dataset(DataConfig(source="hub"))
 

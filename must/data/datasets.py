@@ -175,6 +175,8 @@ def check_config(cfg: DataConfig) -> None:
             f"data.min_seconds/max_seconds: need 5 <= min_seconds <= max_seconds, got {cfg.min_seconds}, "
             f"{cfg.max_seconds}"
         )
+    if cfg.renderer not in ("numpy", "gm"):
+        raise ConfigError(f"data.renderer: {cfg.renderer!r} is not one of numpy, gm")
     if cfg.source == "mustbench" and not cfg.parquet:
         raise ConfigError("data.parquet: required when data.source is mustbench")
 
