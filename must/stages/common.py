@@ -1,0 +1,359 @@
+"""Pure helpers the stages share: building the model, freezing, optimisers, a track cache, packed
+multi-question sequences, task-balanced answer-only loss, and evaluation on a synthetic split.
+
+No base classes: each stage module is self-contained and calls these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from must.data.config import DataConfig
+from must.data.types import QA, Track
+from must.errors import ConfigError
+from must.models import params
+from must.models.lalm import AudioEncoding, MusicLALM
+
+#: Chance level of the letter tasks (a uniformly random option), percent.
+CHANCE = {"LTR": 100 / 4, "GTO": 100 / 6}
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def build_model(ctx: Any) -> MusicLALM:
+    """The stage's starting model: the ``init_from`` folder when given, else built from ``recipe.model``."""
+    if ctx.init_dir is not None:
+        return MusicLALM.from_pretrained(ctx.init_dir)
+    return MusicLALM.from_config(ctx.recipe.model)
+
+
+def set_trainable(model: torch.nn.Module, train: Sequence[str], freeze: Sequence[str] = ()) -> int:
+    """Train exactly the parameters matching a glob of ``train``, minus those matching ``freeze``; returns how many train."""
+    params.trainable(model, list(train))
+    if freeze:
+        params.freeze(model, list(freeze))
+    n = sum(p.requires_grad for p in model.parameters())
+    if n == 0:
+        raise ConfigError(f"options.train {list(train)} minus options.freeze {list(freeze)} leaves nothing to train")
+    return n
+
+
+def optimizer_config(model: MusicLALM, lr: float, lrs: dict, weight_decay: float, warmup_steps: int,
+                     max_steps: int) -> dict:
+    """AdamW over the trainable parameters (learning rate per name glob in ``lrs``), linear warm-up then
+    cosine decay to 10 % over ``max_steps``; in Lightning's ``configure_optimizers`` format."""
+    groups = model.param_groups(dict(lrs), lr, weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    total = max(1, int(max_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def grad_norm(module: torch.nn.Module) -> float:
+    """L2 norm of the gradients of ``module`` (0 when none)."""
+    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+_TRACKS: OrderedDict[tuple, Track] = OrderedDict()
+#: Tracks kept rendered in this process (the runner runs every stage in one process, so stage 1's
+#: renders serve stages 2-4 and every evaluation).
+TRACK_CACHE_SIZE = 4096
+
+
+def cached_track(cfg: DataConfig, split: str, index: int) -> Track:
+    """Track ``index`` of ``split`` (a pure function of the data config), rendered once per process."""
+    from must.data.datasets import synthetic_track
+
+    key = (cfg.seed, cfg.min_seconds, cfg.max_seconds, cfg.sample_rate, split, index)
+    track = _TRACKS.get(key)
+    if track is None:
+        track = synthetic_track(cfg, split, index)
+        _TRACKS[key] = track
+        if len(_TRACKS) > TRACK_CACHE_SIZE:
+            _TRACKS.popitem(last=False)
+    else:
+        _TRACKS.move_to_end(key)
+    return track
+
+
+def check_synthetic(cfg: DataConfig, stage: str) -> None:
+    """Training stages render their own music: refuse a real-data config with a clear message."""
+    if cfg.source != "synthetic":
+        raise ConfigError(f"stage '{stage}': data.source '{cfg.source}' is not supported for training yet "
+                          "(synthetic only); evaluate real data with `must eval`")
+
+
+class EncodingCache:
+    """Encoded audio per track id, kept while the encoder is frozen (detached, on the CPU).
+
+    With a frozen encoder an encoding never changes, so each track goes through the backbone once per
+    stage however many epochs pass over it (deterministic sampling: the cached tokens are the eval ones).
+    """
+
+    def __init__(self, max_items: int = 4096):
+        self.items: OrderedDict[str, AudioEncoding] = OrderedDict()
+        self.max_items = max_items
+        self.calls = 0
+
+    def get(self, model: MusicLALM, ids: Sequence[str], waves: Sequence[np.ndarray | torch.Tensor],
+            sample_rate: int) -> AudioEncoding:
+        """The (B, ...) encoding of ``waves``, encoding only the tracks not seen before."""
+        todo = [i for i, tid in enumerate(ids) if tid not in self.items]
+        if todo:
+            with torch.no_grad():
+                enc = model.encode_audio([waves[i] for i in todo], sample_rate, stochastic=False)
+            self.calls += 1
+            for j, i in enumerate(todo):
+                row = enc.index_select([j])
+                n = int(row.mask.sum())
+                self.items[ids[i]] = trim_encoding(row, n)
+                if len(self.items) > self.max_items:
+                    self.items.popitem(last=False)
+        return stack_encodings([self.items[t] for t in ids], model.device)
+
+
+def trim_encoding(enc: AudioEncoding, n_tokens: int) -> AudioEncoding:
+    """One row cut to its real tokens (so rows of different batches can be re-stacked), detached, CPU."""
+    enc = enc.detach()
+    out = {}
+    for name in ("features", "times", "mask"):
+        out[name] = getattr(enc, name)[:, :n_tokens].cpu()
+    nf = int(enc.frame_mask.sum())
+    for name in ("transition_probs", "frame_times", "frame_mask"):
+        out[name] = getattr(enc, name)[:, :nf].cpu()
+    return AudioEncoding(covered_seconds=enc.covered_seconds.cpu(), durations=enc.durations.cpu(),
+                         host_embeds=None if enc.host_embeds is None else enc.host_embeds.cpu(),
+                         host_mask=None if enc.host_mask is None else enc.host_mask.cpu(),
+                         encoder_calls=enc.encoder_calls, **out)
+
+
+def _pad_stack(tensors: list[torch.Tensor], value=0) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def stack_encodings(rows: Sequence[AudioEncoding], device: torch.device) -> AudioEncoding:
+    """Stack single-row encodings (as :func:`trim_encoding` makes) into one batch on ``device``."""
+    out = {}
+    for name in ("features", "times", "mask", "transition_probs", "frame_times", "frame_mask"):
+        out[name] = _pad_stack([getattr(r, name) for r in rows], False if name.endswith("mask") else 0).to(device)
+    host = None
+    if rows[0].host_embeds is not None:
+        host = (_pad_stack([r.host_embeds for r in rows]).to(device),
+                _pad_stack([r.host_mask for r in rows], False).to(device))
+    return AudioEncoding(covered_seconds=torch.cat([r.covered_seconds for r in rows]),
+                         durations=torch.cat([r.durations for r in rows]),
+                         host_embeds=host[0] if host else None, host_mask=host[1] if host else None,
+                         encoder_calls=0, **out)
+
+
+# ----------------------------------------------------------------------------------------- packing
+
+
+def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequence[Sequence[str]],
+                   answers: Sequence[Sequence[str]] | None = None,
+                   max_answer_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """Several questions about one clip in one sequence: each question block sees the audio, not the others.
+
+    Row ``b`` is ``[chat prefix][host tokens][MusT tokens]`` once, then for each question ``j`` the block
+    ``[rest of the user turn + question j][assistant header][answer j + EOS]``. Positions restart after
+    the audio for every block, and a 4-D mask lets a block attend to the shared prefix and causally to
+    itself only, so each block computes exactly what the unpacked prompt would (checked in the tests)
+    while the audio runs once.
+
+    Returns ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, 1, L, L) additive float (0 = attend),
+    ``position_ids`` (B, L), ``labels`` (B, L) (-100 but on answers + EOS), ``block`` (B, L) long
+    (-1 on the shared part and padding, else the question's index in the flattened list), and
+    ``n_blocks`` (total questions). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``).
+    """
+    embed = model.llm.get_input_embeddings()
+    dev = model.device
+    cut = max_answer_tokens or model.cfg.max_answer_tokens
+    audio = model.project(encoding)
+    eos = model.tokenizer.eos_token_id
+    rows, labels, blocks, positions = [], [], [], []
+    flat = 0
+    for b, qs in enumerate(questions):
+        before, _ = model._prompt_text(qs[0])
+        parts = [embed(torch.tensor(model._ids(before), device=dev))]
+        if encoding.host_embeds is not None:
+            parts.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
+        parts.append(audio[b][encoding.mask[b].to(dev)])
+        n_shared = sum(len(p) for p in parts)
+        lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
+        for j, q in enumerate(qs):
+            _, after = model._prompt_text(q)
+            ids = model._ids(after)
+            a_ids = [] if answers is None else model._ids(answers[b][j])[:cut] + [eos]
+            parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
+            lab += [-100] * len(ids) + a_ids
+            blk += [flat] * (len(ids) + len(a_ids))
+            pos += list(range(n_shared, n_shared + len(ids) + len(a_ids)))
+            flat += 1
+        rows.append(torch.cat([p.to(audio.dtype) for p in parts]))
+        labels.append(lab)
+        blocks.append(blk)
+        positions.append(pos)
+    length = max(len(r) for r in rows)
+    bsz = len(rows)
+    inputs = audio.new_zeros(bsz, length, model.hidden_size)
+    lab_t = torch.full((bsz, length), -100, dtype=torch.long, device=dev)
+    blk_t = torch.full((bsz, length), -1, dtype=torch.long, device=dev)
+    pos_t = torch.zeros(bsz, length, dtype=torch.long, device=dev)
+    real = torch.zeros(bsz, length, dtype=torch.bool, device=dev)
+    for i, (r, la, bl, po) in enumerate(zip(rows, labels, blocks, positions)):
+        n = len(r)
+        inputs[i, :n] = r
+        lab_t[i, :n] = torch.tensor(la, device=dev)
+        blk_t[i, :n] = torch.tensor(bl, device=dev)
+        pos_t[i, :n] = torch.tensor(po, device=dev)
+        real[i, :n] = True
+    allowed = block_mask(blk_t, real)
+    mask = torch.zeros(allowed.shape, dtype=inputs.dtype, device=dev)
+    mask = mask.masked_fill(~allowed, torch.finfo(inputs.dtype).min)[:, None]
+    return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
+            "block": blk_t, "n_blocks": flat}
+
+
+def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, L) block ids (-1 = shared) and real-token mask -> (B, L, L) bool, True where query i may see key k.
+
+    Causal; a key in the shared part is seen by every query, a key in a block only by its own block.
+    Padding queries see themselves only (no all-masked rows, so no NaN).
+    """
+    n = block.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
+    same = block[:, :, None] == block[:, None, :]
+    shared_key = (block == -1)[:, None, :] & real[:, None, :]
+    allowed = causal & (same | shared_key) & real[:, None, :] & real[:, :, None]
+    eye = torch.eye(n, dtype=torch.bool, device=block.device)
+    return allowed | (eye & ~real[:, :, None])
+
+
+def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Answer-only loss normalised per question: (B, L, V) logits -> (n_blocks,) mean token CE of each block."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    shift_block = block[:, 1:]
+    ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                         ignore_index=-100, reduction="none")
+    valid = (shift_labels.reshape(-1) != -100)
+    idx = shift_block.reshape(-1).clamp_min(0)
+    sums = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], ce[valid])
+    counts = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], torch.ones_like(ce[valid]))
+    return sums / counts.clamp_min(1)
+
+
+def balanced_loss(losses: torch.Tensor, tasks: Sequence[str],
+                  weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Tasks balanced in the batch: the (weighted) mean over tasks of each task's mean per-question loss.
+
+    ``losses`` (Q,), ``tasks`` the Q task names. Returns (scalar loss, task -> its mean loss).
+    """
+    per_task: dict[str, torch.Tensor] = {}
+    for task in dict.fromkeys(tasks):
+        sel = torch.tensor([t == task for t in tasks], device=losses.device)
+        per_task[task] = losses[sel].mean()
+    w = {t: (weights or {}).get(t, 1.0) for t in per_task}
+    total = sum(w[t] * v for t, v in per_task.items()) / max(sum(w.values()), 1e-9)
+    return total, per_task
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def generate_answers(model: MusicLALM, tracks: Sequence[Track], qas: Sequence[QA], max_new_tokens: int = 40,
+                     batch_size: int = 16) -> dict[str, str]:
+    """Greedy answers, QA id -> text; each track encoded once and its questions batched."""
+    by_track: dict[str, list[QA]] = {}
+    for qa in qas:
+        by_track.setdefault(qa.track_id, []).append(qa)
+    out: dict[str, str] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for track in tracks:
+                rows = by_track.get(track.id, [])
+                if not rows:
+                    continue
+                enc = model.encode_audio([track.audio], track.sample_rate, stochastic=False)
+                for lo in range(0, len(rows), batch_size):
+                    chunk = rows[lo: lo + batch_size]
+                    texts = model.generate(enc.index_select([0] * len(chunk)), [q.question for q in chunk],
+                                           max_new_tokens=max_new_tokens)
+                    for qa, t in zip(chunk, texts):
+                        out[qa.id] = t[0]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_split(model: MusicLALM, data: DataConfig, out_dir: Path, split: str = "test", name: str = "model",
+                   max_new_tokens: int = 40, max_tracks: int | None = None, quiet: bool = False) -> dict:
+    """Answer every question of a synthetic split, score it as ``must score`` does (trivial baselines
+    beside), write ``scores.json`` and ``predictions.jsonl`` to ``out_dir``, print the table and chance.
+
+    Returns a small summary (the sub-metrics, their baselines, seconds) for the stage's record.
+    """
+    from must.data.datasets import split_size, synthetic_qas
+    from must.eval import print_scores, score_predictions, write_json
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    n = split_size(data, split) if max_tracks is None else min(max_tracks, split_size(data, split))
+    tracks = [cached_track(data, split, i) for i in range(n)]
+    qas = [qa for i, tr in enumerate(tracks) for qa in synthetic_qas(data, tr, split, i)]
+    preds = generate_answers(model, tracks, qas, max_new_tokens)
+    scores = score_predictions(preds, [qa.to_row() for qa in qas])
+    seconds = time.perf_counter() - t0
+    scores["seconds"] = round(seconds, 2)
+    scores["chance"] = dict(CHANCE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "scores.json", scores)
+    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
+        for qa in qas:
+            fh.write(json.dumps({"id": qa.id, "task": qa.task, "qa_type": qa.qa_type, "prediction": preds.get(qa.id),
+                                 "answer": qa.answer}, ensure_ascii=False) + "\n")
+    if not quiet:
+        counts = {t: sum(q.task == t for q in qas) for t in dict.fromkeys(q.task for q in qas)}
+        print(f"\n[must] {name}: MusTBench on the synthetic {split} split ({len(tracks)} tracks, {len(qas)} "
+              f"questions {counts}), {seconds:.0f} s", file=sys.stdout)
+        print_scores(scores, name)
+        print("chance level: " + ", ".join(f"{k} {v:.1f}" for k, v in CHANCE.items()) + "\n", flush=True)
+    return summary(scores)
+
+
+def summary(scores: dict) -> dict:
+    """The sub-metrics of a scores dict and of its baseline, flat (``tsg_onset``, …, ``baseline/tsg_onset``)."""
+    keys = {"tsg_onset": ("TSG", "onset"), "tsg_offset": ("TSG", "offset"), "ltr": ("LTR", "accuracy"),
+            "tad_meteor": ("TAD", "meteor"), "gto": ("GTO", "accuracy"), "mtr_iou": ("MTR", "iou"),
+            "mtr_f1": ("MTR", "f1")}
+    out: dict[str, Any] = {"overall": scores.get("overall"), "seconds": scores.get("seconds")}
+    for k, (task, sub) in keys.items():
+        out[k] = (scores.get(task) or {}).get(sub)
+        out[f"baseline/{k}"] = ((scores.get("baseline") or {}).get(task) or {}).get(sub)
+    return out

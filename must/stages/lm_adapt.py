@@ -1,0 +1,151 @@
+"""Stage 2: LM adaptation — align the MusT tokens with the language model on timestamped captions.
+
+The encoder (adapted in stage 1) is frozen; the projector, the time embedding and the LLM train (the
+whole LLM by default, as in the paper; or only its LoRA, per recipe). Each track's caption
+``[0:00-0:25] description … [0:25] boundary …`` is the answer to a caption prompt, and the loss is the
+next-token loss on the caption only (normalised per caption). With the encoder frozen, each track's
+encoded audio is computed once and reused across epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from must.data.config import DataConfig
+from must.data.synth import caption_text
+from must.models.lalm import MusicLALM
+from must.stages import common
+
+CAPTION_PROMPTS = [
+    "Describe this music with timestamps.",
+    "Caption the track section by section, with times.",
+    "What happens in this music, and when?",
+]
+
+
+@dataclass
+class Options:
+    """The ``options:`` block of an ``lm_adapt`` stage."""
+
+    batch_size: int = 4
+    """Tracks (captions) per step."""
+    lr: float = 1e-3
+    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
+    lrs: Dict[str, float] = field(default_factory=dict)
+    """Learning rate per parameter-name glob, first match wins (e.g. ``{"llm.*": 3e-4}``)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up, steps (then cosine decay to 10 %)."""
+    train: Optional[List[str]] = None
+    """Parameter globs to train; None: projector, time embedding and the whole LLM (its LoRA adapters,
+    if any, stay untouched for stage 3)."""
+    freeze: List[str] = field(default_factory=list)
+    """Parameter globs kept frozen even if ``train`` matches them."""
+    prompts: List[str] = field(default_factory=lambda: list(CAPTION_PROMPTS))
+    """Caption prompts; each track gets one at random."""
+    reuse_encodings: bool = True
+    """Encode each track once and reuse it (only while no encoder parameter trains)."""
+    max_caption_tokens: int = 1024
+    """Cut captions to this many tokens (a 60 s synthetic track's caption is up to ~600)."""
+
+
+class CaptionTracks(Dataset):
+    """Synthetic tracks and their timestamped captions (rendered once per process)."""
+
+    def __init__(self, data: DataConfig, split: str, length: int, prompts: List[str], seed: int = 0):
+        self.data, self.split, self.length, self.prompts = data, split, length, prompts
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        track = common.cached_track(self.data, self.split, i)
+        prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
+                "prompt": prompt, "caption": caption_text(track)}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {k: [it[k] for it in items] for k in items[0]}
+
+
+def caption_loss(model: MusicLALM, encoding, prompts: List[str], captions: List[str],
+                 max_tokens: int | None = None) -> torch.Tensor:
+    """(B,) next-token loss of each caption given its audio and prompt, normalised per caption."""
+    packed = common.pack_questions(model, encoding, [[p] for p in prompts], [[c] for c in captions], max_tokens)
+    logits = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
+                       position_ids=packed["position_ids"], use_cache=False).logits
+    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
+
+
+class LMAdaptation(L.LightningModule):
+    """Stage 2 (see the module docstring)."""
+
+    Options = Options
+
+    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None, seed: int = 0):
+        super().__init__()
+        self.model, self.data, self.seed = model, data, seed
+        self.options = o = options or Options()
+        train = o.train if o.train is not None else ["projector.*", "time_embedding.*", "llm.*"]
+        freeze = list(o.freeze)
+        if o.train is None and any("lora_" in n for n, _ in model.named_parameters()):
+            freeze.append("*lora_*")
+        common.set_trainable(model, train, freeze)
+        self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
+        self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+        self.max_tokens = o.max_caption_tokens
+
+    @classmethod
+    def from_context(cls, ctx) -> LMAdaptation:
+        common.check_synthetic(ctx.recipe.data, ctx.stage.name)
+        module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed)
+        module.max_steps = ctx.stage.trainer.max_steps
+        return module
+
+    def train_dataloader(self) -> DataLoader:
+        ds = CaptionTracks(self.data, "train", self.data.train_tracks, self.options.prompts, self.seed)
+        return DataLoader(ds, batch_size=self.options.batch_size, shuffle=True, collate_fn=_collate, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = CaptionTracks(self.data, "val", self.data.val_tracks, self.options.prompts[:1], self.seed)
+        return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=_collate)
+
+    def _encode(self, batch: dict):
+        if self.cache is not None:
+            return self.cache.get(self.model, batch["id"], batch["waveform"], batch["sample_rate"][0])
+        return self.model.encode_audio(batch["waveform"], batch["sample_rate"][0])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.cache is not None:
+            self.model.encoder.eval()  # frozen: no dropout, deterministic tokens
+        losses = caption_loss(self.model, self._encode(batch), batch["prompt"], batch["caption"], self.max_tokens)
+        loss = losses.mean()
+        bs = len(losses)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/caption_loss", loss, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        losses = caption_loss(self.model, self._encode(batch), batch["prompt"], batch["caption"], self.max_tokens)
+        self.log("val/caption_loss", losses.mean(), prog_bar=True, batch_size=len(losses))
+
+    def configure_optimizers(self):
+        o = self.options
+        steps = getattr(self, "max_steps", None) or 1000
+        return common.optimizer_config(self.model, o.lr, o.lrs, o.weight_decay, o.warmup_steps, steps)
+
+    def save_model(self, path: Path) -> None:
+        """The whole MusicLALM folder (the next stage starts from it)."""
+        self.model.save_pretrained(path)
+
+

@@ -1,0 +1,259 @@
+"""Stage 3: supervised fine-tuning on the five MusTBench tasks.
+
+Each step takes ``batch_size`` clips and asks ``questions_per_clip`` questions of each, drawn in turn
+from the clip's task types (TSG onset, TSG offset, LTR, TAD, GTO, MTR) so rare types are not
+starved. All questions of a clip share one sequence: the audio runs once and each question block
+sees it but not the other questions (:func:`must.stages.common.pack_questions`), which gives several
+times the supervision per step for nearly the same compute. The loss is answer-only, normalised per
+question (a 40-token TAD answer weighs as much as a 4-token time), then averaged per task and over
+the tasks of the batch (tasks balanced in every batch; ``task_weights`` to tilt it).
+
+Trained by default: LLM LoRA, projector and time embedding (add ``encoder.*`` globs to ``train`` to
+adapt encoder parts too). Validation generates answers on the validation split and logs the
+MusTBench sub-metrics; :meth:`SFTStage.evaluate` scores the held-out test split into
+``<stage>/eval/scores.json`` (the ``must score`` format, trivial baselines beside) and prints the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from must.data.config import DataConfig
+from must.data.datasets import synthetic_qas, track_seed
+from must.data.tasks import build_qas
+from must.data.types import QA
+from must.errors import ConfigError
+from must.models.lalm import MusicLALM
+from must.stages import common
+
+
+@dataclass
+class Options:
+    """The ``options:`` block of an ``sft`` stage."""
+
+    batch_size: int = 2
+    """Clips per step."""
+    questions_per_clip: int = 8
+    """Questions asked of each clip in one packed sequence (fewer when the clip has fewer)."""
+    tasks: Optional[List[str]] = None
+    """Tasks to train (None: ``data.tasks``)."""
+    task_weights: Dict[str, float] = field(default_factory=dict)
+    """Loss weight per task in the balanced mean (missing tasks weigh 1)."""
+    type_weights: Dict[str, float] = field(default_factory=dict)
+    """How often each question type is drawn for a clip, relative (types: ``TSG-onset``, ``TSG-offset``,
+    ``LTR``, ``TAD``, ``GTO``, ``MTR``; missing weigh 1)."""
+    lr: float = 1e-3
+    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
+    lrs: Dict[str, float] = field(default_factory=dict)
+    """Learning rate per parameter-name glob, first match wins (e.g. ``{"projector.*": 2e-3}``)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up, steps (then cosine decay to 10 %)."""
+    train: List[str] = field(default_factory=lambda: ["projector.*", "time_embedding.*", "*lora_*"])
+    """Parameter globs to train (as in the paper: projector and LLM LoRA; add ``encoder.*`` parts if wanted)."""
+    freeze: List[str] = field(default_factory=list)
+    """Parameter globs kept frozen even if ``train`` matches them."""
+    reuse_encodings: bool = True
+    """Encode each track once and reuse it (only while no encoder parameter trains)."""
+    val_max_new_tokens: int = 40
+    """Generated tokens per answer in validation and evaluation."""
+    eval_init: bool = False
+    """Before training, evaluate the starting model on the test split into ``<stage>/eval_init/``."""
+    eval_max_tracks: Optional[int] = None
+    """Evaluate on the first N test tracks only (None: ``data.test_tracks``)."""
+
+
+def question_type(qa: QA) -> str:
+    """``TSG-onset``/``TSG-offset`` for TSG, the task name otherwise."""
+    return f"TSG-{qa.qa_type}" if qa.task == "TSG" else qa.task
+
+
+def pick_questions(qas: List[QA], k: int, rng: np.random.Generator,
+                   type_weights: Dict[str, float] | None = None) -> List[QA]:
+    """Up to ``k`` questions drawn without replacement: each draw picks a question type (weighted,
+    among types with questions left), then a random question of that type."""
+    pools: Dict[str, List[QA]] = {}
+    for i in rng.permutation(len(qas)):
+        pools.setdefault(question_type(qas[i]), []).append(qas[i])
+    out: List[QA] = []
+    while len(out) < k and pools:
+        types = sorted(pools)
+        w = np.array([(type_weights or {}).get(t, 1.0) for t in types], dtype=float)
+        if w.sum() <= 0:
+            break
+        t = types[int(rng.choice(len(types), p=w / w.sum()))]
+        out.append(pools[t].pop())
+        if not pools[t]:
+            del pools[t]
+    return out
+
+
+class QATracks(Dataset):
+    """Training clips: the waveform and a task-balanced draw of its questions (all built, then picked)."""
+
+    def __init__(self, data: DataConfig, split: str, length: int, k: int, tasks: List[str],
+                 type_weights: Dict[str, float], seed: int = 0):
+        self.data, self.split, self.length, self.k, self.tasks = data, split, length, k, tasks
+        self.type_weights = type_weights
+        self.rng = np.random.default_rng(seed)
+        self._qas: Dict[int, List[QA]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        track = common.cached_track(self.data, self.split, i)
+        if i not in self._qas:
+            self._qas[i] = build_qas(track, track_seed(self.data.seed, self.split, i), self.split, self.tasks)
+        qas = pick_questions(self._qas[i], self.k, self.rng, self.type_weights)
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate, "qas": qas}
+
+
+class EvalTracks(Dataset):
+    """Validation clips with the split's fixed questions."""
+
+    def __init__(self, data: DataConfig, split: str, length: int):
+        self.data, self.split, self.length = data, split, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        track = common.cached_track(self.data, self.split, i)
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
+                "qas": synthetic_qas(self.data, track, self.split, i)}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {k: [it[k] for it in items] for k in items[0]}
+
+
+def qa_losses(model: MusicLALM, encoding, groups: List[List[QA]]) -> torch.Tensor:
+    """(Q,) answer-only loss of each question (flattened over clips), one packed sequence per clip."""
+    packed = common.pack_questions(model, encoding, [[q.question for q in g] for g in groups],
+                                   [[q.answer for q in g] for g in groups])
+    logits = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
+                       position_ids=packed["position_ids"], use_cache=False).logits
+    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
+
+
+class SFTStage(L.LightningModule):
+    """Stage 3 (see the module docstring)."""
+
+    Options = Options
+
+    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None, seed: int = 0,
+                 stage_dir: Path | None = None):
+        super().__init__()
+        self.model, self.data, self.seed, self.stage_dir = model, data, seed, stage_dir
+        self.options = o = options or Options()
+        self.tasks = list(o.tasks) if o.tasks is not None else list(data.tasks)
+        if o.questions_per_clip < 1:
+            raise ConfigError(f"options.questions_per_clip must be at least 1, got {o.questions_per_clip}")
+        common.set_trainable(model, o.train, o.freeze)
+        self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
+        self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+
+    @classmethod
+    def from_context(cls, ctx) -> SFTStage:
+        common.check_synthetic(ctx.recipe.data, ctx.stage.name)
+        module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
+        module.max_steps = ctx.stage.trainer.max_steps
+        return module
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        o = self.options
+        ds = QATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
+                      dict(o.type_weights), self.seed)
+        return DataLoader(ds, batch_size=o.batch_size, shuffle=True, collate_fn=_collate, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(EvalTracks(self.data, "val", self.data.val_tracks), batch_size=1, collate_fn=_collate)
+
+    def _encode(self, batch: dict):
+        if self.cache is not None:
+            self.model.encoder.eval()
+            return self.cache.get(self.model, batch["id"], batch["waveform"], batch["sample_rate"][0])
+        return self.model.encode_audio(batch["waveform"], batch["sample_rate"][0])
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        groups = [g for g in batch["qas"]]
+        keep = [i for i, g in enumerate(groups) if g]
+        encoding = self._encode(batch)
+        if len(keep) < len(groups):  # a clip without questions (rare: very short track)
+            encoding, groups = encoding.index_select(keep), [groups[i] for i in keep]
+        losses = qa_losses(self.model, encoding, groups)
+        tasks = [q.task for g in groups for q in g]
+        loss, per_task = common.balanced_loss(losses, tasks, self.options.task_weights)
+        bs = len(groups)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for t, v in per_task.items():
+            self.log(f"train/loss_{t}", v, batch_size=bs)
+        self.log("train/questions", float(len(tasks)), batch_size=bs)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._preds: Dict[str, str] = {}
+        self._refs: List[dict] = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        qas = batch["qas"][0]
+        if not qas:
+            return
+        enc = self.model.encode_audio([batch["waveform"][0]], batch["sample_rate"][0], stochastic=False)
+        answers = self.model.generate(enc.index_select([0] * len(qas)), [q.question for q in qas],
+                                      max_new_tokens=self.options.val_max_new_tokens)
+        for q, a in zip(qas, answers):
+            self._preds[q.id] = a[0]
+            self._refs.append(q.to_row())
+
+    def on_validation_epoch_end(self) -> None:
+        from must.eval import score_predictions
+
+        if not self._refs:
+            return
+        flat = common.summary(score_predictions(self._preds, self._refs))
+        self.log_dict({f"val/{k}": float(v) for k, v in flat.items()
+                       if v is not None and not k.startswith("baseline/") and k != "seconds"}, prog_bar=False)
+
+    def configure_optimizers(self):
+        o = self.options
+        steps = getattr(self, "max_steps", None) or 1000
+        return common.optimizer_config(self.model, o.lr, o.lrs, o.weight_decay, o.warmup_steps, steps)
+
+    def on_fit_start(self) -> None:
+        if not self.options.eval_init or self.stage_dir is None or not self.trainer.is_global_zero:
+            return
+        out = self.stage_dir / "eval_init"
+        if (out / "scores.json").exists() or self.global_step > 0:
+            return
+        self.init_scores = common.evaluate_split(self.model, self.data, out, name="before SFT",
+                                                 max_new_tokens=self.options.val_max_new_tokens,
+                                                 max_tracks=self.options.eval_max_tracks)
+
+    # -- hand-off -----------------------------------------------------------------------------
+
+    def save_model(self, path: Path) -> None:
+        """The whole MusicLALM folder (LoRA adapters included; the next stage starts from it)."""
+        self.model.save_pretrained(path)
+
+    def evaluate(self, out_dir: Path) -> dict:
+        """MusTBench scores on the held-out synthetic test split: ``out_dir/scores.json`` (+ predictions)."""
+        scores = common.evaluate_split(self.model, self.data, Path(out_dir), name="after SFT",
+                                       max_new_tokens=self.options.val_max_new_tokens,
+                                       max_tracks=self.options.eval_max_tracks)
+        if getattr(self, "init_scores", None):
+            return {"test": scores, "init": self.init_scores}
+        return {"test": scores}
