@@ -26,8 +26,8 @@ gets never depends on which other rows have stopped, so the prefix-shared path a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

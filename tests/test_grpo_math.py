@@ -76,13 +76,15 @@ def test_loss_aggregation_by_type():
 
 
 def test_rewards_weighted_with_none_as_not_applicable():
-    def a(prompts, completions, **kw):
+    def a(prompts, completions, log_metric=None, **kw):
+        log_metric("a/part", 0.25)  # TRL's hook for per-component logging
         return [1.0, None, 0.5]
 
     def b(prompts, completions, **kw):
         return [2.0, None, None]
 
-    per_func, _ = score([a, b], ["p"] * 3, ["x", "y", "z"], {})
+    per_func, logged = score([a, b], ["p"] * 3, ["x", "y", "z"], {})
+    assert logged == {"a/part": [0.25]}
     assert per_func.shape == (3, 2)
     total = total_reward(per_func, torch.tensor([1.0, 0.5]))
     assert total[0].item() == 2.0 and math.isnan(total[1].item()) and total[2].item() == 0.5

@@ -37,16 +37,19 @@ The policy is any ``nn.Module`` with (duck-typed, no base class):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any
 
 import lightning as L
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from trl.trainer.utils import entropy_from_logits, nanstd, selective_log_softmax
@@ -63,7 +66,11 @@ class Options:
     """The ``options:`` block of a ``grpo`` stage."""
 
     prompts_per_step: int = 4
-    """Prompts per optimisation step (each gets ``num_generations`` samples)."""
+    """Dataset items per optimisation step; each brings ``questions_per_track`` prompts (text rows: one)."""
+    questions_per_track: int = 1
+    """Audio data: questions asked of each track in a step (they share one audio encoding)."""
+    trainable: list[str] = field(default_factory=list)
+    """Parameter globs to train (empty: the projector, the time embedding, and the LLM's LoRA if it has one, else the LLM)."""
     num_generations: int = 8
     """G, completions sampled per prompt."""
     max_completion_length: int = 16
@@ -96,7 +103,7 @@ class Options:
     """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
     mask_truncated_completions: bool = False
     """Leave completions that hit the length limit without EOS out of the loss."""
-    reward_weights: Dict[str, float] = field(default_factory=dict)
+    reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each reward function by name (missing names weigh 1.0)."""
     share_prefix: bool = True
     """Run each prompt once per group in sampling and in the loss (off: the plain path, for comparison)."""
@@ -233,18 +240,21 @@ def score(
     completions: list[str],
     columns: dict[str, list],
 ) -> tuple[Tensor, dict[str, list[float]]]:
-    """Call each reward function once on the whole batch.
+    """Call each reward function once on the whole batch, as TRL does (``log_metric`` included).
 
-    Returns (R, K) float rewards (NaN where a function returned None), and the per-component values
-    that functions expose (a ``components`` dict of name -> list set after the call), for logging.
+    Returns (R, K) float rewards (NaN where a function returned None), and what the functions logged
+    through ``log_metric(name, value)`` (e.g. the router's components), name -> values.
     """
-    table, components = [], {}
+    table, logged = [], defaultdict(list)
+
+    def log_metric(name: str, value: float) -> None:
+        logged[name].append(float(value))
+
     for func in reward_funcs:
-        values = func(prompts=prompts, completions=completions, **columns)
+        values = func(prompts=prompts, completions=completions, log_metric=log_metric, **columns)
         table.append([math.nan if v is None else float(v) for v in values])
-        for name, vals in (getattr(func, "last_components", None) or {}).items():
-            components[name] = list(vals)
-    return torch.tensor(table, dtype=torch.float32).T.reshape(len(completions), len(reward_funcs)), components
+    rewards = torch.tensor(table, dtype=torch.float32).T.reshape(len(completions), len(reward_funcs))
+    return rewards, dict(logged)
 
 
 def total_reward(rewards_per_func: Tensor, weights: Tensor) -> Tensor:
@@ -314,7 +324,7 @@ class Rollouts:
     rewards: Tensor
     """(N*G,) weighted total, NaN when unscorable."""
 
-    def groups(self, index: Sequence[int], G: int) -> "Rollouts":
+    def groups(self, index: Sequence[int], G: int) -> Rollouts:
         """The rollouts of the prompts at ``index``."""
         idx = torch.tensor(list(index), dtype=torch.long)
         rows_idx = (idx[:, None] * G + torch.arange(G)).reshape(-1)
@@ -350,9 +360,38 @@ def cat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
     )
 
 
-def collate_rows(rows: list) -> list[dict]:
-    """Keep a batch as a list of row dicts (dataclass rows such as QA become dicts)."""
+def collate_rows(items: list) -> list[dict]:
+    """Keep a batch as a flat list of row dicts (an item may be a list of rows; dataclass rows become dicts)."""
+    rows = [r for item in items for r in (item if isinstance(item, list) else [item])]
     return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+
+
+@contextlib.contextmanager
+def adapters_off(lm: nn.Module):
+    """Run ``lm`` without its LoRA adapters: a peft model's ``disable_adapter()``, or, for adapters injected
+    in place (``peft.inject_adapter_in_model``), every tuner layer switched off; trainability is restored."""
+    if hasattr(lm, "disable_adapter"):
+        with lm.disable_adapter():
+            yield
+        return
+    layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise ConfigError("options.beta > 0 needs LoRA adapters on the LLM: the reference is the policy without them")
+    grads = [(p, p.requires_grad) for p in lm.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for p, g in grads:
+            p.requires_grad_(g)
+
+
+def has_adapters(lm: nn.Module) -> bool:
+    """True when ``lm`` carries LoRA adapters (a peft model or injected tuner layers)."""
+    return hasattr(lm, "disable_adapter") or any(isinstance(m, BaseTunerLayer) for m in lm.modules())
 
 
 # ----------------------------------------------------------------------------------------- the stage
@@ -391,7 +430,7 @@ class GRPOStage(L.LightningModule):
             raise ConfigError(f"options.reward_weights: no reward function named {sorted(unknown)} (have {names})")
         self.reward_names = names
         self.register_buffer("reward_weights", torch.tensor([o.reward_weights.get(n, 1.0) for n in names]), False)
-        if o.beta != 0.0 and not hasattr(policy.lm, "disable_adapter"):
+        if o.beta != 0.0 and not has_adapters(policy.lm):
             raise ConfigError("options.beta > 0 needs a LoRA (peft) policy: the reference is the policy with adapters off")
         if o.disable_dropout:
             for module in policy.modules():
@@ -407,13 +446,19 @@ class GRPOStage(L.LightningModule):
     # -- construction from a recipe -----------------------------------------------------------
 
     @classmethod
-    def from_context(cls, ctx: Any) -> "GRPOStage":
+    def from_context(cls, ctx: Any) -> GRPOStage:
         """Build the stage from the recipe: MusicLALM from ``ctx.init_dir`` (or ``recipe.model``), QA prompts
         from ``recipe.data``, rewards from :mod:`must.rewards`."""
-        from must.stages import _grpo_wiring  # the MusicLALM / data / rewards glue, kept apart
+        from must.data.datasets import qa_dataset
+        from must.models.lalm import MusicLALM
+        from must.rewards import must_reward
 
-        policy, data, rewards, eval_fn = _grpo_wiring.build(ctx)
-        return cls(policy, rewards, data, ctx.options, eval_fn=eval_fn)
+        o = ctx.options
+        model = MusicLALM.from_pretrained(ctx.init_dir) if ctx.init_dir else MusicLALM.from_config(ctx.recipe.model)
+        set_trainable(model, o.trainable)
+        policy = MusicPolicy(model, ctx.recipe.data.sample_rate)
+        data = QAPrompts(qa_dataset(ctx.recipe.data, "train"), o.questions_per_track, ctx.seed)
+        return cls(policy, [must_reward], data, o)
 
     def save_model(self, path: Path) -> None:
         """Write the policy folder the next stage (or a user) loads."""
@@ -494,9 +539,15 @@ class GRPOStage(L.LightningModule):
         ids = [c[m.bool()].tolist() for c, m in zip(s.completion_ids.cpu(), s.completion_mask.cpu())]
         completions = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
         prompts = [row.get("prompt", row.get("question")) for row in rows for _ in range(G)]
-        columns = {k: [row.get(k) for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        keys = [k for k, v in rows[0].items() if k != "prompt" and not hasattr(v, "shape")]  # no waveforms
+        columns = {k: [row.get(k) for row in rows for _ in range(G)] for k in keys}
         columns["completion_ids"] = ids
         per_func, components = score(self.reward_funcs, prompts, completions, columns)
+        if "task" in columns:  # MusTBench-style rows: share of answers in a readable form
+            from must.rewards import format_reward
+
+            ok = [1.0 if v > 0 else 0.0 for v in format_reward(prompts, completions, **columns)]
+            components["valid_format"] = [sum(ok) / len(ok)]
         t3 = time.perf_counter()
         c = self.counters
         c["encode_calls"] += 1
@@ -521,7 +572,7 @@ class GRPOStage(L.LightningModule):
             kept = [roll.groups(keep.nonzero().squeeze(-1).tolist(), G)]
             have, refills = int(keep.sum()), 0
             while have < N and refills < o.max_refills:
-                more, more_components = self.generate(self._refill_rows(N))
+                more, more_components = self.generate(self._refill_rows())
                 everything.append(more)
                 comps.append(more_components)
                 good = informative_groups(more.rewards, G).nonzero().squeeze(-1).tolist()[: N - have]
@@ -535,8 +586,9 @@ class GRPOStage(L.LightningModule):
         stats.update(self._rollout_stats(cat_rollouts(everything, self.pad_token_id), comps))
         return roll, stats
 
-    def _refill_rows(self, n: int) -> list[dict]:
-        """n fresh prompts from a second, endlessly reshuffled pass over the training data."""
+    def _refill_rows(self) -> list[dict]:
+        """A fresh batch from a second, endlessly reshuffled pass over the training data."""
+        n = self.options.prompts_per_step
         if self._refill_iter is None:
             gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + self.global_step)
 
@@ -564,12 +616,8 @@ class GRPOStage(L.LightningModule):
             for key, values in part.items():
                 merged[key].extend(values)
         for key, values in merged.items():
-            vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-            if vals:
-                stats[f"rewards/{key}"] = float(sum(vals)) / len(vals)
-        if "format" in merged:  # the router's format component: 1 when the answer parses
-            vals = [v for v in merged["format"] if v is not None]
-            stats["valid_format"] = sum(1.0 for v in vals if v > 0) / max(len(vals), 1)
+            name = key if key == "valid_format" else f"rewards/{key}"
+            stats[name] = float(sum(values)) / len(values)
         for key in [k for k in stats if not math.isfinite(stats[k])]:
             stats.pop(key)
         return stats
@@ -586,7 +634,7 @@ class GRPOStage(L.LightningModule):
     def _reference_logps(self, roll: Rollouts) -> Tensor:
         """Completion log-probs under the reference: the same policy with its LoRA adapters switched off."""
         t0 = time.perf_counter()
-        with self.policy.lm.disable_adapter():
+        with adapters_off(self.policy.lm):
             logps, _ = token_logps(self._logits(roll), roll.completion_ids, self.options.temperature)
         self.counters["reference_passes"] += 1
         self.counters["reference_s"] += time.perf_counter() - t0
@@ -624,3 +672,94 @@ class GRPOStage(L.LightningModule):
         stats["entropy"] = masked_mean(entropy, mask).item()
         stats["loss"] = loss.item()
         return loss, logps, stats
+
+
+# ----------------------------------------------------------------------------------------- MusicLALM
+
+
+class MusicPolicy(nn.Module):
+    """A GRPO policy over :class:`~must.models.lalm.MusicLALM`.
+
+    ``encode`` runs the (frozen) music encoder once per distinct track of the rows and keeps the
+    detached :class:`AudioEncoding`; ``embed`` re-runs only the cheap trainable part (projector + time
+    embedding + the question's token embeddings) on it, so the G samples and every log-prob pass reuse
+    one encoding. Rows carry ``waveform``, ``track_id`` and ``question``.
+    """
+
+    def __init__(self, model: nn.Module, sample_rate: int):
+        super().__init__()
+        self.model, self.sample_rate = model, sample_rate
+        self.encoder_calls = 0  # backbone forward calls, for benchmarks and tests
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.model.llm
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @torch.no_grad()
+    def encode(self, rows: list[dict]) -> list[tuple[Any, str]]:
+        """One (encoding of the row's track, question) per row; each distinct track is encoded once."""
+        first: dict[str, int] = {}
+        for row in rows:
+            first.setdefault(row["track_id"], len(first))
+        waves = [None] * len(first)
+        for row in rows:
+            waves[first[row["track_id"]]] = row["waveform"]
+        enc = self.model.encode_audio(waves, self.sample_rate).detach()
+        self.encoder_calls += enc.encoder_calls
+        return [(enc.index_select([first[row["track_id"]]]), row["question"]) for row in rows]
+
+    def embed(self, items: list[tuple[Any, str]]) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt embeddings (B, P, H) and mask (B, P); differentiable w.r.t. the projector."""
+        seqs = []
+        for enc, question in items:
+            p = self.model.prompt_embeds(enc, [question])
+            seqs.append(p["inputs_embeds"][0][p["attention_mask"][0].bool()])
+        return left_pad(seqs, 0.0)
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+
+def set_trainable(model: nn.Module, patterns: Sequence[str]) -> None:
+    """Train ``patterns`` (globs over parameter names), or by default what stage 3 trains: projector, time
+    embedding, the LLM's LoRA (the whole LLM when it has none). The music encoder stays frozen: its output
+    is computed once per prompt and cached without gradients."""
+    from must.models import params
+
+    if not patterns:
+        llm = "llm.*lora_*" if has_adapters(model.llm) else "llm.*"
+        names = [n for n, _ in model.named_parameters()]
+        patterns = [p for p in ("projector.*", "time_embedding.*", llm) if any(params.matches(n, [p]) for n in names)]
+    params.trainable(model, list(patterns))
+    if any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.")):
+        raise ConfigError("options.trainable: the music encoder cannot train in grpo (its output is cached per prompt)")
+
+
+class QAPrompts(torch.utils.data.Dataset):
+    """GRPO rows from a track dataset (items with ``waveform``, ``qas``, ``track_id``, ``duration``).
+
+    Item i is a list of ``questions_per_track`` rows of track i (a seeded choice among its questions);
+    each row holds the waveform, the QA's columns (``task``, ``answer``, ``answers``, ...) for the reward
+    router, and ``prompt`` = the question.
+    """
+
+    def __init__(self, tracks: Any, questions_per_track: int = 1, seed: int = 0):
+        self.tracks, self.k, self.seed = tracks, max(1, questions_per_track), seed
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        item = self.tracks[index]
+        qas = list(item["qas"])
+        order = torch.randperm(len(qas), generator=torch.Generator().manual_seed(self.seed * 100_003 + index))
+        rows = []
+        for j in order[: self.k].tolist():
+            qa = dataclasses.asdict(qas[j]) if dataclasses.is_dataclass(qas[j]) else dict(qas[j])
+            qa["duration"] = qa.get("duration") or item["duration"]
+            rows.append({**qa, "waveform": item["waveform"], "track_id": item["track_id"], "prompt": qa["question"]})
+        return rows
