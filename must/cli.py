@@ -74,6 +74,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "synth": _lazy("must.data.cli", "add_arguments", "handler"),
     "score": _lazy("must.eval", "add_score_arguments", "score_handler"),
     "eval": _lazy("must.eval", "add_eval_arguments", "eval_handler"),
+    "plan": _lazy("must.plan", "add_arguments", "handler"),
 }
 
 _HELP = {
