@@ -134,3 +134,24 @@ def test_unknown_backbone_and_missing_folder_are_named():
         MusTEncoder(EncoderConfig(backbone="nosuchmodel"))
     with pytest.raises(MustError, match="/no/such/encoder"):
         MusTEncoder(EncoderConfig(backbone="/no/such/encoder"))
+
+
+def test_hf_backbone_from_a_local_folder_round_trips_through_the_model_folder(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    AutoModel.from_config(AutoConfig.for_model("hubert", **HF_BACKBONES["hubert"])).save_pretrained(tmp_path / "hub")
+    cfg = ModelConfig()
+    cfg.encoder.backbone, cfg.encoder.frame_pool = str(tmp_path / "hub"), 5
+    cfg.encoder.lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    m = MusicLALM.from_config(cfg).eval()
+    wave = [_noise(6.0)]
+    with torch.no_grad():
+        enc = m.encode_audio(wave, SR)
+        a = m(enc, ["When?"], ["0:01"]).logits
+    m.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "encoder_backbone" / "config.json").exists()
+    m2 = MusicLALM.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        enc2 = m2.encode_audio(wave, SR)
+        assert torch.equal(enc.features, enc2.features)
+        assert torch.equal(a, m2(enc2, ["When?"], ["0:01"]).logits)

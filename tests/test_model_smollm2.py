@@ -34,4 +34,7 @@ def test_smollm2_preset_loads_answers_and_round_trips(tmp_path_factory):
     assert len(m.generate(enc, ["When does the piano enter?"], max_new_tokens=4)[0]) == 1
     with torch.no_grad():
         a = m(enc, ["When?"], ["0:02"]).logits
-    m.save_pretrained(tmp_path_factory.mktemp("saved"))
+    saved = m.save_pretrained(tmp_path_factory.mktemp("saved"))
+    m2 = MusicLALM.from_pretrained(saved).eval()
+    with torch.no_grad():
+        assert torch.equal(a, m2(enc, ["When?"], ["0:02"]).logits)

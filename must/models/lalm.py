@@ -69,7 +69,7 @@ class AudioEncoding:
     def batch_size(self) -> int:
         return self.features.shape[0]
 
-    def index_select(self, idx) -> "AudioEncoding":
+    def index_select(self, idx) -> AudioEncoding:
         """Rows ``idx`` (e.g. one clip repeated for several questions) without re-encoding."""
         idx = torch.as_tensor(idx, device=self.features.device)
         out = {}
@@ -78,7 +78,7 @@ class AudioEncoding:
             out[f.name] = v.index_select(0, idx.to(v.device)) if isinstance(v, torch.Tensor) else v
         return AudioEncoding(**out)
 
-    def detach(self) -> "AudioEncoding":
+    def detach(self) -> AudioEncoding:
         """A copy cut from the autograd graph (cache the encoder, train the projector)."""
         return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
@@ -113,7 +113,7 @@ class MusicLALM(nn.Module):
     # --- construction ------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig | dict | None = None) -> "MusicLALM":
+    def from_config(cls, cfg: ModelConfig | dict | None = None) -> MusicLALM:
         """Build from the recipe's ``model`` block (tiny presets from config, LLM folders with their weights)."""
         cfg = _as_config(cfg)
         llm, tok = build_llm(cfg.llm, cfg.host)
@@ -187,6 +187,14 @@ class MusicLALM(nn.Module):
         return x if t is None else x + t.to(x.dtype)
 
     # --- prompts -----------------------------------------------------------------------------
+
+    def prompt_parts(self, question: str) -> tuple[str, str]:
+        """The chat-templated prompt text before and after the music tokens (ends with the assistant header)."""
+        return self._prompt_text(question)
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens added."""
+        return self._ids(text)
 
     def _prompt_text(self, question: str) -> tuple[str, str]:
         ph = self.cfg.music_placeholder
@@ -350,7 +358,7 @@ class MusicLALM(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "MusicLALM":
+    def from_pretrained(cls, folder: str | Path) -> MusicLALM:
         """Load a folder written by :meth:`save_pretrained`; a missing or wrong folder raises ``MustError``."""
         folder = Path(folder)
         if not folder.is_dir():

@@ -73,7 +73,7 @@ def load_adapter(module: nn.Module, folder: Path) -> None:
     file = folder / "adapter_model.safetensors"
     if not file.exists():
         raise MustError(f"adapter weights missing: {file}")
-    state = {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v for k, v in load_file(str(file)).items()}
+    state = {k.removeprefix(_PREFIX): v for k, v in load_file(str(file)).items()}
     result = set_peft_model_state_dict(module, state)
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if missing:
