@@ -449,16 +449,21 @@ class GRPOStage(L.LightningModule):
     def from_context(cls, ctx: Any) -> GRPOStage:
         """Build the stage from the recipe: MusicLALM from ``ctx.init_dir`` (or ``recipe.model``), QA prompts
         from ``recipe.data``, rewards from :mod:`must.rewards`."""
-        from must.data.datasets import qa_dataset
-        from must.models.lalm import MusicLALM
         from must.rewards import must_reward
+        from must.stages import common
 
         o = ctx.options
-        model = MusicLALM.from_pretrained(ctx.init_dir) if ctx.init_dir else MusicLALM.from_config(ctx.recipe.model)
+        common.check_synthetic(ctx.recipe.data, ctx.stage.name)
+        model = common.build_model(ctx)
         set_trainable(model, o.trainable)
-        policy = MusicPolicy(model, ctx.recipe.data.sample_rate)
-        data = QAPrompts(qa_dataset(ctx.recipe.data, "train"), o.questions_per_track, ctx.seed)
-        return cls(policy, [must_reward], data, o)
+        policy = MusicPolicy(model, ctx.recipe.data.sample_rate, common.EncodingCache())
+        data = QAPrompts(SynthTracks(ctx.recipe.data, "train"), o.questions_per_track, ctx.seed)
+
+        def evaluate(policy: MusicPolicy, out_dir: Path) -> dict:
+            scores = common.evaluate_split(policy.model, ctx.recipe.data, out_dir, name="after GRPO")
+            return {"test": scores}
+
+        return cls(policy, [must_reward], data, o, eval_fn=evaluate)
 
     def save_model(self, path: Path) -> None:
         """Write the policy folder the next stage (or a user) loads."""
@@ -686,10 +691,10 @@ class MusicPolicy(nn.Module):
     one encoding. Rows carry ``waveform``, ``track_id`` and ``question``.
     """
 
-    def __init__(self, model: nn.Module, sample_rate: int):
+    def __init__(self, model: nn.Module, sample_rate: int, cache: Any = None):
         super().__init__()
-        self.model, self.sample_rate = model, sample_rate
-        self.encoder_calls = 0  # backbone forward calls, for benchmarks and tests
+        self.model, self.sample_rate, self.cache = model, sample_rate, cache
+        self.encoder_calls = 0  # calls of the music encoder (each a batch of distinct tracks), for benchmarks and tests
 
     @property
     def lm(self) -> nn.Module:
@@ -708,8 +713,13 @@ class MusicPolicy(nn.Module):
         waves = [None] * len(first)
         for row in rows:
             waves[first[row["track_id"]]] = row["waveform"]
-        enc = self.model.encode_audio(waves, self.sample_rate).detach()
-        self.encoder_calls += enc.encoder_calls
+        if self.cache is not None:  # frozen encoder, deterministic tokens: a track is encoded once per stage
+            before = self.cache.calls
+            enc = self.cache.get(self.model, list(first), waves, self.sample_rate)
+            self.encoder_calls += self.cache.calls - before
+        else:
+            enc = self.model.encode_audio(waves, self.sample_rate).detach()
+            self.encoder_calls += 1
         return [(enc.index_select([first[row["track_id"]]]), row["question"]) for row in rows]
 
     def embed(self, items: list[tuple[Any, str]]) -> tuple[Tensor, Tensor]:
@@ -737,6 +747,26 @@ def set_trainable(model: nn.Module, patterns: Sequence[str]) -> None:
     params.trainable(model, list(patterns))
     if any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.")):
         raise ConfigError("options.trainable: the music encoder cannot train in grpo (its output is cached per prompt)")
+
+
+class SynthTracks(torch.utils.data.Dataset):
+    """Synthetic tracks of a split with their questions, rendered once per process (shared with stages 1-3)."""
+
+    def __init__(self, cfg: Any, split: str = "train"):
+        from must.data.datasets import split_size
+
+        self.cfg, self.split, self.n = cfg, split, split_size(cfg, split)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        from must.data.datasets import synthetic_qas
+        from must.stages.common import cached_track
+
+        track = cached_track(self.cfg, self.split, index)
+        qas = synthetic_qas(self.cfg, track, self.split, index)
+        return {"waveform": track.audio, "qas": qas, "track_id": track.id, "duration": track.duration}
 
 
 class QAPrompts(torch.utils.data.Dataset):
