@@ -409,6 +409,7 @@ class GRPOStage(L.LightningModule):
         train_data: Any,
         options: Options | None = None,
         eval_fn: Callable[[nn.Module, Path], dict] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.automatic_optimization = False  # several optimiser passes per batch of rollouts
@@ -416,7 +417,7 @@ class GRPOStage(L.LightningModule):
         self.reward_funcs = list(reward_funcs)
         self.train_data = train_data
         self.options = options or Options()
-        self.eval_fn = eval_fn
+        self.eval_fn, self.seed = eval_fn, seed
         o = self.options
         if o.loss_type not in LOSS_TYPES:
             raise ConfigError(f"options.loss_type: one of {LOSS_TYPES}, got {o.loss_type!r}")
@@ -463,7 +464,7 @@ class GRPOStage(L.LightningModule):
             scores = common.evaluate_split(policy.model, ctx.recipe.data, out_dir, name="after GRPO")
             return {"test": scores}
 
-        return cls(policy, [must_reward], data, o, eval_fn=evaluate)
+        return cls(policy, [must_reward], data, o, eval_fn=evaluate, seed=ctx.seed)
 
     def save_model(self, path: Path) -> None:
         """Write the policy folder the next stage (or a user) loads."""
@@ -483,8 +484,16 @@ class GRPOStage(L.LightningModule):
         return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
 
     def train_dataloader(self) -> DataLoader:
-        n = self.options.prompts_per_step
-        return DataLoader(self.train_data, batch_size=n, shuffle=True, drop_last=True, collate_fn=collate_rows)
+        """Endless, resumable order (:class:`must.resume.StepSampler`): a resumed stage reads the next prompts."""
+        from must.resume import StepSampler
+
+        o, trainer = self.options, self._trainer
+        step = trainer.global_step if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        read = (step // o.num_iterations) * o.prompts_per_step  # each batch of rollouts makes num_iterations steps
+        sampler = StepSampler(len(self.train_data), self.seed, start=read, rank=rank, world_size=world)
+        return DataLoader(self.train_data, batch_size=o.prompts_per_step, sampler=sampler, drop_last=True,
+                          collate_fn=collate_rows)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> Tensor:
         o, G = self.options, self.options.num_generations
