@@ -205,3 +205,22 @@ def test_from_config_accepts_a_plain_dict_and_rejects_unknown_keys():
     assert m.llm.config.num_hidden_layers == 2 and m.cfg.sampling.tokens_per_second == 1.0
     with pytest.raises(MustError, match="nosuchkey"):
         MusicLALM.from_config({"nosuchkey": 1})
+
+
+def test_bfloat16_llm_beside_a_float32_projector():
+    cfg = ModelConfig()
+    cfg.llm.dtype = "bfloat16"
+    m = MusicLALM.from_config(cfg).eval()
+    assert m.llm.dtype == torch.bfloat16 and m.projector[0].weight.dtype == torch.float32
+    enc = m.encode_audio([_noise(3.0)], SR)
+    assert m(enc, ["When?"], ["0:01"]).loss.dtype in (torch.float32, torch.bfloat16)
+    assert len(m.generate(enc, ["When?"], max_new_tokens=2)[0]) == 1
+
+
+@pytest.mark.parametrize("override,key", [({"sampling": {"mode": "random"}}, "model.sampling.mode"),
+                                          ({"sampling": {"uniform_floor": 1.5}}, "model.sampling.uniform_floor"),
+                                          ({"host": {"kind": "gemini"}}, "model.host.kind"),
+                                          ({"encoder": {"window_seconds": 1.0}}, "model.encoder.window_seconds")])
+def test_bad_values_name_the_recipe_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        MusicLALM.from_config(override)

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from must.errors import MustError
+from must.errors import ConfigError, MustError
 from must.models import params
 from must.models.audio import resample, to_mono_float
 from must.models.config import ModelConfig
@@ -78,6 +78,11 @@ class AudioEncoding:
             out[f.name] = v.index_select(0, idx.to(v.device)) if isinstance(v, torch.Tensor) else v
         return AudioEncoding(**out)
 
+    def to(self, device) -> AudioEncoding:
+        """A copy with every tensor on ``device`` (e.g. cache on CPU, use on GPU)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def detach(self) -> AudioEncoding:
         """A copy cut from the autograd graph (cache the encoder, train the projector)."""
         return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
@@ -93,6 +98,31 @@ def _as_config(cfg) -> ModelConfig:
     except Exception as exc:
         raise MustError(f"invalid model config: {exc}") from exc
     return OmegaConf.to_object(merged)
+
+
+def check_config(cfg: ModelConfig) -> None:
+    """Reject values the types allow but the model does not, naming the recipe key (``ConfigError``)."""
+    choices = {
+        "model.sampling.mode": (cfg.sampling.mode, ("dynamic", "uniform")),
+        "model.sampling.pool": (cfg.sampling.pool, ("cell", "frame")),
+        "model.time_embedding.kind": (cfg.time_embedding.kind, ("digits", "sinusoidal", "none")),
+        "model.host.kind": (cfg.host.kind, ("none", "qwen2_audio", "qwen2_5_omni")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+    ranges = {
+        "model.sampling.uniform_floor": (cfg.sampling.uniform_floor, 0.0, 1.0),
+        "model.sampling.tokens_per_second": (cfg.sampling.tokens_per_second, 1e-6, float("inf")),
+        "model.sampling.max_tokens": (cfg.sampling.max_tokens, 1, float("inf")),
+        "model.encoder.window_seconds": (cfg.encoder.window_seconds, cfg.encoder.overlap_seconds + 1e-6, float("inf")),
+        "model.encoder.frame_pool": (cfg.encoder.frame_pool, 1, float("inf")),
+    }
+    for key, (value, lo, hi) in ranges.items():
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key} = {value} is out of range [{lo}, {hi}]")
+    if cfg.sampling.min_tokens > cfg.sampling.max_tokens:
+        raise ConfigError("model.sampling.min_tokens must not exceed model.sampling.max_tokens")
 
 
 class MusicLALM(nn.Module):
@@ -116,6 +146,7 @@ class MusicLALM(nn.Module):
     def from_config(cls, cfg: ModelConfig | dict | None = None) -> MusicLALM:
         """Build from the recipe's ``model`` block (tiny presets from config, LLM folders with their weights)."""
         cfg = _as_config(cfg)
+        check_config(cfg)
         llm, tok = build_llm(cfg.llm, cfg.host)
         model = cls(cfg, MusTEncoder(cfg.encoder), llm, tok)
         model._add_adapters()
@@ -226,6 +257,7 @@ class MusicLALM(nn.Module):
         side = padding_side or ("left" if answers is None else "right")
         embed = self.llm.get_input_embeddings()
         audio = self.project(encoding)
+        dtype = embed.weight.dtype  # the LLM's dtype (the projector may stay float32 beside a bf16 LLM)
         eos = self.tokenizer.eos_token_id
         rows, label_rows = [], []
         for i, q in enumerate(questions):
@@ -241,11 +273,11 @@ class MusicLALM(nn.Module):
                 a_ids = self._ids(answers[i])[: self.cfg.max_answer_tokens] + [eos]
                 parts.append(embed(torch.tensor(a_ids, device=self.device)))
                 labels += a_ids
-            rows.append(torch.cat([p.to(audio.dtype) for p in parts]))
+            rows.append(torch.cat([p.to(dtype) for p in parts]))
             label_rows.append(labels)
         length = max(len(r) for r in rows)
         b = len(rows)
-        inputs = audio.new_zeros(b, length, self.hidden_size)
+        inputs = audio.new_zeros(b, length, self.hidden_size, dtype=dtype)
         attn = torch.zeros(b, length, dtype=torch.long, device=self.device)
         labels = torch.full((b, length), -100, dtype=torch.long, device=self.device)
         for i, (r, lab) in enumerate(zip(rows, label_rows)):
@@ -282,7 +314,15 @@ class MusicLALM(nn.Module):
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return self.llm.generate(**prompt, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                 eos_token_id=self.tokenizer.eos_token_id, **kwargs)
+                                 eos_token_id=self._eos_ids(), **kwargs)
+
+    def _eos_ids(self) -> list[int]:
+        """The tokenizer's EOS plus any the model's generation config lists (e.g. ``<|endoftext|>``)."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.llm, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+        return sorted(i for i in ids if i is not None)
 
     def generate(self, audio, questions: list[str], max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
