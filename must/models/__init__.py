@@ -7,8 +7,18 @@
     model.save_pretrained("out/model"); MusicLALM.from_pretrained("out/model")
 """
 
+from importlib import import_module
+
 from must.models.config import ModelConfig
-from must.models.encoder import EncoderFrames, MusTEncoder
-from must.models.lalm import AudioEncoding, MusicLALM
+
+# Lazy, so that importing the config (recipe validation, the CLI) does not import transformers and peft.
+_LAZY = {"AudioEncoding": "must.models.lalm", "MusicLALM": "must.models.lalm",
+         "EncoderFrames": "must.models.encoder", "MusTEncoder": "must.models.encoder"}
 
 __all__ = ["AudioEncoding", "EncoderFrames", "ModelConfig", "MusTEncoder", "MusicLALM"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'must.models' has no attribute {name!r}")
