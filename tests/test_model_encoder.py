@@ -155,3 +155,19 @@ def test_hf_backbone_from_a_local_folder_round_trips_through_the_model_folder(tm
         enc2 = m2.encode_audio(wave, SR)
         assert torch.equal(enc.features, enc2.features)
         assert torch.equal(a, m2(enc2, ["When?"], ["0:01"]).logits)
+
+
+def test_a_lost_window_trips_the_guard(model, monkeypatch):
+    orig = model.encoder.encode_frames
+
+    def drop_middle(*a, **k):
+        fr = orig(*a, **k)
+        fr.mask[:, 300:600] = False  # frames 30-60 s vanish, as if a window were lost
+        keep = fr.mask[0]
+        fr.features, fr.times = fr.features[:, keep], fr.times[:, keep]
+        fr.transition_logits, fr.mask = fr.transition_logits[:, keep], fr.mask[:, keep]
+        return fr
+
+    monkeypatch.setattr(model.encoder, "encode_frames", drop_middle)
+    with pytest.raises(MustError, match="cover only 60.00 s of a 90.00 s track"):
+        model.encode_audio([_noise(90.0)], SR)

@@ -190,7 +190,9 @@ class MusicLALM(nn.Module):
             feats.append(pool_cells(f, idx_t) if s.pool == "cell" else f[idx_t])
             times.append(frames.times[i, idx_t])
             half = 0.5 / frames.frame_rate
-            covered.append(float(min(frames.durations[i], frames.times[i, n - 1] + half) - max(0.0, frames.times[i, 0] - half)))
+            span = float(min(frames.durations[i], frames.times[i, n - 1] + half) - max(0.0, frames.times[i, 0] - half))
+            # a hole in the middle (a lost window) shows as too few frames for the span
+            covered.append(min(span, n / frames.frame_rate))
         _guard_coverage(covered, frames.durations.tolist(), frames.frame_rate)
         t_max = max(len(f) for f in feats)
         b, d = len(waves), frames.features.shape[-1]
