@@ -78,19 +78,23 @@ def question_type(qa: QA) -> str:
 
 def pick_questions(qas: List[QA], k: int, rng: np.random.Generator,
                    type_weights: Dict[str, float] | None = None) -> List[QA]:
-    """Up to ``k`` questions drawn without replacement: each draw picks a question type (weighted,
-    among types with questions left), then a random question of that type."""
+    """Up to ``k`` questions drawn without replacement, question types in proportion to their weights:
+    each draw takes the type asked least so far relative to its weight (ties broken at random), then a
+    random question of that type. With equal weights that is a round-robin over the clip's types, so a
+    rare type (a TSG offset) is asked whenever the clip has one."""
     pools: Dict[str, List[QA]] = {}
     for i in rng.permutation(len(qas)):
         pools.setdefault(question_type(qas[i]), []).append(qas[i])
+    weights = {t: (type_weights or {}).get(t, 1.0) for t in pools}
+    pools = {t: p for t, p in pools.items() if weights[t] > 0}
+    asked = dict.fromkeys(pools, 0)
     out: List[QA] = []
     while len(out) < k and pools:
-        types = sorted(pools)
-        w = np.array([(type_weights or {}).get(t, 1.0) for t in types], dtype=float)
-        if w.sum() <= 0:
-            break
-        t = types[int(rng.choice(len(types), p=w / w.sum()))]
+        types = list(pools)
+        need = np.array([asked[t] / weights[t] for t in types]) + rng.random(len(types)) * 1e-6
+        t = types[int(np.argmin(need))]
         out.append(pools[t].pop())
+        asked[t] += 1
         if not pools[t]:
             del pools[t]
     return out
