@@ -1,7 +1,8 @@
 """An offline tokenizer for the tiny LLM: byte-level BPE where every digit and ``:`` is its own token.
 
-Built in milliseconds from a small built-in corpus (the words of the MusTBench-style questions,
-answers and captions), so tests and the default recipe never touch a hub. Any text still encodes
+Built in milliseconds from a small built-in corpus (the words of the MusTBench-style questions and of
+the synthetic questions, answers and captions: about 3.3 characters per token on them), so tests and
+the default recipe never touch a hub. Any text still encodes
 (byte-level alphabet), and ``M:SS`` times always tokenise as digits and ``:``, which is what the
 ``digits`` time embedding relies on.
 """
@@ -40,10 +41,26 @@ track clip segment boundary transition description caption the a an and or of to
 it its this that at in on by for as into while over under new full whole song plays playing joins
 joined remains continues sustained steady rising falling increase decrease no none only both all
 seconds second minute minutes time start end beginning middle ending
+A Ab An At B BPM Bb C Calm Consider D Describe Driving E Eb Energetic Everything F Flowing G Gentle
+Here In Intense Moderate More No Nothing Powerful Quiet Relaxed Steady Suddenly The There Three Warm
+What When Which X Y Z a about accelerates active activity and appear are around arousal as at audio
+balanced bass be beat becomes before best bright brightens brighter busier busy calm calmest can
+carries change changes chronological climb come comes continues correct crisper dark darkens darker
+decreases denser describes disappear do does down driving drop drops drum duration dynamics end
+energetic energy enter enters everything fade fades fall falls fewer finally first flowing following
+for gentle gets gives good groove guitar happen happening happens harmony have heard hi-hat high
+highest in increases intense intensity interval into intro is it its join joins key kick last lead
+least leave leaves level loud louder lowest major mellower minor mix moderate moderately modulates
+more most music musical notes noticeable occur occurs of off on opens option order out outro pace
+pad part parts passage pattern patterns play playing plays point powerful quickens quiet quieter
+relaxed relaxes rhythm rhythmic rises rolled roughly s section set sets shifts silent slows snare
+soft softens softer sound sparse sparser speeds start starts steady stop stops string swells synth
+tempo temporal that the there these they thins this three through timbre time timestamp to tone
+track transition transitions turns up vocals volume warm what which while with without
 """
 
 
-def build_tiny_tokenizer(extra_words: list[str] | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(extra_words: list[str] | None = None, vocab_size: int = 1536) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on the built-in corpus (plus ``extra_words``); deterministic."""
     tok = Tokenizer(models.BPE(unk_token=None))
     # Digits one by one and punctuation alone, *before* byte-level splitting, so BPE never merges
@@ -62,7 +79,7 @@ def build_tiny_tokenizer(extra_words: list[str] | None = None, vocab_size: int =
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [_CORPUS] + [" ".join(extra_words or [])]
+    corpus = [_CORPUS] + ["".join(" " + w for w in extra_words or [])]  # leading spaces: words mid-sentence
     tok.train_from_iterator(corpus * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
