@@ -49,3 +49,15 @@ def test_host_forward_generate_and_round_trip(kind, cls, tmp_path):
         a = m(enc, ["When?", "What?"], ["0:12", "A"]).logits
         b = m2(enc, ["When?", "What?"], ["0:12", "A"]).logits
     assert torch.equal(a, b)
+
+
+def test_qwen2_audio_host_window_never_exceeds_its_tower():
+    from must.models.host import host_audio_embeds
+    from must.models.llm import build_llm
+
+    cfg = ModelConfig()
+    cfg.host.kind = "qwen2_audio"
+    llm, _ = build_llm(cfg.llm, cfg.host)
+    # asked for 60 s windows, the tower holds 30 s: 70 s still gives 25 tokens per second throughout
+    _, mask = host_audio_embeds(llm, "qwen2_audio", [_noise(70.0)], 60.0)
+    assert mask.sum().item() == 1750

@@ -35,6 +35,10 @@ def host_audio_embeds(model: nn.Module, kind: str, waves: list[np.ndarray], wind
     """Host audio tokens for mono 16 kHz waveforms -> (B, Th, H) embeddings and (B, Th) mask."""
     device = next(model.parameters()).device
     extractor = _extractor(model)
+    if kind == "qwen2_audio":
+        # the tower takes a fixed number of mel frames; a longer window would be cut, so never ask for one
+        capacity = model.config.audio_config.max_source_positions * 2 * extractor.hop_length / HOST_SAMPLE_RATE
+        window_seconds = min(window_seconds, capacity)
     win = int(window_seconds * HOST_SAMPLE_RATE)
     chunks, owner = [], []
     for i, w in enumerate(waves):
