@@ -32,8 +32,10 @@ def measure(backbone: str, mode: str, seconds: float, repeats: int, batch: int) 
     cfg.sampling.mode = mode
     torch.manual_seed(0)
     model = MusicLALM.from_config(cfg).eval()
-    waves = [(np.random.default_rng(i).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
-             for i in range(batch)]
+    waves = [
+        (np.random.default_rng(i).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
+        for i in range(batch)
+    ]
     with torch.no_grad():
         model.encode_audio(waves[:1], 16000)  # warm-up
         walls = []
@@ -55,15 +57,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"track {args.seconds:.0f} s, batch {args.batch}, repeats {args.repeats}, torch threads "
-          f"{torch.get_num_threads()}, CPU")
+    print(
+        f"track {args.seconds:.0f} s, batch {args.batch}, repeats {args.repeats}, torch threads "
+        f"{torch.get_num_threads()}, CPU"
+    )
     print("| backbone | sampling | audio s / wall s |")
     print("|---|---|---|")
     default = None
     for backbone in BACKBONES:
         for mode in ("dynamic", "uniform"):
             speed = measure(backbone, mode, args.seconds, args.repeats, args.batch)
-            print(f"| {backbone} ({BACKBONES[backbone]['layers']}x{BACKBONES[backbone]['width']}) | {mode} | {speed:.1f} |")
+            print(
+                f"| {backbone} ({BACKBONES[backbone]['layers']}x{BACKBONES[backbone]['width']}) | {mode} | {speed:.1f} |"
+            )
             if backbone == "tiny" and mode == "dynamic":
                 default = speed
     print(f"audio_seconds_per_s={default:.2f}")

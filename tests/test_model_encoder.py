@@ -109,17 +109,37 @@ def test_mood_at_uses_the_window_around_a_time():
 
 
 HF_BACKBONES = {
-    "hubert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-    "whisper": dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-                    decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500),
+    "hubert": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    "whisper": dict(
+        d_model=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=1500,
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(HF_BACKBONES))
 def test_hf_backbone_with_lora_covers_a_long_track(kind):
-    cfg = EncoderConfig(backbone=kind, hf_config=HF_BACKBONES[kind], frame_pool=5,
-                        lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    cfg = EncoderConfig(
+        backbone=kind,
+        hf_config=HF_BACKBONES[kind],
+        frame_pool=5,
+        lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
     enc = MusTEncoder(cfg)
     assert enc.frame_rate == 10.0
     with torch.no_grad():
@@ -139,7 +159,9 @@ def test_unknown_backbone_and_missing_folder_are_named():
 def test_hf_backbone_from_a_local_folder_round_trips_through_the_model_folder(tmp_path):
     from transformers import AutoConfig, AutoModel
 
-    AutoModel.from_config(AutoConfig.for_model("hubert", **HF_BACKBONES["hubert"])).save_pretrained(tmp_path / "hub")
+    AutoModel.from_config(AutoConfig.for_model("hubert", **HF_BACKBONES["hubert"])).save_pretrained(
+        tmp_path / "hub"
+    )
     cfg = ModelConfig()
     cfg.encoder.backbone, cfg.encoder.frame_pool = str(tmp_path / "hub"), 5
     cfg.encoder.lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])

@@ -14,8 +14,13 @@ def _noise(seconds, seed=0):
     return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind,cls", [("qwen2_audio", "Qwen2AudioForConditionalGeneration"),
-                                      ("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration")])
+@pytest.mark.parametrize(
+    "kind,cls",
+    [
+        ("qwen2_audio", "Qwen2AudioForConditionalGeneration"),
+        ("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration"),
+    ],
+)
 def test_host_forward_generate_and_round_trip(kind, cls, tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig()

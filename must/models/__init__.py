@@ -1,10 +1,10 @@
 """Models: the MusT encoder, the LLM, host LALM adapters and the composed ``MusicLALM``.
 
-    from must.models import MusicLALM, ModelConfig
-    model = MusicLALM.from_config(ModelConfig())          # tiny, CPU, offline
-    enc = model.encode_audio([waveform], sample_rate=16000)
-    model.generate(enc, ["When does the bass first appear?"], max_new_tokens=8)
-    model.save_pretrained("out/model"); MusicLALM.from_pretrained("out/model")
+from must.models import MusicLALM, ModelConfig
+model = MusicLALM.from_config(ModelConfig())          # tiny, CPU, offline
+enc = model.encode_audio([waveform], sample_rate=16000)
+model.generate(enc, ["When does the bass first appear?"], max_new_tokens=8)
+model.save_pretrained("out/model"); MusicLALM.from_pretrained("out/model")
 """
 
 from importlib import import_module
@@ -12,8 +12,12 @@ from importlib import import_module
 from must.models.config import ModelConfig
 
 # Lazy, so that importing the config (recipe validation, the CLI) does not import transformers and peft.
-_LAZY = {"AudioEncoding": "must.models.lalm", "MusicLALM": "must.models.lalm",
-         "EncoderFrames": "must.models.encoder", "MusTEncoder": "must.models.encoder"}
+_LAZY = {
+    "AudioEncoding": "must.models.lalm",
+    "MusicLALM": "must.models.lalm",
+    "EncoderFrames": "must.models.encoder",
+    "MusTEncoder": "must.models.encoder",
+}
 
 __all__ = ["AudioEncoding", "EncoderFrames", "ModelConfig", "MusTEncoder", "MusicLALM"]
 

@@ -67,7 +67,9 @@ def _mel_filters(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(fb).float()  # (freq, mels)
 
 
-def log_mel(waves: torch.Tensor, sample_rate: int, n_mels: int, hop: int = 160, n_fft: int = 400) -> torch.Tensor:
+def log_mel(
+    waves: torch.Tensor, sample_rate: int, n_mels: int, hop: int = 160, n_fft: int = 400
+) -> torch.Tensor:
     """Log-mel spectrogram, (B, S) samples -> (B, n_mels, S // hop) frames (hop 10 ms at 16 kHz).
 
     ``S`` must be a multiple of ``hop``; the frame count is exactly ``S // hop`` so frame times are known.

@@ -58,7 +58,9 @@ class EncoderConfig:
     """Mood head: a window this long, centred on a time, predicts the arousal change there."""
     num_sources: int = 0
     """Source-activity head outputs per frame (e.g. ``len(SOURCE_NAMES)``); 0 disables the head."""
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj"]))
+    lora: LoraConfig = field(
+        default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj"])
+    )
     """LoRA on the backbone (stage 1 trains it; the backbone stays frozen)."""
 
 

@@ -40,8 +40,10 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
-        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in
-                   (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         x = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
@@ -76,7 +78,9 @@ class BuiltinBackbone(nn.Module):
         for conv in self.convs:
             x = F.gelu(conv(x))
         x = x.transpose(1, 2)  # (N, F, D)
-        n_frames = torch.div(lengths + self.samples_per_frame - 1, self.samples_per_frame, rounding_mode="floor")
+        n_frames = torch.div(
+            lengths + self.samples_per_frame - 1, self.samples_per_frame, rounding_mode="floor"
+        )
         keep = torch.arange(x.shape[1], device=x.device)[None] < n_frames[:, None]
         x = x + _sinusoid(torch.arange(x.shape[1], device=x.device).float(), x.shape[-1], 10000.0)[None]
         for block in self.blocks:
@@ -91,12 +95,15 @@ class HFBackbone(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.model_type = model.config.model_type
-        self.hidden_size = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
+        self.hidden_size = (
+            model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model
+        )
         if self.model_type == "whisper":
             from transformers import WhisperFeatureExtractor
 
-            self.extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins,
-                                                     sampling_rate=cfg.sample_rate)
+            self.extractor = WhisperFeatureExtractor(
+                feature_size=model.config.num_mel_bins, sampling_rate=cfg.sample_rate
+            )
             self.n_mel_frames = model.config.max_source_positions * 2  # the length Whisper insists on
             self.samples_per_frame = 2 * self.extractor.hop_length
         else:
@@ -115,9 +122,13 @@ class HFBackbone(nn.Module):
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model_type == "whisper":
-            feats = self.extractor([w[: int(n)].cpu().numpy() for w, n in zip(waves, lengths)],
-                                   sampling_rate=self.cfg.sample_rate, return_tensors="pt",
-                                   padding="max_length", max_length=self.n_mel_frames * self.extractor.hop_length)
+            feats = self.extractor(
+                [w[: int(n)].cpu().numpy() for w, n in zip(waves, lengths)],
+                sampling_rate=self.cfg.sample_rate,
+                return_tensors="pt",
+                padding="max_length",
+                max_length=self.n_mel_frames * self.extractor.hop_length,
+            )
             x = self.model(feats.input_features.to(waves.device, self.model.dtype)).last_hidden_state
         else:
             keep = (torch.arange(waves.shape[1], device=waves.device)[None] < lengths[:, None]).float()
@@ -127,7 +138,9 @@ class HFBackbone(nn.Module):
             x = self.model(normed.to(self.model.dtype), attention_mask=keep.long()).last_hidden_state
         if self.cfg.frame_pool > 1:
             x = F.avg_pool1d(x.transpose(1, 2), self.cfg.frame_pool, ceil_mode=True).transpose(1, 2)
-        n_frames = torch.div(lengths + self.samples_per_frame - 1, self.samples_per_frame, rounding_mode="floor")
+        n_frames = torch.div(
+            lengths + self.samples_per_frame - 1, self.samples_per_frame, rounding_mode="floor"
+        )
         return x.float(), n_frames.clamp(max=x.shape[1])
 
 
@@ -140,7 +153,9 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
     path = Path(cfg.backbone)
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise MustError(f"encoder backbone folder {path} has no config.json (not a Hugging Face model folder)")
+            raise MustError(
+                f"encoder backbone folder {path} has no config.json (not a Hugging Face model folder)"
+            )
         model = AutoModel.from_pretrained(str(path))
     elif "/" in cfg.backbone or cfg.backbone.startswith("."):
         raise MustError(f"encoder backbone folder not found: {cfg.backbone}")
@@ -148,8 +163,10 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
         try:
             hf_cfg = AutoConfig.for_model(cfg.backbone, **dict(cfg.hf_config))
         except ValueError as exc:
-            raise MustError(f"unknown encoder backbone {cfg.backbone!r}: use 'builtin', an HF audio model type "
-                            "(hubert, wav2vec2, whisper) or a local folder") from exc
+            raise MustError(
+                f"unknown encoder backbone {cfg.backbone!r}: use 'builtin', an HF audio model type "
+                "(hubert, wav2vec2, whisper) or a local folder"
+            ) from exc
         model = AutoModel.from_config(hf_cfg)
     return wrap_hf_backbone(model, cfg)
 
@@ -229,7 +246,9 @@ class MusTEncoder(nn.Module):
         d = self.backbone.hidden_size
         self.hidden_size = d
         k = cfg.transition_kernel
-        self.transition_head = nn.Sequential(nn.Conv1d(d, d // 2, k, padding=k // 2), nn.GELU(), nn.Conv1d(d // 2, 1, 1))
+        self.transition_head = nn.Sequential(
+            nn.Conv1d(d, d // 2, k, padding=k // 2), nn.GELU(), nn.Conv1d(d // 2, 1, 1)
+        )
         self.mood_head = nn.Linear(2 * d, 1)
         self.source_head = nn.Linear(d, cfg.num_sources) if cfg.num_sources > 0 else None
         window = min(cfg.window_seconds, getattr(self.backbone, "max_window_seconds", math.inf))
@@ -287,8 +306,12 @@ class MusTEncoder(nn.Module):
         feats, n_frames = self.backbone(waves, lengths)
         mask = torch.arange(feats.shape[1], device=feats.device)[None] < n_frames[:, None]
         times = (torch.arange(feats.shape[1], device=feats.device).float()[None] + 0.5) / self.frame_rate
-        out = {"features": feats, "mask": mask, "times": times.expand_as(mask),
-               "transition_logits": self.transition_logits(feats, mask)}
+        out = {
+            "features": feats,
+            "mask": mask,
+            "times": times.expand_as(mask),
+            "transition_logits": self.transition_logits(feats, mask),
+        }
         if self.source_head is not None:
             out["source_logits"] = self.source_head(feats)
         return out
@@ -308,13 +331,13 @@ class MusTEncoder(nn.Module):
         chunks, owners = [], []
         for i, (w, plan) in enumerate(zip(waves, plans)):
             for start, end, keep_from, keep_to in plan:
-                chunks.append(w[int(round(start * sr)): int(round(end * sr))])
+                chunks.append(w[int(round(start * sr)) : int(round(end * sr))])
                 owners.append((i, start, keep_from, keep_to))
         width = max(len(c) for c in chunks)
         per_item: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in waves]
         calls = 0
         for lo in range(0, len(chunks), self.cfg.max_windows_per_call):
-            batch = chunks[lo: lo + self.cfg.max_windows_per_call]
+            batch = chunks[lo : lo + self.cfg.max_windows_per_call]
             x = torch.zeros(len(batch), width, device=device)
             for j, c in enumerate(batch):
                 x[j, : len(c)] = torch.from_numpy(np.ascontiguousarray(c)).to(device)
@@ -336,9 +359,13 @@ class MusTEncoder(nn.Module):
         for i, (f, t) in enumerate(zip(feats_list, times_list)):
             features[i, : len(f)], times[i, : len(t)], mask[i, : len(f)] = f, t, True
         return EncoderFrames(
-            features=features, times=times, mask=mask,
+            features=features,
+            times=times,
+            mask=mask,
             transition_logits=self.transition_logits(features, mask),
             source_logits=self.source_logits(features),
-            durations=torch.tensor(durations, device=device), frame_rate=self.frame_rate,
-            windows=len(chunks), encoder_calls=calls,
+            durations=torch.tensor(durations, device=device),
+            frame_rate=self.frame_rate,
+            windows=len(chunks),
+            encoder_calls=calls,
         )

@@ -30,25 +30,34 @@ def _extractor(model: nn.Module):
 
 
 @torch.no_grad()
-def host_audio_embeds(model: nn.Module, kind: str, waves: list[np.ndarray], window_seconds: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def host_audio_embeds(
+    model: nn.Module, kind: str, waves: list[np.ndarray], window_seconds: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Host audio tokens for mono 16 kHz waveforms -> (B, Th, H) embeddings and (B, Th) mask."""
     device = next(model.parameters()).device
     extractor = _extractor(model)
     if kind == "qwen2_audio":
         # the tower takes a fixed number of mel frames; a longer window would be cut, so never ask for one
-        capacity = model.config.audio_config.max_source_positions * 2 * extractor.hop_length / HOST_SAMPLE_RATE
+        capacity = (
+            model.config.audio_config.max_source_positions * 2 * extractor.hop_length / HOST_SAMPLE_RATE
+        )
         window_seconds = min(window_seconds, capacity)
     win = int(window_seconds * HOST_SAMPLE_RATE)
     chunks, owner = [], []
     for i, w in enumerate(waves):
         for lo in range(0, max(len(w), 1), win):
-            chunks.append(w[lo: lo + win])
+            chunks.append(w[lo : lo + win])
             owner.append(i)
     if kind == "qwen2_audio":
         n_frames = model.config.audio_config.max_source_positions * 2  # the tower wants exactly this length
-        feats = extractor(chunks, sampling_rate=HOST_SAMPLE_RATE, return_tensors="pt", padding="max_length",
-                          max_length=n_frames * extractor.hop_length, return_attention_mask=True)
+        feats = extractor(
+            chunks,
+            sampling_rate=HOST_SAMPLE_RATE,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=n_frames * extractor.hop_length,
+            return_attention_mask=True,
+        )
         tower = audio_tower(model)
         x = feats.input_features.to(device, tower.dtype)
         hidden = tower(x).last_hidden_state
@@ -56,10 +65,17 @@ def host_audio_embeds(model: nn.Module, kind: str, waves: list[np.ndarray], wind
         tokens = model.model.multi_modal_projector(hidden)
         per_chunk = [tokens[j, : int(n)] for j, n in enumerate(out_len)]
     elif kind == "qwen2_5_omni":
-        feats = extractor(chunks, sampling_rate=HOST_SAMPLE_RATE, return_tensors="pt", padding="longest",
-                          return_attention_mask=True)
+        feats = extractor(
+            chunks,
+            sampling_rate=HOST_SAMPLE_RATE,
+            return_tensors="pt",
+            padding="longest",
+            return_attention_mask=True,
+        )
         mask = feats.attention_mask.to(device)
-        out = model.get_audio_features(feats.input_features.to(device, model.dtype), feature_attention_mask=mask)
+        out = model.get_audio_features(
+            feats.input_features.to(device, model.dtype), feature_attention_mask=mask
+        )
         _, out_len = audio_tower(model)._get_feat_extract_output_lengths(mask.sum(-1))
         per_chunk = list(torch.split(out.last_hidden_state, [int(n) for n in out_len]))
     else:

@@ -32,7 +32,7 @@ from must.models.encoder import MusTEncoder
 from must.models.host import HOST_SAMPLE_RATE, audio_tower, host_audio_embeds
 from must.models.llm import build_llm
 from must.models.lora import add_lora, base_state_dict, load_adapter, merged_state_dict, save_adapter
-from must.models.sampling import pool_cells, select_frames, token_budget
+from must.models.sampling import frame_probs, sample_tokens
 from must.models.time_embedding import TimeEmbedding
 
 FORMAT, VERSION = "must-lalm", 1
@@ -80,13 +80,25 @@ class AudioEncoding:
 
     def to(self, device) -> AudioEncoding:
         """A copy with every tensor on ``device`` (e.g. cache on CPU, use on GPU)."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
     def detach(self) -> AudioEncoding:
         """A copy cut from the autograd graph (cache the encoder, train the projector)."""
-        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).detach()
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 def _as_config(cfg) -> ModelConfig:
@@ -115,7 +127,11 @@ def check_config(cfg: ModelConfig) -> None:
         "model.sampling.uniform_floor": (cfg.sampling.uniform_floor, 0.0, 1.0),
         "model.sampling.tokens_per_second": (cfg.sampling.tokens_per_second, 1e-6, float("inf")),
         "model.sampling.max_tokens": (cfg.sampling.max_tokens, 1, float("inf")),
-        "model.encoder.window_seconds": (cfg.encoder.window_seconds, cfg.encoder.overlap_seconds + 1e-6, float("inf")),
+        "model.encoder.window_seconds": (
+            cfg.encoder.window_seconds,
+            cfg.encoder.overlap_seconds + 1e-6,
+            float("inf"),
+        ),
         "model.encoder.frame_pool": (cfg.encoder.frame_pool, 1, float("inf")),
     }
     for key, (value, lo, hi) in ranges.items():
@@ -166,8 +182,13 @@ class MusicLALM(nn.Module):
 
     # --- audio -------------------------------------------------------------------------------
 
-    def encode_audio(self, waveforms, sample_rate: int, stochastic: bool | None = None,
-                     generator: np.random.Generator | None = None) -> AudioEncoding:
+    def encode_audio(
+        self,
+        waveforms,
+        sample_rate: int,
+        stochastic: bool | None = None,
+        generator: np.random.Generator | None = None,
+    ) -> AudioEncoding:
         """Encode whole tracks: list of 1-D waveforms (samples,) at ``sample_rate`` Hz -> :class:`AudioEncoding`.
 
         Sampling is stochastic in training (``self.training``) and deterministic in eval unless
@@ -178,37 +199,27 @@ class MusicLALM(nn.Module):
             waveforms = [waveforms]
         waves = [to_mono_float(w) for w in waveforms]
         frames = self.encoder.encode_frames(waves, sample_rate)
-        probs = torch.sigmoid(frames.transition_logits.float()).masked_fill(~frames.mask, 0.0)
-        s = self.cfg.sampling
-        feats, times, covered = [], [], []
-        for i in range(len(waves)):
-            n = int(frames.mask[i].sum())
-            k = token_budget(float(frames.durations[i]), s)
-            idx = select_frames(probs[i, :n].detach().cpu().numpy(), k, s.uniform_floor, s.mode, stochastic, generator)
-            idx_t = torch.from_numpy(idx).to(frames.features.device)
-            f = frames.features[i, :n]
-            feats.append(pool_cells(f, idx_t) if s.pool == "cell" else f[idx_t])
-            times.append(frames.times[i, idx_t])
-            half = 0.5 / frames.frame_rate
-            span = float(min(frames.durations[i], frames.times[i, n - 1] + half) - max(0.0, frames.times[i, 0] - half))
-            # a hole in the middle (a lost window) shows as too few frames for the span
-            covered.append(min(span, n / frames.frame_rate))
+        features, times, mask, covered = sample_tokens(frames, self.cfg.sampling, stochastic, generator)
         _guard_coverage(covered, frames.durations.tolist(), frames.frame_rate)
-        t_max = max(len(f) for f in feats)
-        b, d = len(waves), frames.features.shape[-1]
-        features = frames.features.new_zeros(b, t_max, d)
-        tt = frames.times.new_zeros(b, t_max)
-        mask = torch.zeros(b, t_max, dtype=torch.bool, device=features.device)
-        for i, (f, t) in enumerate(zip(feats, times)):
-            features[i, : len(f)], tt[i, : len(t)], mask[i, : len(f)] = f, t, True
         host_embeds = host_mask = None
         if self.cfg.host.kind != "none" and self.cfg.host.use_audio_tower:
             sr16 = [resample(w, sample_rate, HOST_SAMPLE_RATE) for w in waves]
-            host_embeds, host_mask = host_audio_embeds(self.llm, self.cfg.host.kind, sr16, self.cfg.host.window_seconds)
-        return AudioEncoding(features=features, times=tt, mask=mask,
-                             covered_seconds=torch.tensor(covered), durations=frames.durations.cpu(),
-                             transition_probs=probs, frame_times=frames.times, frame_mask=frames.mask,
-                             host_embeds=host_embeds, host_mask=host_mask, encoder_calls=frames.encoder_calls)
+            host_embeds, host_mask = host_audio_embeds(
+                self.llm, self.cfg.host.kind, sr16, self.cfg.host.window_seconds
+            )
+        return AudioEncoding(
+            features=features,
+            times=times,
+            mask=mask,
+            covered_seconds=torch.tensor(covered),
+            durations=frames.durations.cpu(),
+            transition_probs=frame_probs(frames),
+            frame_times=frames.times,
+            frame_mask=frames.mask,
+            host_embeds=host_embeds,
+            host_mask=host_mask,
+            encoder_calls=frames.encoder_calls,
+        )
 
     def project(self, encoding: AudioEncoding) -> torch.Tensor:
         """MusT tokens at the LLM width: projector(features) + time embedding(times), (B, T, H).
@@ -232,7 +243,9 @@ class MusicLALM(nn.Module):
     def _prompt_text(self, question: str) -> tuple[str, str]:
         ph = self.cfg.music_placeholder
         vocab = self.tokenizer.get_vocab()
-        audio = f"<|audio_bos|>{ph}<|audio_eos|>" if "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab else ph
+        audio = (
+            f"<|audio_bos|>{ph}<|audio_eos|>" if "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab else ph
+        )
         messages = [{"role": "user", "content": f"{audio}\n{question}"}]
         if self.cfg.system_prompt:
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
@@ -245,8 +258,13 @@ class MusicLALM(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def prompt_inputs(self, encoding: AudioEncoding, questions: list[str], answers: list[str] | None = None,
-                      padding_side: str | None = None) -> dict[str, torch.Tensor]:
+    def prompt_inputs(
+        self,
+        encoding: AudioEncoding,
+        questions: list[str],
+        answers: list[str] | None = None,
+        padding_side: str | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Model inputs: ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, L), ``labels`` (B, L),
         ``position_ids`` (B, L); pass them all to ``self.llm(**inputs)``.
 
@@ -304,9 +322,17 @@ class MusicLALM(nn.Module):
         return self.llm(**inputs, use_cache=False)
 
     @torch.no_grad()
-    def generate_ids(self, audio, questions: list[str], max_new_tokens: int = 32, do_sample: bool = False,
-                     temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-                     sample_rate: int | None = None) -> torch.Tensor:
+    def generate_ids(
+        self,
+        audio,
+        questions: list[str],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        sample_rate: int | None = None,
+    ) -> torch.Tensor:
         """New token ids, (B * num_return_sequences, N), rows of one prompt adjacent; audio encoded once."""
         encoding = self._as_encoding(audio, sample_rate)
         prompt = self.prompt_embeds(encoding, questions)
@@ -315,8 +341,13 @@ class MusicLALM(nn.Module):
             kwargs.update(temperature=temperature, top_p=top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        return self.llm.generate(**prompt, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                 eos_token_id=self._eos_ids(), **kwargs)
+        return self.llm.generate(
+            **prompt,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self._eos_ids(),
+            **kwargs,
+        )
 
     def _eos_ids(self) -> list[int]:
         """The tokenizer's EOS plus any the model's generation config lists (e.g. ``<|endoftext|>``)."""
@@ -326,18 +357,27 @@ class MusicLALM(nn.Module):
         ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
         return sorted(i for i in ids if i is not None)
 
-    def generate(self, audio, questions: list[str], max_new_tokens: int = 32, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-                 sample_rate: int | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        audio,
+        questions: list[str],
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        sample_rate: int | None = None,
+    ) -> list[list[str]]:
         """Answers as text: one list of ``num_return_sequences`` strings per question.
 
         ``audio``: an :class:`AudioEncoding` (reused as is) or a list of waveforms with ``sample_rate``.
         """
-        ids = self.generate_ids(audio, questions, max_new_tokens, do_sample, temperature, top_p,
-                                num_return_sequences, sample_rate)
+        ids = self.generate_ids(
+            audio, questions, max_new_tokens, do_sample, temperature, top_p, num_return_sequences, sample_rate
+        )
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         n = num_return_sequences
-        return [[t.strip() for t in texts[i * n:(i + 1) * n]] for i in range(len(questions))]
+        return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(questions))]
 
     def _as_encoding(self, audio, sample_rate: int | None) -> AudioEncoding:
         if isinstance(audio, AudioEncoding):
@@ -363,7 +403,9 @@ class MusicLALM(nn.Module):
     # --- save / load -------------------------------------------------------------------------
 
     def _own_state(self, merge: bool) -> dict[str, torch.Tensor]:
-        backbone = merged_state_dict(self.encoder.backbone) if merge else base_state_dict(self.encoder.backbone)
+        backbone = (
+            merged_state_dict(self.encoder.backbone) if merge else base_state_dict(self.encoder.backbone)
+        )
         state = {f"encoder.backbone.{k}": v for k, v in backbone.items()}
         for name in ("encoder", "projector", "time_embedding"):
             for k, v in getattr(self, name).state_dict().items():
@@ -407,8 +449,10 @@ class MusicLALM(nn.Module):
             raise MustError(f"model folder not found: {folder}")
         meta_file = folder / "must_config.json"
         if not meta_file.exists():
-            raise MustError(f"{folder} is not a must model folder (no must_config.json); "
-                            "write one with MusicLALM.save_pretrained or a recipe stage")
+            raise MustError(
+                f"{folder} is not a must model folder (no must_config.json); "
+                "write one with MusicLALM.save_pretrained or a recipe stage"
+            )
         try:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as exc:
@@ -456,5 +500,7 @@ def _guard_coverage(covered: list[float], durations: list[float], frame_rate: fl
     tol = 1.0 / frame_rate + 0.05
     for i, (c, d) in enumerate(zip(covered, durations)):
         if c < d - tol:
-            raise MustError(f"audio tokens cover only {c:.2f} s of a {d:.2f} s track (item {i}): "
-                            "the encoder must see the whole track")
+            raise MustError(
+                f"audio tokens cover only {c:.2f} s of a {d:.2f} s track (item {i}): "
+                "the encoder must see the whole track"
+            )

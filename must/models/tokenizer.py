@@ -60,7 +60,9 @@ track transition transitions turns up vocals volume warm what which while with w
 """
 
 
-def build_tiny_tokenizer(extra_words: list[str] | None = None, vocab_size: int = 1536) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    extra_words: list[str] | None = None, vocab_size: int = 1536
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on the built-in corpus (plus ``extra_words``); deterministic."""
     tok = Tokenizer(models.BPE(unk_token=None))
     # Digits one by one and punctuation alone, *before* byte-level splitting, so BPE never merges
