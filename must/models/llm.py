@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -119,7 +120,10 @@ def smollm2_folder(cache_dir: str | None = None) -> Path:
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(cache) if not cache.exists() else None  # another process may have won the race
+    if cache.exists():  # another process won the race: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(cache)
     return cache
 
 
