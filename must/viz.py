@@ -228,9 +228,10 @@ def plot_transition_curve(
     times = np.asarray(times, dtype=float).reshape(-1)
     probs = np.asarray(probs, dtype=float).reshape(-1)
     fig, (ax,) = _figure(10, 2.6)
-    if target is not None:
-        ax.fill_between(times, np.asarray(target, dtype=float).reshape(-1)[: len(times)], color="gray",
-                        alpha=0.3, label="target")
+    if target is not None:  # a target built at another length (padding, rounding) is cut to the shorter
+        target = np.asarray(target, dtype=float).reshape(-1)
+        m = min(len(times), len(target))
+        ax.fill_between(times[:m], target[:m], color="gray", alpha=0.3, label="target")
     ax.plot(times, probs, color="tab:blue", linewidth=1.4, label="predicted")
     if threshold is not None:
         ax.axhline(threshold, color="tab:blue", linestyle=":", linewidth=0.8)
