@@ -313,13 +313,16 @@ def evaluate_loaded(
     errors = [rec for rec in records if rec["error"]]
     scores["errors"] = [{"id": rec["id"], "error": rec["error"]} for rec in errors]
     write_json(out_dir / "scores.json", scores)
-    plot_rows(references, by_id, out_dir / "plots", n_per_task=n_plots)
+    plots = plot_rows(references, by_id, out_dir / "plots", n_per_task=n_plots)
     notes = [*notes, f"{len(references)} rows, audio from {audio_dir}",
              f"generation: greedy, at most {max_new_tokens} new tokens; {seconds:.1f} s for all rows"]
     if any(str(r["task"]).upper() == "TAD" for r in references):
         notes.append(f"METEOR matching: {meteor_mode()} (exact+stem when no WordNet database is installed)")
     notes += [f"audio error on {rec['id']}: {rec['error']}" for rec in errors[:20]]
-    write_report(out_dir, scores, model_name, _load_leaderboard(leaderboard), notes)
+    report = write_report(out_dir, scores, model_name, _load_leaderboard(leaderboard), notes)
+    if plots:  # the timelines, shown in the report (reference vs prediction on the track's time axis)
+        with report.open("a", encoding="utf-8") as fh:
+            fh.write("\n## Timelines\n\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n")
     return scores
 
 

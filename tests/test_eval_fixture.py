@@ -61,3 +61,4 @@ def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["MTR_mtr-1023323.png", "TSG_tsg-broken.png", "TSG_tsg-real.png"]
     assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
+    assert "## Timelines" in report and "![TSG_tsg-real](plots/TSG_tsg-real.png)" in report
