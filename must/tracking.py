@@ -79,7 +79,8 @@ class RolloutRow:
         out = []
         for k in range(len(self.answers)):
             comp = self.rewards[k] if k < len(self.rewards) else {}
-            out.append(None if comp.get("total") is None else float(comp["total"]))
+            total = comp.get("total")
+            out.append(float(total) if total is not None and math.isfinite(total) else None)
         return out
 
 
@@ -134,7 +135,7 @@ def rollout_row(
         question=str(row.get("question") or row.get("prompt") or ""),
         reference=refs,
         answers=[str(a) for a in answers],
-        rewards=[{k: float(v) for k, v in r.items()} for r in rewards],
+        rewards=[{k: _float(v) for k, v in r.items()} for r in rewards],
         task=str(row.get("task", "")).upper(),
         track_id=str(row.get("track_id", "")),
         audio=audio,
@@ -152,22 +153,40 @@ def rollout_rows(
     limit: int | None = 4,
     boundaries: Mapping[str, Sequence[float]] | None = None,
     reward_config: Any = None,
+    components: Mapping[str, Sequence[float]] | None = None,
 ) -> list[RolloutRow]:
     """Group ``completions`` (``len(rows) * num_generations``, each prompt's G answers adjacent, as GRPO
-    samples them) under their rows and score them; keep the first ``limit`` questions (None: all).
+    samples them) under their rows; keep the first ``limit`` questions (None: all).
 
     ``rows``: one dict per prompt (a QA's columns plus ``waveform``); ``boundaries``: track id -> true
-    boundary times in seconds, when known.
+    boundary times in seconds, when known. ``components``: reward name -> one value per completion (the
+    rewards the trainer used, e.g. each reward function's output and ``total``); None scores the answers
+    with :func:`must.rewards.score_completion` (``reward_config``).
     """
     G = max(int(num_generations), 1)
     if len(completions) != len(rows) * G:
         raise ValueError(f"rollout_rows: {len(completions)} completions for {len(rows)} rows x {G} generations")
+    for name, values in (components or {}).items():
+        if len(values) != len(completions):
+            raise ValueError(f"rollout_rows: components[{name!r}] has {len(values)} values for "
+                             f"{len(completions)} completions")
     keep = rows if limit is None else rows[:limit]
-    return [
-        rollout_row(r, completions[i * G:(i + 1) * G], sample_rate=sample_rate,
-                    boundaries=(boundaries or {}).get(str(r.get("track_id")), ()), reward_config=reward_config)
-        for i, r in enumerate(keep)
-    ]
+    out = []
+    for i, r in enumerate(keep):
+        span = range(i * G, (i + 1) * G)
+        given = None if components is None else [
+            {name: _float(values[j]) for name, values in components.items()} for j in span]
+        out.append(rollout_row(r, [completions[j] for j in span], sample_rate=sample_rate,
+                               boundaries=(boundaries or {}).get(str(r.get("track_id")), ()), rewards=given,
+                               reward_config=reward_config))
+    return out
+
+
+def _float(value: Any) -> float:
+    """A reward value as a float (tensors included; None, e.g. a task reward on another task, is NaN)."""
+    if value is None:
+        return math.nan
+    return float(value.item() if hasattr(value, "item") else value)
 
 
 # ------------------------------------------------------------------------------------------ loggers

@@ -50,6 +50,11 @@ def test_rollout_rows_groups_generations_under_their_prompt(track):
     assert [r.question for r in out] == ["q0", "q1"]
     assert out[1].answers == ["0:11", "x"] and out[1].boundaries == [4.0]
     assert out[0].totals()[0] > out[0].totals()[1]
+    given = tracking.rollout_rows(prompts[:1], ["0:10", "x"], 2, components={"total": [0.5, None], "f": [1, 0]})
+    assert given[0].rewards == [{"total": 0.5, "f": 1.0}, {"total": pytest.approx(float("nan"), nan_ok=True), "f": 0.0}]
+    assert given[0].totals() == [0.5, None]
+    with pytest.raises(ValueError, match="components\\['f'\\] has 1 values for 2"):
+        tracking.rollout_rows(prompts[:1], ["0:10", "x"], 2, components={"f": [1]})
     with pytest.raises(ValueError, match="5 completions for 3 rows x 2"):
         tracking.rollout_rows(prompts, ["a"] * 5, num_generations=2)
 
