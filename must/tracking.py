@@ -273,7 +273,8 @@ def log_rollout_table(
     W&B: a ``wandb.Table`` under ``key`` (columns ``step, track_id, task, audio, question, reference,
     answer_k, reward_k, mean_reward, rewards, timeline``) plus ``key/audio`` and ``key/timeline`` media.
     Otherwise: ``media_dir(stage_dir, key, step)`` with ``rows.csv`` (one line per answer and its
-    components), ``rows.jsonl`` (one line per question), ``audio/*.flac`` and ``timeline/*.png``.
+    components), ``rows.jsonl`` (one line per question), ``audio/<track_id>.flac`` (one per track: rows with
+    the same ``track_id`` share it) and ``timeline/*.png``.
     Returns that folder (None under W&B or without ``stage_dir``).
     """
     rows = [_as_row(r) for r in rows]
@@ -297,13 +298,17 @@ def _wandb_table(rows: list[RolloutRow], step: int, tmp: Path, key: str) -> dict
     columns += [f"answer_{k + 1}" for k in range(G)] + [f"reward_{k + 1}" for k in range(G)]
     columns += ["mean_reward", "rewards", "timeline"]
     table = wandb.Table(columns=columns)
-    audios, images = [], []
+    audios: dict[str, Any] = {}  # one wandb.Audio per track: the rows of a track share it
+    images = []
     for i, row in enumerate(rows):
         caption = f"{row.task} {row.track_id}: {row.question}"[:200]
         audio = None
         if row.audio is not None:
-            audio = wandb.Audio(np.clip(_wave(row.audio), -1, 1), sample_rate=row.sample_rate, caption=caption)
-            audios.append(audio)
+            name = row.track_id or f"row{i}"
+            if name not in audios:
+                audios[name] = wandb.Audio(np.clip(_wave(row.audio), -1, 1), sample_rate=row.sample_rate,
+                                           caption=row.track_id or caption)
+            audio = audios[name]
         image = wandb.Image(str(_timeline(row, tmp / f"{i:02d}.png")), caption=caption)
         images.append(image)
         totals = row.totals()
@@ -313,7 +318,7 @@ def _wandb_table(rows: list[RolloutRow], step: int, tmp: Path, key: str) -> dict
                        *totals, _mean(totals), json.dumps(row.rewards), image)
     payload: dict[str, Any] = {key: table, f"{key}/timeline": images}
     if audios:
-        payload[f"{key}/audio"] = audios
+        payload[f"{key}/audio"] = list(audios.values())
     return payload
 
 
@@ -331,10 +336,11 @@ def _write_table(rows: list[RolloutRow], step: int, out: Path) -> Path:
         for i, row in enumerate(rows):
             stem = f"{i:02d}_{viz.safe_name(row.track_id)}" if row.track_id else f"{i:02d}"
             audio = None
-            if row.audio is not None:
-                audio = Path("audio") / f"{stem}.flac"
-                (out / "audio").mkdir(exist_ok=True)
-                sf.write(out / audio, np.clip(_wave(row.audio), -1, 1), row.sample_rate, subtype="PCM_16")
+            if row.audio is not None:  # one file per track: the rows of a track share it
+                audio = Path("audio") / f"{viz.safe_name(row.track_id) if row.track_id else stem}.flac"
+                if not (out / audio).exists():
+                    (out / "audio").mkdir(exist_ok=True)
+                    sf.write(out / audio, np.clip(_wave(row.audio), -1, 1), row.sample_rate, subtype="PCM_16")
             timeline = _timeline(row, out / "timeline" / f"{stem}.png")
             timeline = timeline.relative_to(out) if timeline.is_relative_to(out) else timeline
             for k, answer in enumerate(row.answers):

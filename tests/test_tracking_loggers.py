@@ -69,6 +69,8 @@ def test_csv_logger_writes_table_audio_and_timelines(tmp_path, rows, track):
     assert float(lines[2]["total"]) == pytest.approx(-0.5) and lines[2]["answer"] == "banana"
     records = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert [r["task"] for r in records] == ["TSG", "LTR", "MTR"] and len(records[2]["answers"]) == 3
+    assert records[0]["audio"] == records[2]["audio"] == f"audio/{track.id}.flac"  # one file per track
+    assert len(list((out / "audio").iterdir())) == 1
     wave, sr = sf.read(out / records[0]["audio"])
     assert sr == track.sample_rate and len(wave) == len(track.audio)
     assert np.abs(wave - track.audio).max() < 1e-3  # 16-bit FLAC of the track
