@@ -197,17 +197,17 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     rows, labels, blocks, positions = [], [], [], []
     flat = 0
     for b, qs in enumerate(questions):
-        before, _ = model._prompt_text(qs[0])
-        parts = [embed(torch.tensor(model._ids(before), device=dev))]
+        before, _ = model.prompt_parts(qs[0])
+        parts = [embed(torch.tensor(model.text_ids(before), device=dev))]
         if encoding.host_embeds is not None:
             parts.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
         parts.append(audio[b][encoding.mask[b].to(dev)])
         n_shared = sum(len(p) for p in parts)
         lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
         for j, q in enumerate(qs):
-            _, after = model._prompt_text(q)
-            ids = model._ids(after)
-            a_ids = [] if answers is None else model._ids(answers[b][j])[:cut] + [eos]
+            _, after = model.prompt_parts(q)
+            ids = model.text_ids(after)
+            a_ids = [] if answers is None else model.text_ids(answers[b][j])[:cut] + [eos]
             parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
             lab += [-100] * len(ids) + a_ids
             blk += [flat] * (len(ids) + len(a_ids))
