@@ -78,7 +78,7 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
             continue
         if record and record.get("status") == "finished":
             if record.get("config_hash") == hashes[stage.name]:
-                print(f"[must] stage '{stage.name}': finished earlier with the same config, skipped")
+                log(f" stage '{stage.name}': finished earlier with the same config, skipped")
                 records[stage.name] = record
                 continue
             raise MustError(
@@ -86,7 +86,12 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
                 f"{record.get('config_hash')} -> {hashes[stage.name]}); run again with "
                 f"--restart {stage.name} to discard it and the stages after it"
             )
-        ckpt = _resume_checkpoint(stage, stage_dir, record, hashes[stage.name], opts.resume)
+        if record and record.get("status") == "running" and not _is_main_process():
+            # A DDP worker that Lightning launched (it re-runs this command) while rank 0 runs this
+            # stage: follow rank 0's decision instead of judging the half-written stage itself.
+            ckpt = record.get("resume_from")
+        else:
+            ckpt = _resume_checkpoint(stage, stage_dir, record, hashes[stage.name], opts.resume)
         init_dir = _init_dir(recipe, stage, out, records)
         records[stage.name] = run_stage(recipe, stage, stage_dir, init_dir, hashes[stage.name], group, ckpt)
     return records
@@ -118,9 +123,9 @@ def _resume_checkpoint(
             f"pass --resume to continue it or --restart {stage.name} to start it over"
         )
     if not ckpt.exists():
-        print(f"[must] stage '{stage.name}': no checkpoint to resume from, starting over")
+        log(f" stage '{stage.name}': no checkpoint to resume from, starting over")
         return None
-    print(f"[must] stage '{stage.name}': resuming from {ckpt}")
+    log(f" stage '{stage.name}': resuming from {ckpt}")
     return str(ckpt)
 
 
@@ -159,10 +164,11 @@ def run_stage(
     L.seed_everything(seed, workers=True, verbose=False)
     ctx = StageContext(recipe, stage, options, init_dir, stage_dir, seed)
     record = _new_record(recipe, stage, config_hash, stage_dir, seed, init_dir)
+    record["resume_from"] = ckpt_path
     if _is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
         _write_record(stage_dir, record)
-    print(f"[must] stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
+    log(f" stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
     t0 = time.time()
     trainer = None
     try:
@@ -191,7 +197,7 @@ def run_stage(
     if trainer.is_global_zero:
         _write_record(stage_dir, record)
     _finish_logger(trainer)
-    print(f"[must] stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
+    log(f" stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
     return record
 
 
@@ -229,6 +235,9 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic,
         num_sanity_val_steps=0,
+        # Stages shard their own data (must.resume.step_sampler: rank r reads every world-th sample,
+        # resumable by global step); Lightning's wrapper would try to list an endless sampler.
+        use_distributed_sampler=False,
         callbacks=[checkpoint, RNGStateCallback()],
         logger=build_logger(recipe, stage, stage_dir, group),
         plugins=plugins,
@@ -388,7 +397,7 @@ def _discard_from(recipe: RecipeConfig, out: Path, name: str) -> None:
     names = [s.name for s in recipe.stages]
     for stage in names[names.index(name):]:
         if (out / stage).exists():
-            print(f"[must] --restart {name}: discarding {out / stage}")
+            log(f" --restart {name}: discarding {out / stage}")
             shutil.rmtree(out / stage)
 
 
@@ -422,6 +431,12 @@ def stage_seed(seed: int, stage_name: str) -> int:
 def _is_main_process() -> bool:
     """False in the extra processes Lightning launches for DDP (they must not delete or write records)."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def log(message: str) -> None:
+    """Print a runner message once (rank 0 only; DDP workers re-run the same command)."""
+    if _is_main_process():
+        print(f"[must] {message}", flush=True)
 
 
 def _now() -> str:
