@@ -78,7 +78,7 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
             continue
         if record and record.get("status") == "finished":
             if record.get("config_hash") == hashes[stage.name]:
-                log(f" stage '{stage.name}': finished earlier with the same config, skipped")
+                log(f"stage '{stage.name}': finished earlier with the same config, skipped")
                 records[stage.name] = record
                 continue
             raise MustError(
@@ -123,9 +123,9 @@ def _resume_checkpoint(
             f"pass --resume to continue it or --restart {stage.name} to start it over"
         )
     if not ckpt.exists():
-        log(f" stage '{stage.name}': no checkpoint to resume from, starting over")
+        log(f"stage '{stage.name}': no checkpoint to resume from, starting over")
         return None
-    log(f" stage '{stage.name}': resuming from {ckpt}")
+    log(f"stage '{stage.name}': resuming from {ckpt}")
     return str(ckpt)
 
 
@@ -168,7 +168,7 @@ def run_stage(
     if _is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
         _write_record(stage_dir, record)
-    log(f" stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
+    log(f"stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
     t0 = time.time()
     trainer = None
     try:
@@ -197,7 +197,7 @@ def run_stage(
     if trainer.is_global_zero:
         _write_record(stage_dir, record)
     _finish_logger(trainer)
-    log(f" stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
+    log(f"stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
     return record
 
 
@@ -397,7 +397,7 @@ def _discard_from(recipe: RecipeConfig, out: Path, name: str) -> None:
     names = [s.name for s in recipe.stages]
     for stage in names[names.index(name):]:
         if (out / stage).exists():
-            log(f" --restart {name}: discarding {out / stage}")
+            log(f"--restart {name}: discarding {out / stage}")
             shutil.rmtree(out / stage)
 
 
