@@ -1,13 +1,14 @@
-"""Waveform helpers for the model: mono, resampling, log-mel, loading a file (soundfile)."""
+"""Waveform helpers for the model: mono, log-mel. Loading and resampling are the data module's
+(:func:`must.data.real.load_audio`, :func:`must.data.real.resample`), re-exported here."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from must.data.real import load_audio, resample  # noqa: F401 - one implementation, re-exported
 from must.errors import MustError
 
 
@@ -22,33 +23,6 @@ def to_mono_float(wave) -> np.ndarray:
     if wave.ndim != 1:
         raise MustError(f"expected a 1-D waveform (samples,), got shape {wave.shape}")
     return wave
-
-
-def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling by FFT (whole signal at once: exact, no scipy/torchaudio needed)."""
-    if orig_sr == target_sr or len(wave) == 0:
-        return wave.astype(np.float32, copy=False)
-    n_out = int(round(len(wave) * target_sr / orig_sr))
-    spec = np.fft.rfft(wave.astype(np.float64))
-    n_keep = min(len(spec), n_out // 2 + 1)
-    out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
-    out_spec[:n_keep] = spec[:n_keep]
-    out = np.fft.irfft(out_spec, n=n_out) * (n_out / len(wave))
-    return out.astype(np.float32)
-
-
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read an audio file (wav, flac, ogg, mp3 via soundfile) as mono float32 at ``sample_rate``."""
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.exists():
-        raise MustError(f"audio file not found: {path}")
-    try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises its own error types per format
-        raise MustError(f"cannot read audio file {path}: {exc}") from exc
-    return resample(wave.mean(axis=1), sr, sample_rate)
 
 
 @lru_cache(maxsize=8)
