@@ -127,3 +127,13 @@ def test_wandb_offline_run_holds_table_audio_images_and_histograms(tmp_path, mon
     assert list((media / "images" / "val").glob("transitions_*.png"))
     history = next(run.glob("*.wandb")).read_bytes()
     assert b"rewards/by_task/TSG" in history and b"trainer/global_step" in history
+
+
+def test_resolved_config_goes_to_the_csv_hparams(tmp_path):
+    from must.config import RecipeConfig
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    tracking.log_resolved_config(logger, RecipeConfig(name="tiny", seed=3))
+    logger.save()
+    text = (tmp_path / "logs" / "hparams.yaml").read_text()
+    assert "name: tiny" in text and "seed: 3" in text and "stages: []" in text
