@@ -160,8 +160,9 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
         if Path(cfg.encoder.backbone).is_dir():
             from transformers import AutoConfig, AutoModel
 
-            backbone = wrap_hf_backbone(AutoModel.from_config(AutoConfig.from_pretrained(cfg.encoder.backbone)),
-                                        cfg.encoder)
+            remote = cfg.encoder.trust_remote_code
+            hf = AutoConfig.from_pretrained(cfg.encoder.backbone, trust_remote_code=remote)
+            backbone = wrap_hf_backbone(AutoModel.from_config(hf, trust_remote_code=remote), cfg.encoder)
         encoder = MusTEncoder(cfg.encoder, backbone=backbone)
         if cfg.llm.source == "tiny":
             llm, tok = build_llm(cfg.llm, cfg.host)
@@ -170,8 +171,9 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
 
             folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
             check_model_folder(Path(folder), "LLM")
-            llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder)))
-            tok = AutoTokenizer.from_pretrained(str(folder))
+            remote = cfg.llm.trust_remote_code
+            llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote))
+            tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote)
         model = MusicLALM(cfg, encoder, llm, tok)
         model._add_adapters()
     return model

@@ -32,6 +32,8 @@ class EncoderConfig:
     built from ``hf_config``, or a local Hugging Face folder with real weights."""
     hf_config: dict = field(default_factory=dict)
     """Overrides for an HF backbone's config when built from its model type (e.g. ``hidden_size``)."""
+    trust_remote_code: bool = False
+    """Run the Python code shipped in a backbone folder (MERT needs it); off unless the recipe asks."""
     sample_rate: int = 16000
     """Input sample rate the encoder expects, Hz; waveforms are resampled to it."""
     n_mels: int = 64
@@ -136,6 +138,8 @@ class LLMConfig:
     """LoRA on the LLM (stage 3/4)."""
     cache_dir: Optional[str] = None
     """Where converted presets live (default ``~/.cache/must``)."""
+    trust_remote_code: bool = False
+    """Run the Python code shipped in an LLM folder; off unless the recipe asks."""
 
 
 @dataclass

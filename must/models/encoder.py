@@ -156,7 +156,7 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
             raise MustError(
                 f"encoder backbone folder {path} has no config.json (not a Hugging Face model folder)"
             )
-        model = AutoModel.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
     elif "/" in cfg.backbone or cfg.backbone.startswith("."):
         raise MustError(f"encoder backbone folder not found: {cfg.backbone}")
     else:

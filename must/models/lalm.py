@@ -491,7 +491,9 @@ def _encoder_from_config_folder(cfg: ModelConfig, cfg_folder: Path) -> MusTEncod
 
     from must.models.encoder import wrap_hf_backbone
 
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(cfg_folder)))
+    remote = cfg.encoder.trust_remote_code
+    model = AutoModel.from_config(AutoConfig.from_pretrained(str(cfg_folder), trust_remote_code=remote),
+                                  trust_remote_code=remote)
     return MusTEncoder(cfg.encoder, backbone=wrap_hf_backbone(model, cfg.encoder))
 
 

@@ -161,7 +161,7 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
     path = Path(source)
     check_model_folder(path, "LLM")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:
         raise MustError(f"cannot load a tokenizer from LLM folder {path}: {exc}") from exc
     if tok.pad_token is None:
@@ -169,5 +169,5 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
     if not tok.chat_template:
         tok.chat_template = CHAT_TEMPLATE if "<|im_start|>" in tok.get_vocab() else _PLAIN_TEMPLATE
     tok.padding_side = "left"
-    model = cls.from_pretrained(str(path), dtype=_dtype(cfg.dtype))
+    model = cls.from_pretrained(str(path), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
     return model, tok
