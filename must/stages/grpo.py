@@ -366,6 +366,22 @@ def collate_rows(items: list) -> list[dict]:
     return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
 
 
+class PromptBatches(torch.utils.data.IterableDataset):
+    """Endless batches of rows in a sampler's order.
+
+    An iterable on purpose: Lightning then adds no DistributedSampler (it would try to materialise the
+    endless, already rank-aware :class:`~must.resume.StepSampler` and never return).
+    """
+
+    def __init__(self, data: Any, sampler: Any, batch_size: int):
+        self.data, self.sampler, self.batch_size = data, sampler, batch_size
+
+    def __iter__(self):
+        order = iter(self.sampler)
+        while True:
+            yield collate_rows([self.data[next(order)] for _ in range(self.batch_size)])
+
+
 @contextlib.contextmanager
 def adapters_off(lm: nn.Module):
     """Run ``lm`` without its LoRA adapters: a peft model's ``disable_adapter()``, or, for adapters injected
@@ -492,8 +508,7 @@ class GRPOStage(L.LightningModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         read = (step // o.num_iterations) * o.prompts_per_step  # each batch of rollouts makes num_iterations steps
         sampler = StepSampler(len(self.train_data), self.seed, start=read, rank=rank, world_size=world)
-        return DataLoader(self.train_data, batch_size=o.prompts_per_step, sampler=sampler, drop_last=True,
-                          collate_fn=collate_rows)
+        return DataLoader(PromptBatches(self.train_data, sampler, o.prompts_per_step), batch_size=None)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> Tensor:
         o, G = self.options, self.options.num_generations
@@ -510,7 +525,7 @@ class GRPOStage(L.LightningModule):
             t0 = time.perf_counter()
             loss, logps, pass_stats = self.policy_loss(roll, advantages, mask, old_logps, ref_logps, num_items)
             opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            self.manual_backward(loss)  # under DDP, Lightning re-arms the gradient sync for each pass
             if o.max_grad_norm > 0:
                 self.clip_gradients(opt, gradient_clip_val=o.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
