@@ -87,7 +87,8 @@ def score_predictions(
     clap_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The full ``scores.json`` dict for id -> prediction text against reference rows."""
-    metric = MusTBenchMetric(k=k, clap_dir=clap_dir)
+    # One process scores the whole file: no sync (under DDP only rank 0 evaluates; syncing would hang).
+    metric = MusTBenchMetric(k=k, clap_dir=clap_dir, sync_on_compute=False)
     preds = [predictions.get(str(r["id"])) for r in references]
     rows = score_rows(preds, references, k, metric.clap)
     metric.update(rows=rows)

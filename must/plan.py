@@ -64,20 +64,55 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     """Apply the stage's trainable selection to ``model`` and estimate its memory."""
     cls = stage_class(stage.kind, f"stage '{stage.name}' kind")
     options = stage_options(cls, stage.options, f"stage '{stage.name}' key 'options")
-    select = getattr(importlib.import_module(cls.__module__), "select_trainable", None)
-    if select is not None:
-        select(model, options)
+    apply_freezing(cls, model, recipe, options)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     audio = audio_tokens(recipe.model, recipe.data.max_seconds)
-    questions = max(1, int(getattr(options, "questions_per_clip", 1) or 1))
-    # Stage 1 never runs the LLM: no LLM activations.
-    sequence = 0 if stage.kind == "encoder_adapt" else audio + questions * TEXT_TOKENS_PER_QUESTION
-    batch = int(getattr(options, "batch_size", 1) or 1) * int(getattr(options, "num_generations", 1) or 1)
+    questions = max(1, int(getattr(options, "questions_per_clip", getattr(options, "questions_per_track", 1)) or 1))
+    answer = int(getattr(options, "max_completion_length", 0) or 0)
+    # Stage 1 never runs the LLM: no LLM activations (its encoder activations are counted instead).
+    encoder_only = stage.kind == "encoder_adapt"
+    sequence = 0 if encoder_only else audio + questions * (TEXT_TOKENS_PER_QUESTION + answer)
+    batch = int(getattr(options, "batch_size", getattr(options, "prompts_per_step", 1)) or 1)
+    batch *= int(getattr(options, "num_generations", 1) or 1)
     world = _world_size(stage)
-    memory = estimate_memory(model, trainable, frozen, stage.trainer.strategy, stage.trainer.precision,
-                             world, batch, sequence)
+    memory = estimate_memory(model, stage.trainer.strategy, stage.trainer.precision, world, batch, sequence,
+                             encoder_seconds=recipe.data.max_seconds if encoder_only else 0.0)
     return StagePlan(stage.name, stage.kind, trainable, frozen, audio, sequence, world, memory)
+
+
+def apply_freezing(cls: type, model: torch.nn.Module, recipe: RecipeConfig, options) -> None:
+    """Set ``requires_grad`` on ``model`` exactly as the stage will.
+
+    A stage module's ``select_trainable(model, options)`` wins when it has one; GRPO's is its module-level
+    ``set_trainable(model, options.trainable)``; stages 1-3 apply their policy in ``__init__(model, data,
+    options)``, which is cheap on a meta-device model. A user's stage without either trains everything.
+    """
+    module = importlib.import_module(cls.__module__)
+    for p in model.parameters():  # each stage starts from the model as built
+        p.requires_grad_(True)
+    _rebuilt_freezing(model)
+    if hasattr(module, "select_trainable"):
+        module.select_trainable(model, options)
+    elif cls.__module__ == "must.stages.grpo":
+        module.set_trainable(model, list(options.trainable))
+    elif cls.__module__.startswith("must.stages."):
+        cls(model, recipe.data, options)
+
+
+def _rebuilt_freezing(model: torch.nn.Module) -> None:
+    """The freezing ``MusicLALM`` applies when built: LoRA-adapted parts train only their adapters, a host
+    audio tower is frozen."""
+    from must.models.lora import has_lora
+
+    for part in (model.encoder.backbone, model.llm):
+        if has_lora(part):
+            for name, p in part.named_parameters():
+                p.requires_grad_("lora_" in name)
+    if model.cfg.host.kind != "none":
+        from must.models.host import audio_tower
+
+        audio_tower(model.llm).requires_grad_(False)
 
 
 def audio_tokens(cfg: ModelConfig, seconds: float) -> int:
@@ -89,25 +124,46 @@ def audio_tokens(cfg: ModelConfig, seconds: float) -> int:
     return n
 
 
-def estimate_memory(model: torch.nn.Module, trainable: int, frozen: int, strategy: str, precision: str,
-                    world: int, batch: int, sequence: int) -> dict:
-    """GiB per GPU. Weights at the precision's storage width (mixed precision keeps fp32 weights);
-    gradients and the two AdamW moments for trainable parameters only; FSDP / ZeRO-3 shard all three,
-    ZeRO-2 gradients and optimizer state, ZeRO-1 optimizer state; activations per layer
-    ``s*b*h*(34 + 5*a*s/h)`` bytes at 16-bit, doubled at 32-bit (no activation checkpointing)."""
-    width = 2 if precision.startswith(("bf16-true", "16-true")) else 4
-    weights = (trainable + frozen) * width
-    grads = trainable * width
-    optim = trainable * 8 + (trainable * 4 if width == 2 else 0)  # moments (+ fp32 master copy)
+def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world: int, batch: int,
+                    sequence: int, encoder_seconds: float = 0.0) -> dict:
+    """GiB per GPU for one training step.
+
+    - weights: every parameter at its own dtype (``*-true`` precisions store all at 16 bits);
+    - grads: trainable parameters at their dtype, twice under DDP (its all-reduce buckets copy them);
+    - optimizer: AdamW's two moments at the parameter's dtype;
+    - FSDP / FSDP2 / ZeRO-3 shard all three over the processes, ZeRO-2 grads and optimizer, ZeRO-1 the optimizer;
+    - activations (Korthikanti et al. 2022, no activation checkpointing): ``s*b*h*34`` bytes per layer at
+      16 bits (doubled at 32), plus ``5*a*s^2*b`` for the attention scores when the attention is eager
+      (SDPA / flash kernels do not store them), plus fp32 logits and their gradient ``2*4*s*b*V``;
+      stage 1 counts the encoder's transformer over its windows instead of the LLM.
+    """
+    true16 = precision.startswith(("bf16-true", "16-true"))
+    weights = grads = optim = 0.0
+    for p in model.parameters():
+        width = 2 if true16 else p.element_size()
+        weights += p.numel() * width
+        if p.requires_grad:
+            grads += p.numel() * width
+            optim += 2 * p.numel() * max(width, 4 if not true16 else 2)
+    if _is_ddp(strategy) and world > 1:
+        grads *= 2
     shard = _sharding(strategy)
     weights /= world if "weights" in shard else 1
     grads /= world if "grads" in shard else 1
     optim /= world if "optim" in shard else 1
-    activations = _activation_bytes(model, batch, sequence) * (1 if "16" in precision else 2)
+    act_width = 1 if "16" in precision else 2
+    if encoder_seconds:
+        activations = _encoder_activation_bytes(model, batch, encoder_seconds) * act_width
+    else:
+        activations = _llm_activation_bytes(model, batch, sequence) * act_width + _logit_bytes(model, batch, sequence)
     parts = {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations}
     out = {k: round(v / GIB, 3) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GIB, 3)
     return out
+
+
+def _is_ddp(strategy: str) -> bool:
+    return strategy.startswith("ddp") or strategy == "auto"
 
 
 def _sharding(strategy: str) -> set[str]:
@@ -120,14 +176,44 @@ def _sharding(strategy: str) -> set[str]:
     return set()
 
 
-def _activation_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
+def _text_config(model: torch.nn.Module):
     cfg = getattr(model.llm, "config", None)
-    text = getattr(cfg, "text_config", None) or cfg
-    h = getattr(text, "hidden_size", 128)
-    layers = getattr(text, "num_hidden_layers", 1)
-    heads = getattr(text, "num_attention_heads", 1)
-    per_layer = sequence * batch * h * (34 + 5 * heads * sequence / h)
-    return layers * per_layer
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def transformer_activation_bytes(tokens: int, batch: int, hidden: int, layers: int, heads: int,
+                                 eager: bool) -> float:
+    """Bytes a transformer keeps for backward at 16 bits (Korthikanti et al.), ``tokens`` per sequence."""
+    per_layer = tokens * batch * hidden * 34 + (5 * heads * tokens * tokens * batch if eager else 0)
+    return float(layers * per_layer)
+
+
+def _llm_activation_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
+    text = _text_config(model)
+    eager = getattr(text, "_attn_implementation", None) == "eager"
+    return transformer_activation_bytes(sequence, batch, getattr(text, "hidden_size", 128),
+                                        getattr(text, "num_hidden_layers", 1),
+                                        getattr(text, "num_attention_heads", 1), eager)
+
+
+def _logit_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
+    vocab = getattr(_text_config(model), "vocab_size", 0) or 0
+    return 2.0 * 4 * sequence * batch * vocab
+
+
+def _encoder_activation_bytes(model: torch.nn.Module, batch: int, seconds: float) -> float:
+    """The encoder's transformer over a track's windows (frames at the backbone's rate, before pooling)."""
+    enc_cfg = model.cfg.encoder
+    backbone = model.encoder.backbone
+    rate = model.encoder.frame_rate * max(1, enc_cfg.frame_pool)
+    hf = getattr(getattr(backbone, "model", None), "config", None)
+    layers = getattr(hf, "num_hidden_layers", None) or getattr(hf, "encoder_layers", None) or enc_cfg.layers
+    heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "encoder_attention_heads", None) or enc_cfg.heads
+    window = min(enc_cfg.window_seconds, seconds)
+    windows = max(1, math.ceil((seconds - enc_cfg.overlap_seconds) / max(1e-6, window - enc_cfg.overlap_seconds)))
+    frames = int(math.ceil(window * rate))
+    eager = getattr(hf, "_attn_implementation", "eager") == "eager" if hf is not None else True
+    return transformer_activation_bytes(frames, batch * windows, backbone.hidden_size, layers, heads, eager)
 
 
 def _world_size(stage: StageConfig) -> int:

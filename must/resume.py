@@ -9,6 +9,7 @@ next, and the RNG callback puts torch/numpy/python generators back as they were 
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Iterator
 
@@ -104,6 +105,31 @@ class RNGStateCallback(L.Callback):
         random.setstate((version, tuple(internal), gauss))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FiniteLossCallback(L.Callback):
+    """Stops training at the first NaN or infinite loss, before a checkpoint can store the broken weights.
+
+    Lightning runs checkpoint callbacks after every other callback, so raising here in
+    ``on_train_batch_end`` keeps ``last.ckpt`` at the last good step.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            loss = trainer.callback_metrics.get("train/loss")
+        if loss is None or not isinstance(loss, (torch.Tensor, float, int)):
+            return
+        value = float(torch.as_tensor(loss).detach().float().cpu())
+        if math.isfinite(value):
+            return
+        from must.errors import MustError
+
+        ckpt = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")), None)
+        kept = f"the last good checkpoint is kept: {ckpt.last_model_path}" if ckpt else "no checkpoint was written yet"
+        raise MustError(f"training loss became {value} at step {trainer.global_step} (batch {batch_idx}); "
+                        f"stopped; {kept}. Lower the learning rate or set trainer.gradient_clip_val, "
+                        f"then run again with --resume")
 
 
 def _python_state() -> list:

@@ -174,11 +174,17 @@ def run_stage(
     try:
         module = cls.from_context(ctx)
         trainer = build_trainer(recipe, stage, stage_dir, group)
+        if _is_fsdp2(stage.trainer.strategy):
+            _add_fsdp2_hook(module)
         # weights_only: a checkpoint is data, never code (safe to resume from a file someone sent you).
         trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         _check_finite(trainer, stage)
         record["global_step"] = int(trainer.global_step)
         record["metrics"] = _scalar_metrics(trainer.callback_metrics)
+        if _sharded_weights(stage.trainer.strategy):
+            # Sharded weights: every rank takes part in gathering them; rank 0 saves and evaluates an
+            # unsharded copy (a sharded module cannot run on one rank alone).
+            module = _unsharded_module(cls, ctx, trainer, module)
         if trainer.is_global_zero:
             save_model_atomic(module, stage_dir / "model")
             if hasattr(module, "evaluate"):
@@ -206,7 +212,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from must.resume import RNGStateCallback
+    from must.resume import FiniteLossCallback, RNGStateCallback
 
     t = stage.trainer
     checkpoint = ModelCheckpoint(
@@ -222,7 +228,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t),
         precision=t.precision,
         max_steps=t.max_steps,
         max_epochs=-1,
@@ -238,11 +244,107 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         # Stages shard their own data (must.resume.step_sampler: rank r reads every world-th sample,
         # resumable by global step); Lightning's wrapper would try to list an endless sampler.
         use_distributed_sampler=False,
-        callbacks=[checkpoint, RNGStateCallback()],
+        callbacks=[checkpoint, RNGStateCallback(), FiniteLossCallback()],
         logger=build_logger(recipe, stage, stage_dir, group),
         plugins=plugins,
         default_root_dir=stage_dir,
     )
+
+
+def build_strategy(t: Any) -> Any:
+    """A Lightning strategy name as given, except ``fsdp2``: FSDP2 (``fully_shard``) through Lightning's
+    ``ModelParallelStrategy``, data-parallel over every device (no tensor parallelism)."""
+    if not _is_fsdp2(t.strategy):
+        return t.strategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if not isinstance(t.devices, int):
+        raise MustError(f"trainer.strategy {t.strategy}: trainer.devices must be a number of devices, got {t.devices!r}")
+    return ModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1)
+
+
+def _is_fsdp2(strategy: str) -> bool:
+    return strategy in ("fsdp2", "model_parallel")
+
+
+def _sharded_weights(strategy: str) -> bool:
+    """Whether the strategy keeps only a shard of the weights on each rank after fit."""
+    return strategy.startswith("fsdp") or strategy == "model_parallel" or "stage_3" in strategy
+
+
+def _add_fsdp2_hook(module: Any) -> None:
+    """Give the stage a ``configure_model`` that applies FSDP2 (Lightning calls it once the processes are
+    up), unless the stage class defines its own."""
+    import lightning as L
+
+    if type(module).configure_model is not L.LightningModule.configure_model:
+        return
+    module.configure_model = lambda: shard_fsdp2(module)
+
+
+def shard_fsdp2(module: Any) -> None:
+    """FSDP2 over the data-parallel mesh: each transformer block, each embedding / LM head and each top-level
+    part with trainable weights is its own ``fully_shard`` unit (its forward gathers it).
+
+    Frozen parts outside those units stay whole on every rank (no gradients to reduce). A trainable
+    parameter left outside every unit would silently diverge across ranks: refused.
+    """
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    mesh = module.device_mesh["data_parallel"]
+    done: set[int] = set()
+
+    def shard(sub: nn.Module) -> None:
+        if id(sub) not in done and any(True for _ in sub.parameters()):
+            fully_shard(sub, mesh=mesh)
+            done.add(id(sub))
+
+    blocks = [m for m in module.modules() if type(m).__name__.endswith(("DecoderLayer", "EncoderLayer"))]
+    for sub in blocks + [m for m in module.modules() if isinstance(m, nn.Embedding)]:
+        shard(sub)
+    for sub in module.modules():
+        head = getattr(sub, "get_output_embeddings", None)
+        if callable(head) and isinstance(head(), nn.Module):
+            shard(head())
+    for _, part in _trainable_parts(module):
+        shard(part)
+    loose = [n for n, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if loose:
+        raise MustError(f"fsdp2: trainable parameters outside every shard unit: {loose[:3]}")
+
+
+def _trainable_parts(module: Any) -> list:
+    """The modules one level below the stage's model holders (``model.llm``, ``model.projector`` …) with trainable weights."""
+    parts = []
+    for name, child in module.named_children():
+        for sub_name, sub in child.named_children():
+            if any(p.requires_grad for p in sub.parameters()):
+                parts.append((f"{name}.{sub_name}", sub))
+    return parts
+
+
+def _unsharded_module(cls: Any, ctx: StageContext, trainer: Any, module: Any) -> Any:
+    """The trained module with whole weights on rank 0 (collective: every rank must call it)."""
+    import torch
+
+    if "deepspeed" in ctx.stage.trainer.strategy:
+        import deepspeed  # ZeRO-3 partitions parameters; gather them all for rank 0 (untested here: no GPU)
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            full = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if trainer.is_global_zero else {}
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        root = trainer.model if trainer.model is not None else module
+        full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not trainer.is_global_zero:
+        return module
+    with torch.random.fork_rng():  # building the copy must not move the training RNG
+        fresh = cls.from_context(ctx)
+    fresh.load_state_dict(full)
+    return fresh
 
 
 def _plain_checkpoints(strategy: str) -> bool:
