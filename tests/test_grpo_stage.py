@@ -164,6 +164,10 @@ def test_bad_options_are_named():
     policy = lora_policy()
     with pytest.raises(Exception, match="loss_type"):
         GRPOStage(policy, [varied], DATA, Options(loss_type="ppo"))
+    with pytest.raises(Exception, match="options.num_generations"):
+        GRPOStage(policy, [varied], DATA, Options(num_generations=1))
+    with pytest.raises(Exception, match="options.top_p"):
+        GRPOStage(policy, [varied], DATA, Options(top_p=0.0))
     with pytest.raises(Exception, match="reward_weights"):
         GRPOStage(policy, [varied], DATA, Options(reward_weights={"nope": 1.0}))
     plain = TextPolicy(tiny_lm(len(policy.tokenizer)), policy.tokenizer)

@@ -439,6 +439,18 @@ class GRPOStage(L.LightningModule):
             raise ConfigError(f"options.loss_type: one of {LOSS_TYPES}, got {o.loss_type!r}")
         if o.scale_rewards not in SCALE_REWARDS:
             raise ConfigError(f"options.scale_rewards: one of {SCALE_REWARDS}, got {o.scale_rewards!r}")
+        for key, ok, need in (
+            ("num_generations", o.num_generations >= 2, "at least 2 (advantages compare samples of one prompt)"),
+            ("prompts_per_step", o.prompts_per_step >= 1, "at least 1"),
+            ("num_iterations", o.num_iterations >= 1, "at least 1"),
+            ("max_completion_length", o.max_completion_length >= 1, "at least 1"),
+            ("temperature", o.temperature > 0, "above 0"),
+            ("top_p", 0 < o.top_p <= 1, "in (0, 1]"),
+            ("epsilon_low", 0 <= o.epsilon_low < 1, "in [0, 1)"),
+            ("epsilon_high", o.epsilon_high >= 0, "at least 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"options.{key}: must be {need}, got {getattr(o, key)!r}")
         if not self.reward_funcs:
             raise ConfigError("a grpo stage needs at least one reward function")
         names = [reward_name(f) for f in self.reward_funcs]
