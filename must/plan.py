@@ -239,7 +239,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     """
     from must.models.encoder import MusTEncoder, wrap_hf_backbone
     from must.models.lalm import MusicLALM
-    from must.models.llm import build_llm, check_model_folder, host_class, smollm2_folder
+    from must.models.llm import build_llm, check_architecture, check_model_folder, host_class, smollm2_folder
 
     with torch.device("meta"):
         backbone = None
@@ -257,6 +257,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
 
             folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
             check_model_folder(Path(folder), "LLM")
+            check_architecture(Path(folder), cfg.host.kind, cfg.llm.trust_remote_code)
             remote = cfg.llm.trust_remote_code
             llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote))
             tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote)

@@ -27,11 +27,12 @@ class StepSampler(Sampler[int]):
     """
 
     def __init__(self, num_items: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, positions: bool = False):
         if num_items <= 0:
             raise ValueError("StepSampler needs a non-empty dataset")
         self.num_items, self.seed, self.start = num_items, seed, start
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.positions = positions
 
     def index(self, position: int) -> int:
         """Dataset index read at global sample ``position``."""
@@ -49,7 +50,10 @@ class StepSampler(Sampler[int]):
             if self.shuffle and epoch != cache_epoch:
                 perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
                 cache_epoch = epoch
-            yield int(perm[offset]) if self.shuffle else offset
+            index = int(perm[offset]) if self.shuffle else offset
+            # With ``positions`` the dataset gets (position, index): a sample's own random draws can then be
+            # seeded by its position, so they too are the same after a resume.
+            yield (position, index) if self.positions else index
             position += self.world_size
 
     def __len__(self) -> int:
@@ -57,17 +61,20 @@ class StepSampler(Sampler[int]):
         return 2**31 - 1
 
 
-def step_sampler(module: L.LightningModule, num_items: int, batch_size: int, seed: int) -> StepSampler:
+def step_sampler(module: L.LightningModule, num_items: int, batch_size: int, seed: int,
+                 positions: bool = False) -> StepSampler:
     """The sampler for a stage's ``train_dataloader``: starts where ``trainer.global_step`` says.
 
-    Samples already read = global_step x batch size x gradient accumulation (per rank).
+    Samples already read = global_step x batch size x gradient accumulation (per rank). With
+    ``positions`` it yields ``(position, index)`` pairs (see :class:`StepSampler`).
     """
     trainer = module._trainer  # None outside a Trainer (e.g. a user calling train_dataloader by hand)
     step = trainer.global_step if trainer is not None else 0
     accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
     rank = trainer.global_rank if trainer is not None else 0
     world = trainer.world_size if trainer is not None else 1
-    return StepSampler(num_items, seed, start=step * batch_size * accumulate, rank=rank, world_size=world)
+    return StepSampler(num_items, seed, start=step * batch_size * accumulate, rank=rank, world_size=world,
+                       positions=positions)
 
 
 class RNGStateCallback(L.Callback):

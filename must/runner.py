@@ -283,36 +283,32 @@ def _add_fsdp2_hook(module: Any) -> None:
 
 
 def shard_fsdp2(module: Any) -> None:
-    """FSDP2 over the data-parallel mesh: each transformer block, each embedding / LM head and each top-level
-    part with trainable weights is its own ``fully_shard`` unit (its forward gathers it).
+    """FSDP2 over the data-parallel mesh, one ``fully_shard`` root per top-level part with trainable weights
+    (``model.llm``, ``model.projector`` …), each transformer block inside it its own nested unit.
 
-    Frozen parts outside those units stay whole on every rank (no gradients to reduce). A trainable
-    parameter left outside every unit would silently diverge across ranks: refused.
+    The parts stay separate roots because the stages call them one after another (embed, project, LLM),
+    not through one forward. Token embeddings are called outside the LLM's forward (prompt packing), so
+    they stay whole on every rank (``ignored_params``) and must be frozen, as in the paper's stages 3-4.
+    Frozen parts stay whole too (no gradients to reduce). A trainable parameter left outside every unit
+    would silently diverge across ranks: refused.
     """
     from torch import nn
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
     mesh = module.device_mesh["data_parallel"]
-    done: set[int] = set()
-
-    def shard(sub: nn.Module) -> None:
-        if id(sub) not in done and any(True for _ in sub.parameters()):
-            fully_shard(sub, mesh=mesh)
-            done.add(id(sub))
-
-    blocks = [m for m in module.modules() if type(m).__name__.endswith(("DecoderLayer", "EncoderLayer"))]
-    for sub in blocks + [m for m in module.modules() if isinstance(m, nn.Embedding)]:
-        shard(sub)
-    for sub in module.modules():
-        head = getattr(sub, "get_output_embeddings", None)
-        if callable(head) and isinstance(head(), nn.Module):
-            shard(head())
-    for _, part in _trainable_parts(module):
-        shard(part)
+    for name, part in _trainable_parts(module):
+        embeddings = {p for m in part.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        if any(p.requires_grad for p in embeddings):
+            raise MustError(f"strategy fsdp2: the token embeddings in {name} train; freeze them "
+                            "(options.freeze: ['*embed_tokens*']) or use strategy ddp / fsdp")
+        for block in part.modules():
+            if type(block).__name__.endswith(("DecoderLayer", "EncoderLayer")):
+                fully_shard(block, mesh=mesh)
+        fully_shard(part, mesh=mesh, ignored_params=embeddings or None)
     loose = [n for n, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
     if loose:
-        raise MustError(f"fsdp2: trainable parameters outside every shard unit: {loose[:3]}")
+        raise MustError(f"strategy fsdp2: trainable parameters outside every shard unit: {loose[:3]}")
 
 
 def _trainable_parts(module: Any) -> list:

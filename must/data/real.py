@@ -153,6 +153,7 @@ def load_mustbench(
     if df["id"].duplicated().any():
         dup = df.loc[df["id"].duplicated(), "id"].astype(str).head(10).tolist()
         raise MustError(f"{parquet_path}: duplicate id(s) {', '.join(dup)}")
+    check_references(df, parquet_path)
     durations: dict[str, float] = {}
     if check_audio:
         if not audio_dir.is_dir():
@@ -189,6 +190,63 @@ def load_mustbench(
             )
         )
     return qas
+
+
+def check_references(df: Any, parquet_path: Path) -> None:
+    """Every reference answer must read as its task expects (a time, a letter, intervals, text): a reference
+    the scorer cannot read would silently score every prediction as a miss. MustError listing the rows."""
+    from must.parsing import parse_answer
+
+    bad = []
+    for row in df.itertuples(index=False):
+        for ref in _as_list(row.answers, str(row.answer)):
+            parsed = parse_answer(str(row.task), ref)
+            if not parsed.ok:
+                bad.append(f"id {row.id} ({row.task} {ref!r}: {parsed.reason})")
+                break
+    if bad:
+        shown = "; ".join(bad[:10]) + (" …" if len(bad) > 10 else "")
+        raise MustError(f"{parquet_path}: unparsable reference answer in {len(bad)} row(s): {shown}")
+
+
+class SkipBroken(Dataset):
+    """Wraps a dataset of audio items: an item whose audio fails to load (a :class:`MustError`) is skipped,
+    counted and replaced by the next readable one; more than ``max_fraction`` of the items failing stops
+    training with the list of files.
+
+    Training on thousands of real files should not die on one broken MP3, nor go on when a folder is
+    mostly unreadable. ``failures`` maps a failed item index to its error message.
+    """
+
+    def __init__(self, dataset: Dataset, max_fraction: float = 0.01):
+        self.dataset, self.max_fraction = dataset, max_fraction
+        self.failures: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.dataset)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self.failures:
+                continue
+            try:
+                return self.dataset[i]
+            except MustError as exc:
+                self.failures[i] = str(exc)
+                self._check()
+                print(f"[must] skipped a broken audio file ({len(self.failures)} so far): {exc}", flush=True)
+        raise MustError(f"no readable audio file among {n} items: {'; '.join(list(self.failures.values())[:5])}")
+
+    def _check(self) -> None:
+        allowed = self.max_fraction * len(self.dataset)
+        if len(self.failures) > allowed:
+            shown = "; ".join(list(self.failures.values())[:5])
+            raise MustError(
+                f"{len(self.failures)} of {len(self.dataset)} audio files failed to load (more than "
+                f"{self.max_fraction:.0%}): stopping. First errors: {shown}"
+            )
 
 
 class MustBenchDataset(Dataset):

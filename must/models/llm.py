@@ -142,6 +142,39 @@ def check_model_folder(path: Path, what: str) -> None:
         raise MustError(f"{what} folder {path} is not a Hugging Face model folder (no config.json)")
 
 
+#: The ``model_type`` a host kind's folder must declare (a different architecture would load with random weights).
+HOST_MODEL_TYPES = {"qwen2_audio": ("qwen2_audio",), "qwen2_5_omni": ("qwen2_5_omni_thinker", "qwen2_5_omni")}
+
+
+def check_architecture(path: Path, host_kind: str, trust_remote_code: bool = False) -> None:
+    """Raise a MustError naming the folder when its config is not an architecture ``host_kind`` can load."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        raise MustError(f"LLM folder {path}: cannot read its config.json: {exc}") from None
+    kind = getattr(config, "model_type", None)
+    expected = HOST_MODEL_TYPES.get(host_kind)
+    if expected and kind not in expected:
+        raise MustError(f"LLM folder {path} holds a {kind!r} model; model.host.kind {host_kind} needs {expected[0]!r}")
+    if host_kind == "none":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
+            raise MustError(f"LLM folder {path} holds a {kind!r} model, which is not a causal language model")
+
+
+def check_vocabulary(model, tok, path: Path) -> None:
+    """Every token id the tokenizer can produce must have an embedding row (else an index error mid-run)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise MustError(
+            f"LLM folder {path}: the tokenizer has {len(tok)} tokens but the model's embedding table has {rows} "
+            "rows (tokenizer and weights from different models?)"
+        )
+
+
 def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None):
     """(model, tokenizer) from ``folder`` when given, else from ``cfg.source`` (preset or local folder)."""
     from transformers import AutoTokenizer
@@ -160,6 +193,7 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
         source = str(smollm2_folder(cfg.cache_dir))
     path = Path(source)
     check_model_folder(path, "LLM")
+    check_architecture(path, host.kind, cfg.trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:
@@ -170,4 +204,5 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
         tok.chat_template = CHAT_TEMPLATE if "<|im_start|>" in tok.get_vocab() else _PLAIN_TEMPLATE
     tok.padding_side = "left"
     model = cls.from_pretrained(str(path), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+    check_vocabulary(model, tok, path)
     return model, tok

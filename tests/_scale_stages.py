@@ -1,0 +1,84 @@
+"""Test-only stage kinds for the scale and reliability tests, given to recipes by dotted path.
+
+- ``PauseAt``: a mixin that, when ``MUST_TEST_PAUSE_AT=N`` is set, writes ``paused.json`` at the start of
+  global step N and sleeps, so a test can ``kill -9`` the run in the middle of training; it also records
+  the global step every fit starts from (``starts.json``).
+- ``ResumableSFT``: SFT whose data order and question draws are pure functions of the sample position
+  (``must.resume.step_sampler(..., positions=True)``), the change proposed for ``must/stages/sft.py``.
+- ``PausingGRPO``: GRPO as it is (its data order is already a StepSampler) with the pause hook.
+- ``NaNAfter``: SFT whose loss becomes NaN from ``MUST_TEST_NAN_AT`` on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from must.resume import step_sampler
+from must.stages.grpo import GRPOStage
+from must.stages.sft import QATracks, SFTStage, _collate
+
+
+class PauseAt:
+    """Mixin: pause (sleep) at global step ``MUST_TEST_PAUSE_AT``; record each fit's starting step."""
+
+    def on_train_start(self) -> None:
+        if self.trainer.is_global_zero:
+            path = self._stage_dir() / "starts.json"
+            starts = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps(starts + [int(self.global_step)]))
+        super().on_train_start()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        pause = int(os.environ.get("MUST_TEST_PAUSE_AT", "-1"))
+        if self.global_step == pause:
+            (self._stage_dir() / "paused.json").write_text(json.dumps({"step": int(self.global_step), "pid": os.getpid()}))
+            while True:  # wait for the test's kill -9
+                time.sleep(1)
+        return super().on_train_batch_start(batch, batch_idx)
+
+    def _stage_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)  # the runner sets it to OUTPUT_DIR/<stage>
+
+
+class _PositionedQATracks(QATracks):
+    """QATracks whose question draw for a sample is seeded by (seed, sample position), not a running RNG."""
+
+    def __init__(self, *args, draw_seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draw_seed = draw_seed
+
+    def __getitem__(self, key):
+        position, index = key
+        self.rng = np.random.default_rng([self.draw_seed, position])
+        return super().__getitem__(index)
+
+
+class ResumableSFT(PauseAt, SFTStage):
+    """SFT with the exact-resume data order (the proposed sft.py change)."""
+
+    def train_dataloader(self) -> DataLoader:
+        o = self.options
+        ds = _PositionedQATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
+                                 dict(o.type_weights), self.seed, draw_seed=self.seed)
+        sampler = step_sampler(self, len(ds), o.batch_size, self.seed, positions=True)
+        return DataLoader(ds, batch_size=o.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
+
+
+class PausingGRPO(PauseAt, GRPOStage):
+    """GRPO as shipped, plus the pause hook."""
+
+
+class NaNAfter(SFTStage):
+    """SFT whose loss is NaN from global step ``MUST_TEST_NAN_AT`` on (a diverged run)."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step >= int(os.environ.get("MUST_TEST_NAN_AT", "1000000")):
+            loss = loss * float("nan")
+        return loss
