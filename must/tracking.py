@@ -278,6 +278,8 @@ def log_rollout_table(
     Returns that folder (None under W&B or without ``stage_dir``).
     """
     rows = [_as_row(r) for r in rows]
+    if not rows:  # e.g. a validation run that asked nothing: log nothing rather than an empty table
+        return None
     targets = wandb_targets(logger)
     if targets:
         with tempfile.TemporaryDirectory(prefix="must-rollouts-") as tmp:
@@ -458,6 +460,8 @@ def log_transition_plot(
     if isinstance(curves, (TransitionCurve, Mapping)):
         curves = [curves]
     curves = [c if isinstance(c, TransitionCurve) else TransitionCurve(**c) for c in curves]
+    if not curves:
+        return []
     names = [f"{i:02d}" + (f"_{viz.safe_name(c.track_id)}" if c.track_id else "") for i, c in enumerate(curves)]
     targets = wandb_targets(logger)
     if targets:
