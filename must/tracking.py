@@ -387,6 +387,8 @@ def log_reward_histograms(
     values = {str(t): [float(v) for v in vs if v is not None and math.isfinite(float(v))]
               for t, vs in rewards_by_task.items()}
     means = {f"{key}/{t}_mean": sum(vs) / len(vs) for t, vs in values.items() if vs}
+    if not means:
+        return None
     targets = wandb_targets(logger)
     if targets:
         import wandb

@@ -84,6 +84,7 @@ def test_no_logger_still_writes_files_and_nothing_without_a_stage_dir(tmp_path, 
     assert tracking.log_transition_plot(False, curve(track), 1, None) == []
     assert tracking.log_rollout_table(None, [], 1, tmp_path) is None
     assert tracking.log_transition_plot(None, [], 1, tmp_path) == []
+    assert tracking.log_reward_histograms(None, {"TSG": []}, 1, tmp_path) is None
     assert not any(tmp_path.iterdir())
     out = tracking.log_rollout_table(False, rows[:1], 1, tmp_path, key="val/rollouts")
     assert (out / "rows.csv").is_file() and out.parent.name == "rollouts"
