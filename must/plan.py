@@ -118,9 +118,9 @@ def _rebuilt_freezing(model: torch.nn.Module) -> None:
 def audio_tokens(cfg: ModelConfig, seconds: float) -> int:
     """Audio tokens for a track of ``seconds``: the sampling budget, plus the host tower's tokens."""
     s = cfg.sampling
-    n = min(s.max_tokens, max(s.min_tokens, int(math.ceil(s.tokens_per_second * seconds))))
+    n = min(s.max_tokens, max(s.min_tokens, math.ceil(s.tokens_per_second * seconds)))
     if cfg.host.kind != "none" and cfg.host.use_audio_tower:
-        n += int(math.ceil(HOST_TOKENS_PER_SECOND * seconds))
+        n += math.ceil(HOST_TOKENS_PER_SECOND * seconds)
     return n
 
 
@@ -211,7 +211,7 @@ def _encoder_activation_bytes(model: torch.nn.Module, batch: int, seconds: float
     heads = getattr(hf, "num_attention_heads", None) or getattr(hf, "encoder_attention_heads", None) or enc_cfg.heads
     window = min(enc_cfg.window_seconds, seconds)
     windows = max(1, math.ceil((seconds - enc_cfg.overlap_seconds) / max(1e-6, window - enc_cfg.overlap_seconds)))
-    frames = int(math.ceil(window * rate))
+    frames = math.ceil(window * rate)
     eager = getattr(hf, "_attn_implementation", "eager") == "eager" if hf is not None else True
     return transformer_activation_bytes(frames, batch * windows, backbone.hidden_size, layers, heads, eager)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -121,6 +122,12 @@ class FiniteLossCallback(L.Callback):
     ``on_train_batch_end`` keeps ``last.ckpt`` at the last good step.
     """
 
+    def __init__(self) -> None:
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the step this batch trains (global_step moves on before batch end)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
@@ -134,7 +141,7 @@ class FiniteLossCallback(L.Callback):
 
         ckpt = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")), None)
         kept = f"the last good checkpoint is kept: {ckpt.last_model_path}" if ckpt else "no checkpoint was written yet"
-        raise MustError(f"training loss became {value} at step {trainer.global_step} (batch {batch_idx}); "
+        raise MustError(f"training loss became {value} at step {self._step}; "
                         f"stopped; {kept}. Lower the learning rate or set trainer.gradient_clip_val, "
                         f"then run again with --resume")
 

@@ -198,6 +198,10 @@ def run_stage(
         if _is_main_process():
             _write_record(stage_dir, record)
         _finish_logger(trainer)
+        if isinstance(exc, OSError):  # a full disk, a vanished mount: say what is safe and how to go on
+            ckpt = stage_dir / "checkpoints" / LAST_CKPT
+            kept = f"the last complete checkpoint is kept: {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+            raise MustError(f"stage '{stage.name}' stopped: {exc}; {kept}; fix it and run again with --resume") from exc
         raise
     record.update(status="finished", ended_at=_now(), seconds=round(time.time() - t0, 2))
     if trainer.is_global_zero:

@@ -6,7 +6,7 @@
 - ``ResumableSFT``: SFT whose data order and question draws are pure functions of the sample position
   (``must.resume.step_sampler(..., positions=True)``), the change proposed for ``must/stages/sft.py``.
 - ``PausingGRPO``: GRPO as it is (its data order is already a StepSampler) with the pause hook.
-- ``NaNAfter``: SFT whose loss becomes NaN from ``MUST_TEST_NAN_AT`` on.
+- ``NaNProducer``: the foundation tests' toy stage, its loss NaN from ``MUST_TEST_NAN_AT`` on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from must.resume import step_sampler
 from must.stages.grpo import GRPOStage
 from must.stages.sft import QATracks, SFTStage, _collate
+from tests._stages import Producer
 
 
 class PauseAt:
@@ -74,8 +75,8 @@ class PausingGRPO(PauseAt, GRPOStage):
     """GRPO as shipped, plus the pause hook."""
 
 
-class NaNAfter(SFTStage):
-    """SFT whose loss is NaN from global step ``MUST_TEST_NAN_AT`` on (a diverged run)."""
+class NaNProducer(Producer):
+    """The toy linear stage of the foundation tests, whose loss is NaN from global step ``MUST_TEST_NAN_AT`` on."""
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)

@@ -72,10 +72,16 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         raise MustError(f"audio file not found: {path}")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        declared = sf.info(str(path)).frames
     except Exception as exc:  # soundfile raises several types for corrupt/unsupported files
         raise MustError(f"cannot read audio file {path}: {exc}") from exc
     if data.size == 0:
         raise MustError(f"audio file {path} is empty (0 samples)")
+    # A cut-off file decodes without error but shorter than its header says: its labels (and the
+    # duration taken from the header) would then describe audio the model never hears.
+    if 0 < len(data) < 0.98 * declared:
+        raise MustError(f"audio file {path} is truncated: its header says {declared / sr:.1f} s, "
+                        f"only {len(data) / sr:.1f} s decode")
     mono = data.mean(axis=1)
     if not np.isfinite(mono).all():
         raise MustError(f"audio file {path} contains NaN or infinite samples")

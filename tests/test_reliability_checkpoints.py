@@ -1,0 +1,139 @@
+"""Checkpoints survive what kills runs: a crash in the middle of a save, a full disk, a NaN loss.
+
+The toy linear stage of the foundation tests (``tests._stages``) keeps these fast; the checkpoint
+writing is the runner's and Lightning's, the same for every stage.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from must.cli import main
+from must.config import load_recipe
+from must.errors import MustError
+from must.runner import RunOptions, run_recipe
+
+
+def _recipe(tmp_path: Path, kind: str = "tests._stages:Producer", steps: int = 10, every: int = 2) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: toy
+        output_dir: {tmp_path / "out"}
+        logger: {{kind: none}}
+        stages:
+          - name: a
+            kind: tests._stages:Producer
+            trainer: {{max_steps: 3, enable_progress_bar: false}}
+          - name: b
+            kind: {kind}
+            init_from: a
+            trainer: {{max_steps: {steps}, checkpoint_every_n_steps: {every}, enable_progress_bar: false}}
+    """))
+    return path
+
+
+def _ckpt_step(stage_dir: Path) -> int:
+    return int(torch.load(stage_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
+
+
+def _failing_write(fail_on: int):
+    """A stand-in for Lightning's checkpoint write that fails on stage b's ``fail_on``-th save after writing half the bytes."""
+    import io
+
+    from lightning.fabric.plugins.io import torch_io
+
+    real, calls = torch_io._atomic_save, {"n": 0}
+
+    def write(checkpoint, path):
+        calls["n"] += "/b/checkpoints/" in str(path)
+        if calls["n"] < fail_on or "/b/checkpoints/" not in str(path):
+            return real(checkpoint, path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with open(path, "wb") as fh:
+            fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    return write
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    from lightning.fabric.plugins.io import torch_io
+
+    path = _recipe(tmp_path)
+    monkeypatch.setattr(torch_io, "_atomic_save", _failing_write(fail_on=3))  # saves at steps 2, 4, then 6 fails
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'b' stopped: [Errno 28] No space left on device" in err
+    assert "the last complete checkpoint is kept" in err and "--resume" in err
+    assert err.strip().splitlines()[-1].startswith("error: stage 'b' stopped")  # one message, no traceback
+    stage_b = tmp_path / "out" / "b"
+    assert _ckpt_step(stage_b) == 4  # the half-written file never replaced it
+    assert (stage_b / "checkpoints" / "last.ckpt.tmp").exists()
+    assert json.loads((stage_b / "record.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "out" / "a" / "record.json").read_text())["status"] == "finished"
+    monkeypatch.undo()
+    records = run_recipe(load_recipe(path), RunOptions(resume=True))  # space freed: continue at step 4
+    assert records["b"]["global_step"] == 10
+    assert json.loads((stage_b / "starts.json").read_text()) == [0, 4]
+
+
+def test_a_crash_in_the_middle_of_a_save_leaves_a_usable_checkpoint(tmp_path):
+    """What ``kill -9`` during ``torch.save`` leaves behind: a complete last.ckpt and a partial temp file."""
+    path = _recipe(tmp_path, steps=4)
+    run_recipe(load_recipe(path), RunOptions(only="a"))
+    stage_b = tmp_path / "out" / "b"
+    # A run of b that saved step 2, then died while writing step 4 (the temp file holds half of it).
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        import os
+
+        os.environ["MUST_TEST_CRASH_AT"] = "3"
+        try:
+            run_recipe(load_recipe(path))
+        finally:
+            del os.environ["MUST_TEST_CRASH_AT"]
+    good = (stage_b / "checkpoints" / "last.ckpt").read_bytes()
+    (stage_b / "checkpoints" / "last.ckpt.tmp").write_bytes(good[: len(good) // 3])
+    assert _ckpt_step(stage_b) == 2
+    records = run_recipe(load_recipe(path), RunOptions(resume=True))
+    assert records["b"]["global_step"] == 4
+    assert json.loads((stage_b / "starts.json").read_text()) == [0, 2]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_and_a_message(tmp_path, monkeypatch, capsys):
+    path = _recipe(tmp_path, kind="tests._scale_stages:NaNProducer")
+    monkeypatch.setenv("MUST_TEST_NAN_AT", "5")  # steps 0-4 are fine, step 5's loss is NaN
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "training loss became nan at step 5" in err and "the last good checkpoint is kept" in err
+    assert err.strip().splitlines()[-1].startswith("error: training loss became nan")  # one message, no traceback
+    stage_b = tmp_path / "out" / "b"
+    ckpt = torch.load(stage_b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert json.loads((stage_b / "record.json").read_text())["status"] == "failed"
+    # The finished stage before it is untouched and skipped on the next run.
+    monkeypatch.delenv("MUST_TEST_NAN_AT")
+    assert json.loads((tmp_path / "out" / "a" / "record.json").read_text())["status"] == "finished"
+    records = run_recipe(load_recipe(path), RunOptions(resume=True))
+    assert records["b"]["status"] == "finished" and records["b"]["global_step"] == 10
+
+
+def test_resume_refuses_a_changed_config_instead_of_mixing_runs(tmp_path):
+    path = _recipe(tmp_path, steps=4)
+    import os
+
+    os.environ["MUST_TEST_CRASH_AT"] = "3"
+    try:
+        with pytest.raises(RuntimeError):
+            run_recipe(load_recipe(path))
+    finally:
+        del os.environ["MUST_TEST_CRASH_AT"]
+    with pytest.raises(MustError, match="unfinished run with a different config; run again with --restart b"):
+        run_recipe(load_recipe(path, ["stages.b.options.lr=0.5"]), RunOptions(resume=True))
