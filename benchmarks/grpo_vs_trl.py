@@ -14,6 +14,11 @@ both alike, and the table reports the median run. Peak memory is the peak reside
 the level at the run's start, sampled every 5 ms (on the CPU torch allocates through malloc, so RSS is
 what there is; freed memory is handed back with malloc_trim between runs).
 
+Both frameworks run with the same number of torch threads (``--threads``, default 1: on a 2-core box
+shared with other work, OpenMP threads spin-waiting for a busy core make multi-thread timings swing
+several-fold). Besides wall-clock rates, the CPU time the process used per rollout is reported: it
+depends little on what else runs on the machine.
+
 The last line printed is ``speedup_vs_trl=<float>``: our rollouts/s over TRL's (medians).
 """
 
@@ -116,7 +121,7 @@ class PeakRSS:
         self.mib = (self.peak - self.start) / 2**20
 
 
-def run_ours(model, tok, data, args) -> dict:
+def run_ours(model, tok, data, args, share_prefix: bool = True) -> dict:
     import lightning as L
 
     from must.stages.grpo import GRPOStage, Options, TextPolicy
@@ -133,6 +138,7 @@ def run_ours(model, tok, data, args) -> dict:
         num_iterations=1,
         dynamic_sampling=False,
         max_grad_norm=1.0,
+        share_prefix=share_prefix,
     )
     stage = GRPOStage(TextPolicy(model, tok), [time_reward], data, opts)
     stamps = []
@@ -295,9 +301,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: on a shared box, OpenMP spin-waits distort multi-thread timings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["ours", "trl"], default=None)
+    p.add_argument("--plain", action="store_true", help="also run ours without prefix sharing (an ablation)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--case", choices=["text", "audio"], default="text")
     p.add_argument("--tracks", type=int, default=16, help="audio case: synthetic training tracks")
@@ -321,9 +329,11 @@ def main() -> None:
         f"G={args.G} T={args.T} prompts/step={args.prompts} steps={args.steps} (+{args.warmup} warm-up) "
         f"loss={args.loss_type} lr={args.lr} beta=0 device={args.device} threads={torch.get_num_threads()}"
     )
-    results = {"ours": [], "trl": []}
-    runners = {"ours": run_ours, "trl": run_trl}
+    results = {"ours": [], "trl": [], "plain": []}
+    runners = {"ours": run_ours, "trl": run_trl, "plain": lambda *a: run_ours(*a, share_prefix=False)}
     names = [args.only] if args.only else ["ours", "trl"]
+    if args.plain:
+        names.append("plain")
     for r in range(args.repeats):
         for name in names:
             torch.manual_seed(args.seed + r)
@@ -335,7 +345,7 @@ def main() -> None:
                 total = sum(res["parts"].values())
                 extra = "  " + " ".join(f"{k[:-2]}={v / total:.0%}" for k, v in res["parts"].items())
             print(
-                f"run {r} {name:4s}: {res['rollouts_s']:7.1f} rollouts/s  {res['steps_s']:6.3f} steps/s  "
+                f"run {r} {name:5s}: {res['rollouts_s']:7.1f} rollouts/s  {res['steps_s']:6.3f} steps/s  "
                 f"{res['cpu_ms']:6.1f} CPU ms/rollout  "
                 f"peak +{res['mem']:.0f} MiB{extra}",
                 flush=True,
@@ -347,11 +357,13 @@ def main() -> None:
 
     print("\n| framework | rollouts/s | optimizer steps/s | CPU ms per rollout | peak memory (MiB above start) |")
     print("|---|---:|---:|---:|---:|")
-    for name, label in (("ours", "must GRPOStage"), ("trl", "TRL GRPOTrainer")):
+    labels = (("ours", "must GRPOStage"), ("trl", "TRL GRPOTrainer"),
+              ("plain", "must GRPOStage, plain prompt path (share_prefix=false)"))
+    for name, label in labels:
         if results[name]:
             print(f"| {label} | {med(name, 'rollouts_s'):.1f} | {med(name, 'steps_s'):.3f} | "
                   f"{med(name, 'cpu_ms'):.1f} | {med(name, 'mem'):.0f} |")
-    if len(names) == 2:
+    if results["ours"] and results["trl"]:
         # CPU time is what each framework consumed, whatever else shares the cores; wall clock is the headline
         print(f"speedup_vs_trl_cpu_time={med('trl', 'cpu_ms') / med('ours', 'cpu_ms'):.2f}")
         print(f"speedup_vs_trl={med('ours', 'rollouts_s') / med('trl', 'rollouts_s'):.2f}")

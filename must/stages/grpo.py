@@ -584,10 +584,10 @@ class GRPOStage(L.LightningModule):
         columns = {k: [row.get(k) for row in rows for _ in range(G)] for k in keys}
         columns["completion_ids"] = ids
         per_func, components = score(self.reward_funcs, prompts, completions, columns)
-        if "task" in columns:  # MusTBench-style rows: share of answers in a readable form
-            from must.rewards import format_reward
+        if "task" in columns:  # MusTBench-style rows: share of answers the task's parser can read
+            from must.parsing import parse_answer
 
-            ok = [1.0 if v > 0 else 0.0 for v in format_reward(prompts, completions, **columns)]
+            ok = [parse_answer(task, text).ok for task, text in zip(columns["task"], completions)]
             components["valid_format"] = [sum(ok) / len(ok)]
         t3 = time.perf_counter()
         c = self.counters
