@@ -74,10 +74,16 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     encoder_only = stage.kind == "encoder_adapt"
     sequence = 0 if encoder_only else audio + questions * (TEXT_TOKENS_PER_QUESTION + answer)
     batch = int(getattr(options, "batch_size", getattr(options, "prompts_per_step", 1)) or 1)
-    batch *= int(getattr(options, "num_generations", 1) or 1)
+    logit_tokens = None
+    if stage.kind == "grpo":
+        # GRPO runs each prompt once and its G completions after it (shared prefix): count tokens, not rows.
+        prompts, groups = batch * questions, int(getattr(options, "num_generations", 1) or 1)
+        logit_tokens = prompts * groups * answer
+        sequence, batch = prompts * (audio + TEXT_TOKENS_PER_QUESTION) + logit_tokens, 1
     world = _world_size(stage)
     memory = estimate_memory(model, stage.trainer.strategy, stage.trainer.precision, world, batch, sequence,
-                             encoder_seconds=recipe.data.max_seconds if encoder_only else 0.0)
+                             encoder_seconds=recipe.data.max_seconds if encoder_only else 0.0,
+                             logit_tokens=logit_tokens, checkpointing=stage.trainer.activation_checkpointing)
     return StagePlan(stage.name, stage.kind, trainable, frozen, audio, sequence, world, memory)
 
 
@@ -125,7 +131,8 @@ def audio_tokens(cfg: ModelConfig, seconds: float) -> int:
 
 
 def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world: int, batch: int,
-                    sequence: int, encoder_seconds: float = 0.0) -> dict:
+                    sequence: int, encoder_seconds: float = 0.0, logit_tokens: int | None = None,
+                    checkpointing: bool = False) -> dict:
     """GiB per GPU for one training step.
 
     - weights: every parameter at its own dtype (``*-true`` precisions store all at 16 bits);
@@ -135,7 +142,8 @@ def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world
     - activations (Korthikanti et al. 2022, no activation checkpointing): ``s*b*h*34`` bytes per layer at
       16 bits (doubled at 32), plus ``5*a*s^2*b`` for the attention scores when the attention is eager
       (SDPA / flash kernels do not store them), plus fp32 logits and their gradient ``2*4*s*b*V``;
-      stage 1 counts the encoder's transformer over its windows instead of the LLM.
+      stage 1 counts the encoder's transformer over its windows instead of the LLM. With activation
+      checkpointing each layer keeps only its 16-bit input (``2*s*b*h``) and one layer is recomputed at a time.
     """
     true16 = precision.startswith(("bf16-true", "16-true"))
     weights = grads = optim = 0.0
@@ -153,9 +161,10 @@ def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world
     optim /= world if "optim" in shard else 1
     act_width = 1 if "16" in precision else 2
     if encoder_seconds:
-        activations = _encoder_activation_bytes(model, batch, encoder_seconds) * act_width
+        activations = _encoder_activation_bytes(model, batch, encoder_seconds, checkpointing) * act_width
     else:
-        activations = _llm_activation_bytes(model, batch, sequence) * act_width + _logit_bytes(model, batch, sequence)
+        logits = _logit_bytes(model, 1, batch * sequence if logit_tokens is None else logit_tokens)
+        activations = _llm_activation_bytes(model, batch, sequence, checkpointing) * act_width + logits
     parts = {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations}
     out = {k: round(v / GIB, 3) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GIB, 3)
@@ -182,18 +191,20 @@ def _text_config(model: torch.nn.Module):
 
 
 def transformer_activation_bytes(tokens: int, batch: int, hidden: int, layers: int, heads: int,
-                                 eager: bool) -> float:
+                                 eager: bool, checkpointing: bool = False) -> float:
     """Bytes a transformer keeps for backward at 16 bits (Korthikanti et al.), ``tokens`` per sequence."""
     per_layer = tokens * batch * hidden * 34 + (5 * heads * tokens * tokens * batch if eager else 0)
+    if checkpointing:
+        return float(layers * 2 * tokens * batch * hidden + per_layer)
     return float(layers * per_layer)
 
 
-def _llm_activation_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
+def _llm_activation_bytes(model: torch.nn.Module, batch: int, sequence: int, checkpointing: bool = False) -> float:
     text = _text_config(model)
     eager = getattr(text, "_attn_implementation", None) == "eager"
     return transformer_activation_bytes(sequence, batch, getattr(text, "hidden_size", 128),
                                         getattr(text, "num_hidden_layers", 1),
-                                        getattr(text, "num_attention_heads", 1), eager)
+                                        getattr(text, "num_attention_heads", 1), eager, checkpointing)
 
 
 def _logit_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
@@ -201,7 +212,7 @@ def _logit_bytes(model: torch.nn.Module, batch: int, sequence: int) -> float:
     return 2.0 * 4 * sequence * batch * vocab
 
 
-def _encoder_activation_bytes(model: torch.nn.Module, batch: int, seconds: float) -> float:
+def _encoder_activation_bytes(model: torch.nn.Module, batch: int, seconds: float, checkpointing: bool = False) -> float:
     """The encoder's transformer over a track's windows (frames at the backbone's rate, before pooling)."""
     enc_cfg = model.cfg.encoder
     backbone = model.encoder.backbone
@@ -213,7 +224,9 @@ def _encoder_activation_bytes(model: torch.nn.Module, batch: int, seconds: float
     windows = max(1, math.ceil((seconds - enc_cfg.overlap_seconds) / max(1e-6, window - enc_cfg.overlap_seconds)))
     frames = math.ceil(window * rate)
     eager = getattr(hf, "_attn_implementation", "eager") == "eager" if hf is not None else True
-    return transformer_activation_bytes(frames, batch * windows, backbone.hidden_size, layers, heads, eager)
+    checkpointing = checkpointing and hf is not None  # the built-in backbone has no checkpointing
+    return transformer_activation_bytes(frames, batch * windows, backbone.hidden_size, layers, heads, eager,
+                                        checkpointing)
 
 
 def _world_size(stage: StageConfig) -> int:
@@ -239,7 +252,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     """
     from must.models.encoder import MusTEncoder, wrap_hf_backbone
     from must.models.lalm import MusicLALM
-    from must.models.llm import build_llm, check_architecture, check_model_folder, host_class, smollm2_folder
+    from must.models.llm import _dtype, build_llm, check_architecture, check_model_folder, host_class, smollm2_folder
 
     with torch.device("meta"):
         backbone = None
@@ -259,7 +272,8 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
             check_model_folder(Path(folder), "LLM")
             check_architecture(Path(folder), cfg.host.kind, cfg.llm.trust_remote_code)
             remote = cfg.llm.trust_remote_code
-            llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote))
+            llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote),
+                                                         dtype=_dtype(cfg.llm.dtype))
             tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote)
         model = MusicLALM(cfg, encoder, llm, tok)
         model._add_adapters()

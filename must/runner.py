@@ -174,6 +174,8 @@ def run_stage(
     try:
         module = cls.from_context(ctx)
         trainer = build_trainer(recipe, stage, stage_dir, group)
+        if stage.trainer.activation_checkpointing:
+            enable_activation_checkpointing(module)
         if _is_fsdp2(stage.trainer.strategy):
             _add_fsdp2_hook(module)
         # weights_only: a checkpoint is data, never code (safe to resume from a file someone sent you).
@@ -253,6 +255,19 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         plugins=plugins,
         default_root_dir=stage_dir,
     )
+
+
+def enable_activation_checkpointing(module: Any) -> int:
+    """Turn on Hugging Face gradient checkpointing in every HF model inside the stage (the LLM, an HF encoder
+    backbone); returns how many. Non-reentrant, so frozen inputs and LoRA-only training work."""
+    count = 0
+    for sub in module.modules():
+        if hasattr(sub, "gradient_checkpointing_enable") and getattr(sub, "supports_gradient_checkpointing", False):
+            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            count += 1
+    if count == 0:
+        raise MustError("trainer.activation_checkpointing: the stage holds no Hugging Face model that supports it")
+    return count
 
 
 def build_strategy(t: Any) -> Any:

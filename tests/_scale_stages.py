@@ -71,8 +71,20 @@ class ResumableSFT(PauseAt, SFTStage):
         return DataLoader(ds, batch_size=o.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
 
+def completion_length(prompts, completions, **columns) -> list[float]:
+    """A reward that always varies within a group (an untrained tiny model earns the same zero from the
+    temporal rewards for every sample, so nothing would move and the test would prove nothing)."""
+    return [float(len(c)) / 10 for c in completions]
+
+
 class PausingGRPO(PauseAt, GRPOStage):
-    """GRPO as shipped, plus the pause hook."""
+    """GRPO as shipped (MusicLALM policy, QA prompts, StepSampler order), a varying reward, the pause hook."""
+
+    @classmethod
+    def from_context(cls, ctx):
+        stage = super().from_context(ctx)
+        stage.reward_funcs, stage.reward_names = [completion_length], ["completion_length"]
+        return stage
 
 
 class NaNProducer(Producer):

@@ -1,0 +1,162 @@
+"""The shipped recipes and ``must plan``: small.yaml and must7b.yaml validate, must7b builds from tiny
+stand-in folders (a HuBERT-shaped encoder folder, a Qwen2.5-Omni thinker folder) with the paper's
+train/freeze split per stage, and the memory model's arithmetic is checked by hand."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from must.config import load_recipe, stage_class, stage_options
+from must.plan import apply_freezing, estimate_memory, plan_recipe, skeleton
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "must7b"])
+def test_each_recipe_opens_with_its_command_and_validates(name):
+    path = RECIPES / f"{name}.yaml"
+    first = path.read_text().splitlines()[0]
+    assert re.match(rf"# must run recipes/{name}\.yaml", first), first
+    recipe = load_recipe(path)
+    assert [s.kind for s in recipe.stages][:3] == ["encoder_adapt", "lm_adapt", "sft"]
+
+
+def test_must7b_is_eight_gpus_with_per_stage_strategies():
+    recipe = load_recipe(RECIPES / "must7b.yaml")
+    strategies = {s.name: (s.trainer.devices, s.trainer.strategy, s.trainer.precision) for s in recipe.stages}
+    assert all(d == 8 and p == "bf16-mixed" for d, _, p in strategies.values())
+    assert strategies["captions"][1] == "fsdp"  # the only stage that trains all 7B parameters
+    assert recipe.model.encoder.trust_remote_code and recipe.model.host.kind == "qwen2_5_omni"
+    assert recipe.model.llm.trust_remote_code is False  # Omni ships in transformers: no remote code needed
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    """Tiny folders shaped like MERT (HuBERT architecture) and the Qwen2.5-Omni thinker."""
+    from transformers import AutoConfig, AutoModel
+
+    from must.models.config import HostConfig, LLMConfig
+    from must.models.llm import build_llm
+
+    out = tmp_path_factory.mktemp("standins")
+    AutoModel.from_config(AutoConfig.for_model(
+        "hubert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)).save_pretrained(out / "mert")
+    llm, tok = build_llm(LLMConfig(hidden_size=32, layers=2, heads=2, kv_heads=1, intermediate_size=64),
+                         HostConfig(kind="qwen2_5_omni"))
+    llm.save_pretrained(out / "thinker")
+    tok.save_pretrained(out / "thinker")
+    return [f"model.encoder.backbone={out / 'mert'}", f"model.llm.source={out / 'thinker'}",
+            "model.llm.lora.r=4", "model.encoder.lora.r=2"]
+
+
+def _trained(recipe, model, stage_name: str) -> set[str]:
+    stage = next(s for s in recipe.stages if s.name == stage_name)
+    cls = stage_class(stage.kind)
+    apply_freezing(cls, model, recipe, stage_options(cls, stage.options, stage.name))
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_must7b_trains_and_freezes_as_the_paper_per_stage(standins):
+    recipe = load_recipe(RECIPES / "must7b.yaml", standins)
+    model = skeleton(recipe.model)
+    enc = _trained(recipe, model, "encoder")
+    assert enc and all(n.startswith("encoder.") for n in enc)
+    assert {n for n in enc if n.startswith("encoder.backbone.")} == {n for n in enc if "lora_" in n}  # backbone frozen
+    assert any("transition_head" in n for n in enc) and any("mood_head" in n for n in enc)
+
+    cap = _trained(recipe, model, "captions")
+    assert any(n.startswith("llm.model.language_model.layers.") for n in cap) and "llm.lm_head.weight" in cap
+    assert any(n.startswith("projector.") for n in cap)
+    assert not any(n.startswith(("encoder.", "llm.model.audio_tower.", "llm.model.visual.")) or "lora_" in n
+                   for n in cap)
+
+    for name in ("sft", "grpo"):
+        tuned = _trained(recipe, model, name)
+        llm = {n for n in tuned if n.startswith("llm.")}
+        assert llm and all("lora_" in n and n.startswith("llm.model.language_model.") for n in llm), name
+        assert any(n.startswith("projector.") for n in tuned) and not any(n.startswith("encoder.") for n in tuned)
+
+
+def test_must7b_plan_and_real_construction_from_standins(standins):
+    from must.models.encoder import HFBackbone
+    from must.models.lalm import MusicLALM
+
+    recipe = load_recipe(RECIPES / "must7b.yaml", standins)
+    plans = {p.name: p for p in plan_recipe(recipe)}
+    assert plans["encoder"].sequence == 0 and plans["sft"].world_size == 8
+    # 300 s: 750 MusT tokens (2.5/s) + 7,500 host tokens (25/s)
+    assert plans["sft"].audio_tokens == 750 + 7500
+    assert plans["captions"].trainable > plans["sft"].trainable > plans["encoder"].trainable > 0
+    model = MusicLALM.from_config(recipe.model)  # the real build: weights read from the folders
+    assert type(model.llm).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert isinstance(model.encoder.backbone, HFBackbone) and model.encoder.frame_rate == 24000 / 320 / 5
+    assert next(model.llm.model.language_model.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".audio_tower." in n)
+
+
+def test_tiny_plan_per_stage_counts():
+    recipe = load_recipe(RECIPES / "tiny.yaml")
+    plans = {p.name: p for p in plan_recipe(recipe)}
+    total = plans["encoder"].trainable + plans["encoder"].frozen
+    assert all(p.trainable + p.frozen == total for p in plans.values())
+    # stage 1 trains the encoder only; SFT (tiny.yaml: the whole LLM, LoRA frozen) trains no encoder weight
+    model = skeleton(recipe.model)
+    enc = _trained(recipe, model, "encoder")
+    assert enc and all(n.startswith("encoder.") for n in enc)
+    assert plans["encoder"].trainable == sum(p.numel() for n, p in model.named_parameters() if n in enc)
+    questions = next(s for s in recipe.stages if s.name == "sft").options["questions_per_clip"]
+    assert plans["encoder"].sequence == 0 and plans["sft"].sequence == 150 + questions * 64  # 60 s x 2.5/s + questions
+
+
+class _Toy(nn.Module):
+    """1,000 trainable fp32 weights, 3,000 frozen ones, and an LLM with no config (no activations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(1000))
+        self.b = nn.Parameter(torch.zeros(3000), requires_grad=False)
+        self.llm = nn.Module()
+
+
+@pytest.mark.parametrize("strategy,world,expected", [
+    ("auto", 1, (16000, 4000, 8000)),          # weights 4 B x 4000, grads 4 B x 1000, AdamW 2 x 4 B x 1000
+    ("ddp", 2, (16000, 8000, 8000)),           # DDP's buckets copy the gradients
+    ("fsdp", 2, (8000, 2000, 4000)),           # everything sharded over 2
+    ("deepspeed_stage_2", 4, (16000, 1000, 2000)),
+    ("deepspeed_stage_1", 4, (16000, 4000, 2000)),
+])
+def test_memory_model_by_hand(strategy, world, expected):
+    gib = estimate_memory(_Toy(), strategy, "32-true", world, batch=1, sequence=0)
+    got = tuple(round(gib[k] * 1024**3) for k in ("weights", "grads", "optimizer"))
+    assert got == expected
+    assert gib["activations"] == 0
+
+
+def test_activation_checkpointing_keeps_gradients_and_is_planned():
+    from must.models.config import ModelConfig
+    from must.models.lalm import MusicLALM
+    from must.runner import enable_activation_checkpointing
+
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        cfg = ModelConfig()
+        cfg.llm.hidden_size, cfg.llm.layers = 32, 2
+        m = MusicLALM.from_config(cfg).train()
+        if checkpointing:
+            holder = nn.Module()
+            holder.model = m
+            assert enable_activation_checkpointing(holder) >= 1
+        enc = m.encode_audio([torch.randn(16000 * 3).numpy() * 0.1], 16000, stochastic=False)
+        m(enc, ["When?"], ["0:01"]).loss.backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        torch.testing.assert_close(plain[k], ckpt[k], rtol=1e-5, atol=1e-6)
