@@ -252,7 +252,14 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
     """
     from must.models.encoder import MusTEncoder, wrap_hf_backbone
     from must.models.lalm import MusicLALM
-    from must.models.llm import _dtype, build_llm, check_architecture, check_model_folder, host_class, smollm2_folder
+    from must.models.llm import (
+        _dtype,
+        build_llm,
+        check_architecture,
+        check_model_folder,
+        host_class,
+        smollm2_folder,
+    )
 
     with torch.device("meta"):
         backbone = None
