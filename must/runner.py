@@ -546,7 +546,14 @@ def stage_seed(seed: int, stage_name: str) -> int:
 
 
 def _is_main_process() -> bool:
-    """False in the extra processes Lightning launches for DDP (they must not delete or write records)."""
+    """False in the extra processes Lightning launches for DDP (they must not delete or write records).
+
+    torchrun and SLURM (``srun``) start every process themselves and say its global rank (``RANK``,
+    ``SLURM_PROCID``); a process Lightning launched has ``LOCAL_RANK`` / ``NODE_RANK``.
+    """
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return os.environ[var] == "0"
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 

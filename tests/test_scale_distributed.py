@@ -105,3 +105,40 @@ def test_sft_under_fsdp2_on_two_cpu_processes(tmp_path):
     base = [k for k in trained if k.startswith("llm.") and "lora_" not in k]
     assert all(torch.equal(trained[k], start[k]) for k in base)
     assert (stage / "eval" / "scores.json").is_file()
+
+
+TOY = """
+name: toy
+output_dir: {out}
+logger: {{kind: none}}
+stages:
+  - name: a
+    kind: tests._stages:Producer
+    trainer: {{accelerator: cpu, devices: {devices}, num_nodes: {nodes}, strategy: ddp, max_steps: 6,
+               checkpoint_every_n_steps: 2, enable_progress_bar: false}}
+  - name: b
+    kind: tests._stages:Consumer
+    init_from: a
+    trainer: {{accelerator: cpu, devices: {devices}, num_nodes: {nodes}, strategy: ddp, max_steps: 2,
+               enable_progress_bar: false}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes,devices", [(1, 2), (2, 1)])
+def test_torchrun_launch_single_and_two_node(tmp_path, nodes, devices):
+    """torchrun starts every process itself (Lightning's TorchElastic environment); two "nodes" here are two
+    torchrun agents on localhost sharing the output folder, as nodes share a file system."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(TOY.format(out=tmp_path / "out", devices=devices, nodes=nodes))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={devices}", f"--node_rank={r}",
+                               "--master_addr=127.0.0.1", f"--master_port={29600 + nodes}", "-m", "must.cli", "run",
+                               str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for r in range(nodes)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:]
+    assert sum(o.count("[must] recipe 'toy' done") for o in outs) == 1  # only global rank 0 speaks and writes
+    for name, steps in (("a", 6), ("b", 2)):
+        record = json.loads((tmp_path / "out" / name / "record.json").read_text())
+        assert record["status"] == "finished" and record["global_step"] == steps
