@@ -173,3 +173,27 @@ def test_bad_options_are_named():
     plain = TextPolicy(tiny_lm(len(policy.tokenizer)), policy.tokenizer)
     with pytest.raises(Exception, match="beta"):
         GRPOStage(plain, [varied], DATA, Options(beta=0.1))
+
+
+def digit_share(prompts, completions, **kw):
+    """Share of digits in the answer (a random policy starts near 0.25)."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+@pytest.mark.slow
+def test_reward_rises_on_an_easy_task():
+    tok = char_tokenizer()
+    stage = GRPOStage(TextPolicy(tiny_lm(len(tok)), tok), [digit_share], DATA,
+                      Options(prompts_per_step=3, num_generations=8, max_completion_length=8, learning_rate=3e-3,
+                              num_iterations=2))
+    rewards = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            rewards.append(float(trainer.callback_metrics["reward"]))
+
+    trainer = L.Trainer(max_steps=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", callbacks=[Record()])
+    trainer.fit(stage)
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.5 and last > first + 0.3, rewards
