@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def write(args, rows, baseline, notes) -> None:
     lines = [
         "# Ablation of the tiny recipe",
         "",
-        f"Command: `python benchmarks/ablation.py {' '.join(f'--variants {v}' if False else '' for v in [])}"
-        f"--recipe {Path(args.recipe).name} --scale {args.scale}` (same seed, same steps per stage; "
-        "each variant's last evaluated stage on the held-out synthetic test split, percent).",
+        f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}` (same seed; every stage at "
+        f"{args.scale:g} × its steps in `{Path(args.recipe).name}`; each variant's last evaluated stage on "
+        "the held-out synthetic test split, percent; TSG is Hit@3s).",
         "",
         format_table(table, markdown=True),
         "",

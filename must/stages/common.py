@@ -68,12 +68,6 @@ def optimizer_config(model: MusicLALM, lr: float, lrs: dict, weight_decay: float
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def grad_norm(module: torch.nn.Module) -> float:
-    """L2 norm of the gradients of ``module`` (0 when none)."""
-    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
-
-
 # ----------------------------------------------------------------------------------------- data
 
 
