@@ -191,6 +191,8 @@ def completion_logits(
     """
     G, T = num_samples, completion_ids.size(1)
     completion_embeds = lm.get_input_embeddings()(completion_ids[:, : T - 1])
+    if share_prefix and torch.is_grad_enabled() and _checkpointing(lm):
+        share_prefix = False  # checkpointed layers drop the KV cache in a gradient pass: concatenate instead
     if not share_prefix:
         embeds = torch.cat([prompt_embeds.repeat_interleave(G, 0), completion_embeds], dim=1)
         mask = torch.cat([prompt_mask.repeat_interleave(G, 0), prompt_mask.new_ones(completion_ids.shape)], 1)
@@ -209,6 +211,8 @@ def completion_logits(
     if T == 1:
         return first
     cache = getattr(out, _CACHE)
+    if cache is None or cache.get_seq_length() == 0:  # the model kept no cache: never score without the prompt
+        return completion_logits(lm, prompt_embeds, prompt_mask, completion_ids, G, share_prefix=False)
     cache.batch_repeat_interleave(G)
     mask = prompt_mask.repeat_interleave(G, 0)
     mask = torch.cat([mask, mask.new_ones(mask.size(0), T - 1)], dim=1)
@@ -221,3 +225,8 @@ def completion_logits(
         **{_CACHE: cache},
     ).logits
     return torch.cat([first, rest], dim=1)
+
+
+def _checkpointing(lm: nn.Module) -> bool:
+    """Whether a training-mode Hugging Face model inside ``lm`` recomputes its layers (gradient checkpointing)."""
+    return any(getattr(m, "gradient_checkpointing", False) and m.training for m in lm.modules())

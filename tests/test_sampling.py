@@ -99,3 +99,22 @@ def test_shared_log_prob_pass_equals_plain_pass_and_sampling(lm, prompts):
     assert real.abs().sum() > 0
     logps = torch.log_softmax(shared / 0.9, -1).gather(-1, s.completion_ids[..., None]).squeeze(-1)
     torch.testing.assert_close(logps * s.completion_mask, s.logps, atol=1e-5, rtol=1e-4)
+
+
+def test_log_prob_pass_with_gradient_checkpointing_keeps_the_prompt(lm, prompts):
+    """Checkpointed layers drop the KV cache in a gradient pass; the shared path must then still see the prompt."""
+    _, mask, embeds = prompts
+    s = sample(lm, embeds, mask, G, T, [1], 0, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = completion_logits(lm, embeds, mask, s.completion_ids, G)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.train()
+    try:
+        e = embeds.clone().requires_grad_()
+        logits = completion_logits(lm, e, mask, s.completion_ids, G)
+        logits.sum().backward()
+    finally:
+        lm.gradient_checkpointing_disable()
+        lm.eval()
+    torch.testing.assert_close(logits.detach(), expected, atol=1e-5, rtol=1e-4)
+    assert e.grad.abs().sum() > 0
