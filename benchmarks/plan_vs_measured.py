@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -73,6 +75,9 @@ def prerender(recipe) -> None:
 def measure(recipe, stage, out: Path, steps: int) -> dict:
     cls = stage_class(stage.kind)
     options = stage_options(cls, stage.options, stage.name)
+    for flag in ("eval_untrained", "eval_init"):  # evaluations before training are not training memory
+        if hasattr(options, flag):
+            options = replace(options, **{flag: False})
     trainer_cfg = replace(stage.trainer, max_steps=steps, checkpoint_every_n_steps=10**6, limit_val_batches=0,
                           val_check_interval=None, enable_progress_bar=False, accelerator="cpu", devices=1,
                           strategy="auto")
@@ -99,10 +104,19 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=None)
     args = parser.parse_args()
     recipe = load_recipe(args.recipe, [*args.overrides, "logger.kind=none"])
+    if not os.environ.get("MUST_PVM_CHILD"):
+        # One fresh process per stage: in one process the allocator would reuse the memory an earlier
+        # stage freed, and RSS would not grow.
+        print(f"# {args.recipe} {' '.join(args.overrides)}  ({args.steps} steps per stage, CPU, fp32)")
+        print("| stage | plan weights GiB | params GiB | plan grads+optim+activ GiB | measured peak RSS growth GiB | ratio |")
+        print("|---|---|---|---|---|---|", flush=True)
+        for stage in recipe.stages:
+            if not args.stages or stage.name in args.stages:
+                subprocess.run([sys.executable, __file__, args.recipe, *args.overrides, "--steps", str(args.steps),
+                                "--out", args.out, "--stages", stage.name], env={**os.environ, "MUST_PVM_CHILD": "1"},
+                               check=True, stdout=sys.stdout, stderr=subprocess.DEVNULL)
+        return
     prerender(recipe)
-    print(f"# {args.recipe} {' '.join(args.overrides)}  ({args.steps} steps per stage, CPU, fp32)")
-    print("| stage | plan weights GiB | params GiB | plan grads+optim+activ GiB | measured peak RSS growth GiB | ratio |")
-    print("|---|---|---|---|---|---|")
     for stage in recipe.stages:
         if args.stages and stage.name not in args.stages:
             continue

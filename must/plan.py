@@ -28,6 +28,8 @@ GIB = 1024**3
 # Text tokens around the music tokens: chat template + question (+ answer), measured on the synthetic
 # questions with the tiny tokenizer (~45); we round up so the estimate errs on the safe side.
 TEXT_TOKENS_PER_QUESTION = 64
+# Timestamped captions (stage 2): up to ~600 tiny-tokenizer tokens for a 60 s synthetic track.
+CAPTION_TOKENS_PER_SECOND = 10.0
 # Host LALM towers (Qwen2-Audio, Qwen2.5-Omni) emit 25 audio tokens per second.
 HOST_TOKENS_PER_SECOND = 25.0
 
@@ -73,6 +75,9 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     # Stage 1 never runs the LLM: no LLM activations (its encoder activations are counted instead).
     encoder_only = stage.kind == "encoder_adapt"
     sequence = 0 if encoder_only else audio + questions * (TEXT_TOKENS_PER_QUESTION + answer)
+    if stage.kind == "lm_adapt":  # the answer is the whole timestamped caption, ~10 tokens per second of music
+        cap = int(getattr(options, "max_caption_tokens", 1024) or 1024)
+        sequence += min(cap, math.ceil(CAPTION_TOKENS_PER_SECOND * recipe.data.max_seconds))
     batch = int(getattr(options, "batch_size", getattr(options, "prompts_per_step", 1)) or 1)
     logit_tokens = None
     if stage.kind == "grpo":

@@ -88,8 +88,8 @@ def test_sft_under_fsdp2_on_two_cpu_processes(tmp_path):
     record = json.loads((stage / "record.json").read_text())
     assert record["status"] == "finished" and record["global_step"] == 3
     # FSDP2 writes a sharded (distributed) checkpoint: one file per rank plus metadata
-    shards = sorted(p.name for p in (stage / "checkpoints" / "last.ckpt").iterdir())
-    assert shards == ["__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    shards = {p.name for p in (stage / "checkpoints" / "last.ckpt").iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= shards
     # the saved model is whole (gathered from the shards): it loads, the LoRA and projector moved, the
     # frozen LLM base did not
     torch.manual_seed(0)
