@@ -198,7 +198,7 @@ def completion_logits(
         mask = torch.cat([prompt_mask.repeat_interleave(G, 0), prompt_mask.new_ones(completion_ids.shape)], 1)
         mask = mask[:, : embeds.size(1)]
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=prompt_positions(mask), logits_to_keep=T)
-        return out.logits
+        return out.logits[:, -T:]  # some wrappers (e.g. Qwen2-Audio) ignore logits_to_keep
     positions = prompt_positions(prompt_mask)
     out = lm(
         inputs_embeds=prompt_embeds,
