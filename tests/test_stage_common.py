@@ -120,3 +120,18 @@ def test_pick_questions_draws_types_in_balance():
     assert sum(q.qa_type == "onset" for q in picked) == 3  # 2:1:1 -> 3 onsets, 1 offset, 2 GTO (offsets run out)
     picked = pick_questions(qas, 3, rng, {"TSG-onset": 1.0, "TSG-offset": 0.0, "GTO": 0.0})
     assert all(q.qa_type == "onset" for q in picked)
+
+
+def test_encoding_cache_encodes_each_track_once(model):
+    waves = [np.random.default_rng(i).standard_normal(16000 * (4 + i)).astype(np.float32) * 0.1 for i in range(3)]
+    cache = common.EncodingCache()
+    first = cache.get(model, ["a", "b"], waves[:2], 16000)
+    again = cache.get(model, ["b", "c", "a"], [waves[1], waves[2], waves[0]], 16000)
+    assert cache.calls == 2  # "c" was new; "a" and "b" came from the cache
+    direct = model.encode_audio(waves, 16000, stochastic=False)
+    for row, i in ((0, 1), (1, 2), (2, 0)):
+        n = int(direct.mask[i].sum())
+        torch.testing.assert_close(again.features[row, :n], direct.features[i, :n])
+        torch.testing.assert_close(again.times[row, :n], direct.times[i, :n])
+        assert int(again.mask[row].sum()) == n
+    torch.testing.assert_close(first.features[0], again.features[2, : first.features.shape[1]])
