@@ -1,6 +1,7 @@
 """GRPO on the tiny MusicLALM with synthetic tracks: audio encoded once per track, the right parameters train."""
 
 import lightning as L
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -56,3 +57,30 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
     stage.save_model(tmp_path / "model")
     again = MusicLALM.from_pretrained(tmp_path / "model")
     torch.testing.assert_close(again.projector[0].weight, model.projector[0].weight)
+
+
+@pytest.mark.parametrize("host", ["qwen2_audio", "qwen2_5_omni"])
+def test_prefix_shared_passes_on_host_lalms(host):
+    """With a host LALM (its audio tokens beside the MusT tokens) greedy sampling matches HF generate and the
+    shared log-prob pass matches the concatenated one."""
+    from must.sampling import completion_logits, sample
+
+    cfg = ModelConfig()
+    cfg.host.kind = host
+    model = MusicLALM.from_config(cfg).eval()
+    policy = MusicPolicy(model, 16000)
+    g = torch.Generator().manual_seed(0)
+    rows = [{"waveform": 0.1 * torch.randn(16000 * 12, generator=g), "track_id": "a", "question": "When does the bass enter?"},
+            {"waveform": 0.1 * torch.randn(16000 * 8, generator=g), "track_id": "b", "question": "What changes at 0:05?"}]
+    embeds, mask = policy.embed(policy.encode(rows))
+    tok = model.tokenizer
+    with torch.no_grad():
+        ours = sample(model.llm, embeds, mask, 2, 6, [tok.eos_token_id], tok.pad_token_id, greedy=True)
+        hf = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, max_new_tokens=6,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        shared = completion_logits(model.llm, embeds, mask, ours.completion_ids, 2)
+        plain = completion_logits(model.llm, embeds, mask, ours.completion_ids, 2, share_prefix=False)
+    hf = hf[:, embeds.size(1):] if hf.size(1) > 6 else hf  # Qwen2-Audio's generate returns the prompt positions too
+    n = ours.completion_ids.size(1)
+    assert torch.equal(ours.completion_ids[::2], hf[:, :n])
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
