@@ -173,6 +173,7 @@ def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world
     parts = {"weights": weights, "grads": grads, "optimizer": optim, "activations": activations}
     out = {k: round(v / GIB, 3) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GIB, 3)
+    out["bytes"] = {k: int(v) for k, v in parts.items()}  # unrounded, for comparisons and tests
     return out
 
 
@@ -266,6 +267,8 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
         smollm2_folder,
     )
 
+    # A preset is converted (real weights, real device) before the meta context: only once per machine.
+    folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
     with torch.device("meta"):
         backbone = None
         if Path(cfg.encoder.backbone).is_dir():
@@ -280,12 +283,14 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
         else:
             from transformers import AutoConfig, AutoTokenizer
 
-            folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
             check_model_folder(Path(folder), "LLM")
             check_architecture(Path(folder), cfg.host.kind, cfg.llm.trust_remote_code)
             remote = cfg.llm.trust_remote_code
-            llm = host_class(cfg.host.kind)._from_config(AutoConfig.from_pretrained(str(folder), trust_remote_code=remote),
-                                                         dtype=_dtype(cfg.llm.dtype))
+            cls = host_class(cfg.host.kind)
+            build = getattr(cls, "from_config", None) or cls._from_config  # Auto class / concrete host class
+            hf_config = AutoConfig.from_pretrained(str(folder), trust_remote_code=remote)
+            llm = build(hf_config, dtype=_dtype(cfg.llm.dtype), trust_remote_code=remote) if cls.__name__.startswith(
+                "Auto") else build(hf_config, dtype=_dtype(cfg.llm.dtype))
             tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote)
         model = MusicLALM(cfg, encoder, llm, tok)
         model._add_adapters()
