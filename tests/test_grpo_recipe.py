@@ -39,3 +39,8 @@ def test_grpo_stage_runs_from_a_recipe(tmp_path):
     assert any("lora_" in n for n, _ in model.named_parameters())
     saved = torch.load(stage_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2
+    # The first rollout batch's table (log_rollouts_every_n_steps=10): with no logger, files in the stage dir.
+    (table,) = (stage_dir / "media" / "rollouts").glob("step_*")
+    lines = (table / "rows.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 3  # header + 2 questions x 3 sampled answers
+    assert "total" in lines[0] and list(table.glob("timeline/*.png")) and list(table.glob("audio/*.flac"))

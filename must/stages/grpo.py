@@ -111,6 +111,9 @@ class Options:
     """Multiply the KL estimate by the importance ratio (TRL's ``use_bias_correction_kl``)."""
     disable_dropout: bool = True
     """Zero every dropout so the first pass's log-probs are the old policy's."""
+    log_rollouts_every_n_steps: int = 10
+    """Log a rollout table (audio, question, reference, each answer with its reward components, a
+    timeline) and reward histograms per task every N rollout batches; 0 turns it off."""
 
 
 # ----------------------------------------------------------------------------------------- pure functions
@@ -492,7 +495,9 @@ class GRPOStage(L.LightningModule):
             scores = common.evaluate_split(policy.model, ctx.recipe.data, out_dir, name="after GRPO")
             return {"test": scores}
 
-        return cls(policy, [must_reward], data, o, eval_fn=evaluate, seed=ctx.seed)
+        module = cls(policy, [must_reward], data, o, eval_fn=evaluate, seed=ctx.seed)
+        module.stage_dir = ctx.stage_dir
+        return module
 
     def save_model(self, path: Path) -> None:
         """Write the policy folder the next stage (or a user) loads."""
@@ -550,7 +555,29 @@ class GRPOStage(L.LightningModule):
         n = len(roll.rows)
         self.log_dict({k: v for k, v in stats.items() if k in bar}, on_step=True, prog_bar=True, batch_size=n)
         self.log_dict({k: v for k, v in stats.items() if k not in bar}, on_step=True, batch_size=n)
+        every = o.log_rollouts_every_n_steps
+        # Counted in rollout batches (batch_idx): global_step advances num_iterations per batch.
+        if every and batch_idx % every == 0 and getattr(self, "stage_dir", None) is not None:
+            self._log_rollouts(roll)
         return loss.detach()
+
+    def _log_rollouts(self, roll: Rollouts) -> None:
+        """A rollout table and reward histograms per task (W&B media, or files under ``stage_dir/media``)."""
+        from must.tracking import group_by_task, log_reward_histograms, log_rollout_table, rollout_rows
+
+        G = self.options.num_generations
+        ids = [c[m.bool()].tolist() for c, m in zip(roll.completion_ids.cpu(), roll.completion_mask.cpu())]
+        completions = self.policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        components = {name: roll.rewards_per_func[:, i].tolist() for i, name in enumerate(self.reward_names)}
+        components["total"] = roll.rewards.tolist()
+        if "task" not in roll.rows[0]:  # text-only rows (e.g. the TRL comparison) have no timeline to draw
+            return
+        sample_rate = getattr(self.policy, "sample_rate", 16000)
+        rows = rollout_rows(roll.rows, completions, G, sample_rate, limit=4, components=components)
+        log_rollout_table(self.logger, rows, self.global_step, self.stage_dir)
+        tasks = [r["task"] for r in roll.rows for _ in range(G)]
+        log_reward_histograms(self.logger, group_by_task(tasks, roll.rewards.tolist()), self.global_step,
+                              self.stage_dir)
 
     # -- rollouts ---------------------------------------------------------------------------------
 
