@@ -370,7 +370,8 @@ class MusicLALM(nn.Module):
     ) -> list[list[str]]:
         """Answers as text: one list of ``num_return_sequences`` strings per question.
 
-        ``audio``: an :class:`AudioEncoding` (reused as is) or a list of waveforms with ``sample_rate``.
+        ``audio``: an :class:`AudioEncoding` (reused as is) or a list of 1-D waveforms at ``sample_rate`` Hz
+        (default: the encoder's rate, ``model.encoder.sample_rate``).
         """
         ids = self.generate_ids(
             audio, questions, max_new_tokens, do_sample, temperature, top_p, num_return_sequences, sample_rate
@@ -382,9 +383,9 @@ class MusicLALM(nn.Module):
     def _as_encoding(self, audio, sample_rate: int | None) -> AudioEncoding:
         if isinstance(audio, AudioEncoding):
             return audio
-        if sample_rate is None:
-            raise ValueError("sample_rate is required when passing waveforms")
-        return self.encode_audio(audio, sample_rate, stochastic=False)
+        # Waveforms without a rate are taken to be at the encoder's own rate (16 kHz by default).
+        rate = self.cfg.encoder.sample_rate if sample_rate is None else sample_rate
+        return self.encode_audio(audio, rate, stochastic=False)
 
     # --- freezing ----------------------------------------------------------------------------
 
