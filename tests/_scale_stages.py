@@ -3,8 +3,7 @@
 - ``PauseAt``: a mixin that, when ``MUST_TEST_PAUSE_AT=N`` is set, writes ``paused.json`` at the start of
   global step N and sleeps, so a test can ``kill -9`` the run in the middle of training; it also records
   the global step every fit starts from (``starts.json``).
-- ``ResumableSFT``: SFT whose data order and question draws are pure functions of the sample position
-  (``must.resume.step_sampler(..., positions=True)``), the change proposed for ``must/stages/sft.py``.
+- ``ResumableSFT``: SFT (data order and question draws are functions of the sample position) with the pause hook.
 - ``PausingGRPO``: GRPO as it is (its data order is already a StepSampler) with the pause hook.
 - ``NaNProducer``: the foundation tests' toy stage, its loss NaN from ``MUST_TEST_NAN_AT`` on.
 """
@@ -16,12 +15,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-from torch.utils.data import DataLoader
-
-from must.resume import step_sampler
 from must.stages.grpo import GRPOStage
-from must.stages.sft import QATracks, SFTStage, _collate
+from must.stages.sft import SFTStage
 from tests._stages import Producer
 
 
@@ -47,28 +42,8 @@ class PauseAt:
         return Path(self.trainer.default_root_dir)  # the runner sets it to OUTPUT_DIR/<stage>
 
 
-class _PositionedQATracks(QATracks):
-    """QATracks whose question draw for a sample is seeded by (seed, sample position), not a running RNG."""
-
-    def __init__(self, *args, draw_seed: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.draw_seed = draw_seed
-
-    def __getitem__(self, key):
-        position, index = key
-        self.rng = np.random.default_rng([self.draw_seed, position])
-        return super().__getitem__(index)
-
-
 class ResumableSFT(PauseAt, SFTStage):
-    """SFT with the exact-resume data order (the proposed sft.py change)."""
-
-    def train_dataloader(self) -> DataLoader:
-        o = self.options
-        ds = _PositionedQATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
-                                 dict(o.type_weights), self.seed, draw_seed=self.seed)
-        sampler = step_sampler(self, len(ds), o.batch_size, self.seed, positions=True)
-        return DataLoader(ds, batch_size=o.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
+    """SFT as it is (its data order and question draws follow the sample position) with the pause hook."""
 
 
 def completion_length(prompts, completions, **columns) -> list[float]:

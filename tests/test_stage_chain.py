@@ -1,6 +1,7 @@
 """Stages 1-3 with a tiny model, chained by the runner: what trains moves, what is frozen does not, each
 stage starts from the previous stage's weights (checked by value), SFT's evaluate writes scores.json."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _recipe(tmp_path: Path) -> Path:
              "trainer": TRAINER},
             {"name": "sft", "kind": "sft", "init_from": "cap",
              "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "val_max_new_tokens": 4},
-             "trainer": TRAINER},
+             "trainer": {**TRAINER, "val_check_interval": 2}},
         ],
     }
     path = tmp_path / "chain.yaml"
@@ -114,3 +115,17 @@ def test_sft_evaluate_writes_scores_json(chain):
     assert scores["rows"] and {"id", "task", "prediction"} <= set(scores["rows"][0])
     assert len(scores["rows"]) == len((out / "sft" / "eval" / "predictions.jsonl").read_text().splitlines())
     assert records["sft"]["eval"]["test"]["overall"] == pytest.approx(scores["overall"])
+
+
+def test_validation_logs_transition_plots_and_rollout_tables(chain):
+    """With the csv logger, stage 1's transition curves and SFT's answered questions land as files."""
+    _, _, records, out = chain
+    curves = list((out / "enc" / "media").rglob("*.png"))
+    assert curves and all(p.stat().st_size > 1000 for p in curves)
+    (table,) = (out / "sft" / "media" / "val" / "rollouts").glob("step_*")
+    with open(table / "rows.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tasks = [row["task"] for row in rows]
+    assert rows and len(set(tasks)) == len(tasks)  # one answered question per task
+    assert list((table / "timeline").glob("*.png")) and list((table / "audio").glob("*.flac"))
+    assert any(k.startswith("val/") for k in records["sft"]["metrics"])

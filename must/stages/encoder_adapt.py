@@ -29,6 +29,8 @@ from must.data.config import DataConfig
 from must.data.targets import mood_change_clips, source_activity, transition_curve
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
+from must.resume import step_sampler
+from must.tracking import TransitionCurve, log_transition_plot
 from must.stages import common
 
 
@@ -201,13 +203,16 @@ class EncoderAdaptation(L.LightningModule):
         common.check_synthetic(ctx.recipe.data, ctx.stage.name)
         module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.stage_dir)
         module.max_steps = ctx.stage.trainer.max_steps
+        module.seed = ctx.seed
         return module
 
     # -- data ---------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
         ds = Stage1Tracks(self.data, "train", self.model.encoder.frame_rate, self.data.train_tracks)
-        return DataLoader(ds, batch_size=self.options.batch_size, shuffle=True, collate_fn=_collate, drop_last=True)
+        # Rank-sharded and resumable order (see must.resume.StepSampler).
+        sampler = step_sampler(self, len(ds), self.options.batch_size, getattr(self, "seed", 0))
+        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         ds = Stage1Tracks(self.data, "val", self.model.encoder.frame_rate, self.data.val_tracks)
@@ -281,6 +286,7 @@ class EncoderAdaptation(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"tp1": 0, "tp3": 0, "pred": 0, "true": 0, "mood_err": [], "src": [0, 0, 0]}
+        self._curves: list = []  # a few predicted transition curves vs truth, for the logger
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         parts, raw = self.losses(batch)
@@ -292,6 +298,10 @@ class EncoderAdaptation(L.LightningModule):
         for i, true in enumerate(batch["boundaries"]):
             n = int(raw["mask"][i].sum())
             peaks = pick_peaks(probs[i, :n], times[i, :n], self.options.peak_threshold)
+            if len(self._curves) < 4:
+                self._curves.append(TransitionCurve(
+                    times[i, :n], probs[i, :n], list(true), f"val-{len(self._curves)}",
+                    target=batch["transition"][i][:n], peaks=peaks, threshold=self.options.peak_threshold))
             for tol, key in ((1.0, "tp1"), (3.0, "tp3")):
                 v[key] += boundary_hits(peaks, true, tol)[0]
             v["pred"] += len(peaks)
@@ -315,6 +325,8 @@ class EncoderAdaptation(L.LightningModule):
         if self.use_source:
             metrics["val/source_f1"] = f1(*v["src"])
         self.log_dict(metrics, prog_bar=True)
+        if self.stage_dir is not None:  # W&B image, or PNGs under <stage>/media/ with the csv logger
+            log_transition_plot(self.logger, self._curves, self.global_step, self.stage_dir)
 
     def configure_optimizers(self):
         o = self.options

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from must.data.config import DataConfig
 from must.data.synth import caption_text
 from must.models.lalm import MusicLALM
+from must.resume import step_sampler
 from must.stages import common
 
 CAPTION_PROMPTS = [
@@ -61,13 +62,19 @@ class CaptionTracks(Dataset):
     """Synthetic tracks and their timestamped captions (rendered once per process)."""
 
     def __init__(self, data: DataConfig, split: str, length: int, prompts: List[str], seed: int = 0):
-        self.data, self.split, self.length, self.prompts = data, split, length, prompts
+        self.data, self.split, self.length, self.prompts, self.seed = data, split, length, prompts, seed
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a track index, or ``(position, index)`` (prompt choice then seeded by the position)."""
+        if isinstance(key, tuple):
+            position, i = key
+            self.rng = np.random.default_rng([self.seed, position])
+        else:
+            i = key
         track = common.cached_track(self.data, self.split, i)
         prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
         return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
@@ -114,7 +121,9 @@ class LMAdaptation(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = CaptionTracks(self.data, "train", self.data.train_tracks, self.options.prompts, self.seed)
-        return DataLoader(ds, batch_size=self.options.batch_size, shuffle=True, collate_fn=_collate, drop_last=True)
+        # Rank-sharded and resumable order (see must.resume.StepSampler).
+        sampler = step_sampler(self, len(ds), self.options.batch_size, self.seed, positions=True)
+        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         ds = CaptionTracks(self.data, "val", self.data.val_tracks, self.options.prompts[:1], self.seed)

@@ -31,6 +31,8 @@ from must.data.tasks import build_qas
 from must.data.types import QA
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
+from must.resume import step_sampler
+from must.tracking import log_rollout_table, rollout_row
 from must.stages import common
 
 
@@ -106,14 +108,21 @@ class QATracks(Dataset):
     def __init__(self, data: DataConfig, split: str, length: int, k: int, tasks: List[str],
                  type_weights: Dict[str, float], seed: int = 0):
         self.data, self.split, self.length, self.k, self.tasks = data, split, length, k, tasks
-        self.type_weights = type_weights
+        self.type_weights, self.seed = type_weights, seed
         self.rng = np.random.default_rng(seed)
         self._qas: Dict[int, List[QA]] = {}
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a track index, or ``(position, index)`` from :class:`must.resume.StepSampler`; with a
+        position the question draw is seeded by it, so a resumed run asks exactly the same questions."""
+        if isinstance(key, tuple):
+            position, i = key
+            self.rng = np.random.default_rng([self.seed, position])
+        else:
+            i = key
         track = common.cached_track(self.data, self.split, i)
         if i not in self._qas:
             self._qas[i] = build_qas(track, track_seed(self.data.seed, self.split, i), self.split, self.tasks)
@@ -133,7 +142,8 @@ class EvalTracks(Dataset):
     def __getitem__(self, i: int) -> dict:
         track = common.cached_track(self.data, self.split, i)
         return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
-                "qas": synthetic_qas(self.data, track, self.split, i)}
+                "qas": synthetic_qas(self.data, track, self.split, i),
+                "boundaries": [t.time for t in track.transitions]}
 
 
 def _collate(items: list[dict]) -> dict:
@@ -179,7 +189,10 @@ class SFTStage(L.LightningModule):
         o = self.options
         ds = QATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
                       dict(o.type_weights), self.seed)
-        return DataLoader(ds, batch_size=o.batch_size, shuffle=True, collate_fn=_collate, drop_last=True)
+        # Order and question draws are functions of the sample position: each DDP rank reads its own
+        # clips, and a resumed run continues exactly where the interrupted one stopped.
+        sampler = step_sampler(self, len(ds), o.batch_size, self.seed, positions=True)
+        return DataLoader(ds, batch_size=o.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(EvalTracks(self.data, "val", self.data.val_tracks), batch_size=1, collate_fn=_collate)
@@ -211,6 +224,7 @@ class SFTStage(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._preds: Dict[str, str] = {}
         self._refs: List[dict] = []
+        self._table: list = []  # one answered question per task, for the rollout table
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         qas = batch["qas"][0]
@@ -222,10 +236,18 @@ class SFTStage(L.LightningModule):
         for q, a in zip(qas, answers):
             self._preds[q.id] = a[0]
             self._refs.append(q.to_row())
+        seen = {r.task for r in self._table}
+        for q, a in zip(qas, answers):
+            if q.task not in seen and len(self._table) < 5:
+                seen.add(q.task)
+                self._table.append(rollout_row(q, [a[0]], audio=batch["waveform"][0],
+                                               sample_rate=batch["sample_rate"][0], boundaries=batch["boundaries"][0]))
 
     def on_validation_epoch_end(self) -> None:
         from must.eval import score_predictions
 
+        if self.stage_dir is not None:  # W&B table with audio and timelines, or files under <stage>/media/
+            log_rollout_table(self.logger, self._table, self.global_step, self.stage_dir, key="val/rollouts")
         if not self._refs:
             return
         flat = common.summary(score_predictions(self._preds, self._refs))
