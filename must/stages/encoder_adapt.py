@@ -30,8 +30,8 @@ from must.data.targets import mood_change_clips, source_activity, transition_cur
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
-from must.tracking import TransitionCurve, log_transition_plot
 from must.stages import common
+from must.tracking import TransitionCurve, log_transition_plot
 
 
 @dataclass

@@ -32,8 +32,8 @@ from must.data.types import QA
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
-from must.tracking import log_rollout_table, rollout_row
 from must.stages import common
+from must.tracking import log_rollout_table, rollout_row
 
 
 @dataclass
