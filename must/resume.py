@@ -35,23 +35,20 @@ class StepSampler(Sampler[int]):
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.positions = positions
 
-    def index(self, position: int) -> int:
-        """Dataset index read at global sample ``position``."""
-        epoch, offset = divmod(position, self.num_items)
+    def _order(self, epoch: int) -> np.ndarray:
+        """The dataset indices of pass ``epoch``, in reading order."""
         if not self.shuffle:
-            return offset
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
-        return int(perm[offset])
+            return np.arange(self.num_items)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
 
     def __iter__(self) -> Iterator[int]:
         position = self.start * self.world_size + self.rank
-        cache_epoch, perm = -1, None
+        cache_epoch, order = -1, None
         while True:
             epoch, offset = divmod(position, self.num_items)
-            if self.shuffle and epoch != cache_epoch:
-                perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
-                cache_epoch = epoch
-            index = int(perm[offset]) if self.shuffle else offset
+            if epoch != cache_epoch:
+                order, cache_epoch = self._order(epoch), epoch
+            index = int(order[offset])
             # With ``positions`` the dataset gets (position, index): a sample's own random draws can then be
             # seeded by its position, so they too are the same after a resume.
             yield (position, index) if self.positions else index
@@ -63,19 +60,20 @@ class StepSampler(Sampler[int]):
 
 
 def step_sampler(module: L.LightningModule, num_items: int, batch_size: int, seed: int,
-                 positions: bool = False) -> StepSampler:
+                 positions: bool = False, steps_per_batch: int = 1) -> StepSampler:
     """The sampler for a stage's ``train_dataloader``: starts where ``trainer.global_step`` says.
 
-    Samples already read = global_step x batch size x gradient accumulation (per rank). With
-    ``positions`` it yields ``(position, index)`` pairs (see :class:`StepSampler`).
+    Samples already read = (global_step // steps_per_batch) x batch size x gradient accumulation (per
+    rank); ``steps_per_batch`` > 1 for stages that take several optimizer steps per batch (GRPO's
+    ``num_iterations``). With ``positions`` it yields ``(position, index)`` pairs (see :class:`StepSampler`).
     """
     trainer = module._trainer  # None outside a Trainer (e.g. a user calling train_dataloader by hand)
     step = trainer.global_step if trainer is not None else 0
     accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
     rank = trainer.global_rank if trainer is not None else 0
     world = trainer.world_size if trainer is not None else 1
-    return StepSampler(num_items, seed, start=step * batch_size * accumulate, rank=rank, world_size=world,
-                       positions=positions)
+    start = (step // steps_per_batch) * batch_size * accumulate
+    return StepSampler(num_items, seed, start=start, rank=rank, world_size=world, positions=positions)
 
 
 class RNGStateCallback(L.Callback):

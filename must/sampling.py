@@ -70,6 +70,12 @@ def _pick(logits: Tensor, u: Tensor | None, temperature: float, top_p: float) ->
     return order.gather(-1, index).squeeze(-1) if top_p < 1.0 else index.squeeze(-1)
 
 
+def _prefill(lm, prompt_embeds: Tensor, prompt_mask: Tensor, positions: Tensor):
+    """One forward over the prompts (B, P, D) that keeps the KV cache and the last position's logits."""
+    return lm(inputs_embeds=prompt_embeds, attention_mask=prompt_mask, position_ids=positions,
+              use_cache=True, logits_to_keep=1)
+
+
 @torch.no_grad()
 def sample(
     lm: nn.Module,
@@ -112,13 +118,7 @@ def sample(
         prompt_embeds = prompt_embeds.repeat_interleave(G, 0)
         prompt_mask = prompt_mask.repeat_interleave(G, 0)
     positions = prompt_positions(prompt_mask)
-    out = lm(
-        inputs_embeds=prompt_embeds,
-        attention_mask=prompt_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out = _prefill(lm, prompt_embeds, prompt_mask, positions)
     cache, logits = getattr(out, _CACHE), out.logits[:, -1]
     next_pos = positions[:, -1:] + 1
     if share_prefix:
@@ -200,13 +200,7 @@ def completion_logits(
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=prompt_positions(mask), logits_to_keep=T)
         return out.logits[:, -T:]  # some wrappers (e.g. Qwen2-Audio) ignore logits_to_keep
     positions = prompt_positions(prompt_mask)
-    out = lm(
-        inputs_embeds=prompt_embeds,
-        attention_mask=prompt_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    out = _prefill(lm, prompt_embeds, prompt_mask, positions)
     first = out.logits[:, -1:].repeat_interleave(G, 0)  # (B*G, 1, V): scores completion token 0
     if T == 1:
         return first

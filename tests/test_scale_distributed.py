@@ -15,14 +15,10 @@ import torch
 import yaml
 
 from must.models.lalm import MusicLALM
+from tests._tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {
-    "encoder": {"width": 32, "layers": 1, "heads": 2, "n_mels": 16},
-    "llm": {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
-            "lora": {"r": 4, "alpha": 8}},
-    "sampling": {"tokens_per_second": 1.0},
-}
+MODEL = TINY_MODEL
 DATA = {"min_seconds": 20, "max_seconds": 20, "train_tracks": 8, "val_tracks": 1, "test_tracks": 1,
         "questions_per_track": 2}
 

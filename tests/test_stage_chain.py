@@ -13,13 +13,10 @@ import yaml
 from must.config import load_recipe
 from must.models.lalm import MusicLALM
 from must.runner import run_recipe, stage_seed
+from tests._tiny import TINY_MODEL as _TINY
 
-TINY_MODEL = {
-    "encoder": {"width": 32, "layers": 1, "heads": 2, "n_mels": 16, "num_sources": 8},
-    "llm": {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate_size": 64,
-            "lora": {"r": 4, "alpha": 8}},
-    "sampling": {"tokens_per_second": 1.0},
-}
+# The shared tiny model, with the source-activity head stage 1 trains.
+TINY_MODEL = {**_TINY, "encoder": {**_TINY["encoder"], "num_sources": 8}}
 TINY_DATA = {"min_seconds": 8, "max_seconds": 12, "train_tracks": 4, "val_tracks": 2, "test_tracks": 2}
 TRAINER = {"max_steps": 2, "log_every_n_steps": 1, "enable_progress_bar": False, "limit_val_batches": 1}
 

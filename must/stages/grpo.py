@@ -518,13 +518,12 @@ class GRPOStage(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         """Endless, resumable order (:class:`must.resume.StepSampler`): a resumed stage reads the next prompts."""
-        from must.resume import StepSampler
+        from must.resume import step_sampler
 
-        o, trainer = self.options, self._trainer
-        step = trainer.global_step if trainer is not None else 0
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        read = (step // o.num_iterations) * o.prompts_per_step  # each batch of rollouts makes num_iterations steps
-        sampler = StepSampler(len(self.train_data), self.seed, start=read, rank=rank, world_size=world)
+        o = self.options
+        # Each batch of rollouts makes num_iterations optimizer steps.
+        sampler = step_sampler(self, len(self.train_data), o.prompts_per_step, self.seed,
+                               steps_per_batch=o.num_iterations)
         return DataLoader(PromptBatches(self.train_data, sampler, o.prompts_per_step), batch_size=None)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> Tensor:
