@@ -123,11 +123,20 @@ class QATracks(Dataset):
             self.rng = np.random.default_rng([self.seed, position])
         else:
             i = key
+        # A clip with no question of the trained tasks (e.g. TSG only, a track where nothing enters
+        # late) gives its place to the next one, so no step is ever empty.
+        for j in (np.arange(self.length) + i) % self.length:
+            track, qas = self._track_qas(int(j))
+            if qas:
+                break
+        qas = pick_questions(qas, self.k, self.rng, self.type_weights)
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate, "qas": qas}
+
+    def _track_qas(self, i: int) -> tuple:
         track = common.cached_track(self.data, self.split, i)
         if i not in self._qas:
             self._qas[i] = build_qas(track, track_seed(self.data.seed, self.split, i), self.split, self.tasks)
-        qas = pick_questions(self._qas[i], self.k, self.rng, self.type_weights)
-        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate, "qas": qas}
+        return track, self._qas[i]
 
 
 class EvalTracks(Dataset):
