@@ -71,7 +71,7 @@ class AudioEncoding:
 
     def index_select(self, idx) -> AudioEncoding:
         """Rows ``idx`` (e.g. one clip repeated for several questions) without re-encoding."""
-        idx = torch.as_tensor(idx, device=self.features.device)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.features.device)
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
