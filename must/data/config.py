@@ -47,3 +47,9 @@ class DataConfig:
     """MusTBench-format parquet (columns id, track_id, task, category, qa_type, question, answer, answers, split)."""
     audio_dir: Optional[str] = None
     """Folder holding ``<track_id>.<mp3|wav|flac|ogg>``; None means the parquet's folder."""
+    train_split: str = "train"
+    """Rows of the parquet whose ``split`` column has this value train (SFT on real data)."""
+    eval_split: str = "test"
+    """Rows with this ``split`` value are validated on and evaluated (never trained on)."""
+    max_broken_fraction: float = 0.01
+    """Training skips an audio file that fails to load and counts it; more than this fraction failing stops it."""

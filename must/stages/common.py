@@ -94,10 +94,21 @@ def cached_track(cfg: DataConfig, split: str, index: int) -> Track:
 
 
 def check_synthetic(cfg: DataConfig, stage: str) -> None:
-    """Training stages render their own music: refuse a real-data config with a clear message."""
+    """Stages that need the synthetic tracks' strong labels (stage 1's curves, stage 2's captions, GRPO's
+    reward columns): refuse a real-data config with a clear message."""
     if cfg.source != "synthetic":
-        raise ConfigError(f"stage '{stage}': data.source '{cfg.source}' is not supported for training yet "
-                          "(synthetic only); evaluate real data with `must eval`")
+        raise ConfigError(f"stage '{stage}': data.source '{cfg.source}' is not supported by this stage "
+                          "(synthetic only; SFT also trains on a MusTBench parquet); evaluate real data with `must eval`")
+
+
+def check_data_source(cfg: DataConfig, stage: str) -> None:
+    """A stage that trains on synthetic music or a MusTBench parquet: the source is known and complete."""
+    if cfg.source == "synthetic":
+        return
+    if cfg.source != "mustbench":
+        raise ConfigError(f"stage '{stage}': data.source must be 'synthetic' or 'mustbench', got '{cfg.source}'")
+    if not cfg.parquet:
+        raise ConfigError(f"stage '{stage}': data.source 'mustbench' needs data.parquet (a MusTBench-format parquet)")
 
 
 class EncodingCache:

@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from must.data.config import DataConfig
 from must.data.datasets import synthetic_qas, track_seed
+from must.data.real import MustBenchDataset, SkipBroken, load_mustbench
 from must.data.tasks import build_qas
 from must.data.types import QA
-from must.errors import ConfigError
+from must.errors import ConfigError, MustError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
 from must.stages import common
@@ -139,6 +140,49 @@ class QATracks(Dataset):
         return track, self._qas[i]
 
 
+class RealQATracks(Dataset):
+    """MusTBench tracks of one split of ``data.parquet`` and their questions, items as :class:`QATracks`'s.
+
+    Audio is decoded when an item is read. A file that is missing or fails to load is skipped, counted
+    and replaced by the next readable track (:class:`must.data.real.SkipBroken`); more than
+    ``data.max_broken_fraction`` of the files failing stops training with the files named.
+    ``k = 0`` keeps every question of a track (validation).
+    """
+
+    def __init__(self, data: DataConfig, split: str, k: int, tasks: List[str],
+                 type_weights: Dict[str, float] | None = None, seed: int = 0):
+        parquet = Path(data.parquet)
+        self.audio_dir = Path(data.audio_dir) if data.audio_dir else parquet.parent
+        rows = load_mustbench(parquet, self.audio_dir, check_audio=False)  # columns, tasks, references
+        qas = [q for q in rows if q.split == split and q.task in tasks]
+        if not qas:
+            splits = sorted({q.split for q in rows})
+            raise MustError(f"{parquet}: no rows with split '{split}' for tasks {tasks} (splits present: {splits})")
+        self.qas = qas
+        self.tracks = SkipBroken(MustBenchDataset(qas, self.audio_dir, data.sample_rate), data.max_broken_fraction)
+        self.sample_rate, self.k, self.type_weights, self.seed = data.sample_rate, k, type_weights or {}, seed
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def broken(self) -> int:
+        """Audio files skipped so far."""
+        return len(self.tracks.failures)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            position, i = key
+            self.rng = np.random.default_rng([self.seed, position])
+        else:
+            i = key
+        item = self.tracks[i]
+        qas = item["qas"] if self.k == 0 else pick_questions(item["qas"], self.k, self.rng, self.type_weights)
+        return {"id": item["track_id"], "waveform": item["waveform"].numpy(), "sample_rate": self.sample_rate,
+                "qas": qas, "boundaries": []}
+
+
 class EvalTracks(Dataset):
     """Validation clips with the split's fixed questions."""
 
@@ -187,7 +231,7 @@ class SFTStage(L.LightningModule):
 
     @classmethod
     def from_context(cls, ctx) -> SFTStage:
-        common.check_synthetic(ctx.recipe.data, ctx.stage.name)
+        common.check_data_source(ctx.recipe.data, ctx.stage.name)
         module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
         module.max_steps = ctx.stage.trainer.max_steps
         return module
@@ -196,15 +240,28 @@ class SFTStage(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         o = self.options
-        ds = QATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
-                      dict(o.type_weights), self.seed)
+        if self.real:
+            ds = self._train_set = RealQATracks(self.data, self.data.train_split, o.questions_per_clip,
+                                                self.tasks, dict(o.type_weights), self.seed)
+        else:
+            ds = QATracks(self.data, "train", self.data.train_tracks, o.questions_per_clip, self.tasks,
+                          dict(o.type_weights), self.seed)
         # Order and question draws are functions of the sample position: each DDP rank reads its own
         # clips, and a resumed run continues exactly where the interrupted one stopped.
         sampler = step_sampler(self, len(ds), o.batch_size, self.seed, positions=True)
         return DataLoader(ds, batch_size=o.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(EvalTracks(self.data, "val", self.data.val_tracks), batch_size=1, collate_fn=_collate)
+        if self.real:
+            ds = RealQATracks(self.data, self.data.eval_split, 0, self.tasks)
+        else:
+            ds = EvalTracks(self.data, "val", self.data.val_tracks)
+        return DataLoader(ds, batch_size=1, collate_fn=_collate)
+
+    @property
+    def real(self) -> bool:
+        """Training on a MusTBench parquet rather than synthetic music."""
+        return self.data.source == "mustbench"
 
     def _encode(self, batch: dict):
         if self.cache is not None:
@@ -228,6 +285,8 @@ class SFTStage(L.LightningModule):
         for t, v in per_task.items():
             self.log(f"train/loss_{t}", v, batch_size=bs)
         self.log("train/questions", float(len(tasks)), batch_size=bs)
+        if self.real:
+            self.log("train/broken_audio_files", float(self._train_set.broken), batch_size=bs)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -285,10 +344,25 @@ class SFTStage(L.LightningModule):
         self.model.save_pretrained(path)
 
     def evaluate(self, out_dir: Path) -> dict:
-        """MusTBench scores on the held-out synthetic test split: ``out_dir/scores.json`` (+ predictions)."""
+        """MusTBench scores on the held-out test split: ``out_dir/scores.json`` (+ predictions)."""
+        if self.real:
+            return {"test": self._evaluate_real(Path(out_dir))}
         scores = common.evaluate_split(self.model, self.data, Path(out_dir), name="after SFT",
                                        max_new_tokens=self.options.val_max_new_tokens,
                                        max_tracks=self.options.eval_max_tracks)
         if getattr(self, "init_scores", None):
             return {"test": scores, "init": self.init_scores}
         return {"test": scores}
+
+    def _evaluate_real(self, out_dir: Path) -> dict:
+        """``data.eval_split`` of the parquet, scored and reported as ``must eval`` does (report, plots)."""
+        from must.eval import evaluate_loaded, print_scores
+
+        ds = RealQATracks(self.data, self.data.eval_split, 0, self.tasks)
+        scores = evaluate_loaded(self.model, [q.to_row() for q in ds.qas], ds.audio_dir, out_dir,
+                                 model_name="after SFT", max_new_tokens=self.options.val_max_new_tokens,
+                                 progress=False)
+        print(f"\n[must] after SFT: MusTBench on {self.data.parquet} (split '{self.data.eval_split}', "
+              f"{len(ds.qas)} questions)")
+        print_scores(scores, "after SFT")
+        return common.summary(scores)
