@@ -472,7 +472,6 @@ class GRPOStage(L.LightningModule):
         eos = tok.eos_token_id
         self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]
-        self._refill_iter = None
         self.counters: dict[str, float] = defaultdict(float)  # cumulative seconds and calls, for benchmarks
 
     # -- construction from a recipe -----------------------------------------------------------
@@ -639,7 +638,7 @@ class GRPOStage(L.LightningModule):
             kept = [roll.groups(keep.nonzero().squeeze(-1).tolist(), G)]
             have, refills = int(keep.sum()), 0
             while have < N and refills < o.max_refills:
-                more, more_components = self.generate(self._refill_rows())
+                more, more_components = self.generate(self._refill_rows(refills))
                 everything.append(more)
                 comps.append(more_components)
                 good = informative_groups(more.rewards, G).nonzero().squeeze(-1).tolist()[: N - have]
@@ -653,20 +652,13 @@ class GRPOStage(L.LightningModule):
         stats.update(self._rollout_stats(cat_rollouts(everything, self.pad_token_id), comps))
         return roll, stats
 
-    def _refill_rows(self) -> list[dict]:
-        """A fresh batch from a second, endlessly reshuffled pass over the training data."""
+    def _refill_rows(self, round_: int) -> list[dict]:
+        """A fresh batch for refill round ``round_`` of this step: tracks drawn by a generator seeded by
+        (rank, step, round) and nothing else, so a resumed run refills exactly as the uninterrupted one."""
         n = self.options.prompts_per_step
-        if self._refill_iter is None:
-            gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + self.global_step)
-
-            def endless():
-                while True:
-                    yield from DataLoader(
-                        self.train_data, batch_size=n, shuffle=True, drop_last=True, collate_fn=collate_rows, generator=gen
-                    )
-
-            self._refill_iter = endless()
-        return next(self._refill_iter)
+        gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + 7_919 * self.global_step + round_)
+        idx = torch.randperm(len(self.train_data), generator=gen)[:n].tolist()
+        return collate_rows([self.train_data[i] for i in idx])
 
     def _rollout_stats(self, roll: Rollouts, components: list[dict]) -> dict[str, float]:
         """Logged reward and completion statistics over every completion sampled this step."""
