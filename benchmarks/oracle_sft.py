@@ -1,0 +1,96 @@
+"""Diagnostic: SFT with *oracle* encoder features. Is the encoder or the LLM what holds the tiny recipe back?
+
+The encoder's frame features are replaced by the synthetic track's ground truth: 3 x source activity
+(8 dims, one per source in ``SOURCE_NAMES``) and 3 x the transition curve (1 dim), zeros elsewhere; its
+transition logits become the true curve's, so dynamic sampling puts tokens at the true boundaries.
+Everything else (sampling, time embedding, projector, LLM, packing, loss, evaluation) is the shipped
+code. If the LLM cannot answer TSG from *perfect* features, a better encoder will not help it.
+
+    python benchmarks/oracle_sft.py                                  # SFT of recipes/tiny.yaml, all tasks
+    python benchmarks/oracle_sft.py 'stages.0.options.tasks=[TSG]'   # TSG only
+    python benchmarks/oracle_sft.py stages.0.trainer.max_steps=1500 --out /tmp/oracle_long
+
+Runs the tiny recipe's ``sft`` stage alone, from the model as built (no ``init_from``); extra
+arguments are recipe overrides (``key=value``) applied to that one-stage recipe. Results and the
+conclusion: ``benchmarks/results/tiny_recipe.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import must.stages.common as common
+from must.data.targets import source_activity, transition_curve
+from must.models import encoder as enc_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+_TRACKS: dict[tuple, object] = {}
+
+
+def _key(wave) -> tuple:
+    """A waveform's identity: its length and a hash of its first 4000 samples."""
+    w = np.asarray(wave.detach().cpu().numpy() if torch.is_tensor(wave) else wave, dtype=np.float32)
+    return len(w), hashlib.md5(w[:4000].tobytes()).hexdigest()
+
+
+def install_oracle() -> None:
+    """Patch the track cache (to remember each rendered track) and the encoder (to return its labels)."""
+    cached, encode = common.cached_track, enc_mod.MusTEncoder.encode_frames
+
+    def cached_track(cfg, split, index):
+        track = cached(cfg, split, index)
+        _TRACKS[_key(track.audio)] = track
+        return track
+
+    def encode_frames(self, waveforms, sample_rate):
+        frames = encode(self, waveforms, sample_rate)  # shapes, times and masks as the real encoder's
+        feats = torch.zeros_like(frames.features)
+        logits = torch.full_like(frames.transition_logits, -8.0)
+        for i, wave in enumerate(waveforms):
+            track = _TRACKS[_key(wave)]
+            act = torch.from_numpy(source_activity(track, frames.frame_rate))
+            curve = torch.from_numpy(transition_curve(track, frames.frame_rate))
+            n = min(len(act), int(frames.mask[i].sum()))
+            feats[i, :n, : act.shape[1]] = 3 * act[:n]
+            feats[i, :n, act.shape[1]] = 3 * curve[:n]
+            logits[i, :n] = torch.logit(curve[:n].clamp(1e-4, 1 - 1e-4))
+        frames.features, frames.transition_logits = feats, logits
+        return frames
+
+    common.cached_track = cached_track
+    enc_mod.MusTEncoder.encode_frames = encode_frames
+
+
+def sft_recipe(out: Path) -> Path:
+    """The tiny recipe with its SFT stage alone, starting from the model as built."""
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
+    sft = next(s for s in recipe["stages"] if s["kind"] == "sft")
+    sft.pop("init_from", None)
+    recipe["stages"], recipe["output_dir"] = [sft], str(out)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="output folder (default: a fresh temporary one)")
+    args, overrides = parser.parse_known_args(argv)
+    out = Path(args.out or tempfile.mkdtemp(prefix="oracle_sft_")) / "run"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    install_oracle()
+    from must.cli import main as must_main
+
+    return must_main(["run", str(sft_recipe(out)), *overrides])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
