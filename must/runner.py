@@ -29,7 +29,7 @@ from must.config import (
     stage_options,
     to_dict,
 )
-from must.errors import MustError
+from must.errors import ConfigError, MustError
 
 RECORD = "record.json"
 LAST_CKPT = "last.ckpt"
@@ -67,6 +67,9 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
     records: dict[str, dict] = {}
     hashes: dict[str, str] = {}
     selected = _selected(names, opts)
+    for stage in recipe.stages:  # before any stage runs: a GPU-only strategy on the CPU fails now, not at stage 3
+        if stage.name in selected:
+            check_strategy(stage)
     for stage in recipe.stages:
         upstream = hashes.get(stage.init_from) if stage.init_from else None
         hashes[stage.name] = stage_hash(recipe, stage, upstream)
@@ -211,6 +214,15 @@ def run_stage(
     _finish_logger(trainer)
     log(f"stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
     return record
+
+
+def check_strategy(stage: StageConfig) -> None:
+    """Lightning's ``fsdp`` and DeepSpeed strategies need GPUs: on the CPU say so, and name the one that works."""
+    t = stage.trainer
+    gpu_only = t.strategy == "fsdp" or str(t.strategy).startswith("deepspeed")
+    if gpu_only and t.accelerator == "cpu":
+        raise ConfigError(f"stage '{stage.name}': trainer.strategy '{t.strategy}' needs GPUs (Lightning refuses it "
+                          "with accelerator 'cpu'); on the CPU use strategy 'fsdp2' (sharded) or 'ddp'")
 
 
 def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -195,3 +196,20 @@ def test_must7b_with_a_qwen2_audio_host_keeps_the_same_split(standins, tmp_path)
     assert cap and not any(n.startswith(("llm.model.audio_tower.", "llm.model.multi_modal_projector.")) for n in cap)
     sft = {n for n in _trained(recipe, model, "sft") if n.startswith("llm.")}
     assert sft and all("lora_" in n and n.startswith("llm.model.language_model.") for n in sft)
+
+
+def test_gpu_only_strategies_on_the_cpu_stop_before_any_stage_with_a_hint(tmp_path):
+    from must.config import load_recipe
+    from must.errors import ConfigError
+    from must.runner import run_recipe
+
+    for strategy in ("fsdp", "deepspeed_stage_2"):
+        recipe = tmp_path / f"{strategy}.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "gpu-only", "output_dir": str(tmp_path / strategy), "logger": {"kind": "none"},
+            "stages": [{"name": "a", "kind": "tests._stages:Producer", "trainer": {"max_steps": 1}},
+                       {"name": "b", "kind": "tests._stages:Consumer", "init_from": "a",
+                        "trainer": {"max_steps": 1, "accelerator": "cpu", "strategy": strategy}}]}))
+        with pytest.raises(ConfigError, match=rf"stage 'b': trainer.strategy '{strategy}' needs GPUs.*use strategy 'fsdp2'"):
+            run_recipe(load_recipe(recipe))
+        assert not (tmp_path / strategy / "a" / "record.json").exists()  # stage a never started
