@@ -98,7 +98,7 @@ def check_synthetic(cfg: DataConfig, stage: str) -> None:
     reward columns): refuse a real-data config with a clear message."""
     if cfg.source != "synthetic":
         raise ConfigError(f"stage '{stage}': data.source '{cfg.source}' is not supported by this stage "
-                          "(synthetic only; SFT also trains on a MusTBench parquet); evaluate real data with `must eval`")
+                          "(synthetic only; SFT and GRPO also train on a MusTBench parquet); evaluate real data with `must eval`")
 
 
 def check_data_source(cfg: DataConfig, stage: str) -> None:
@@ -109,6 +109,43 @@ def check_data_source(cfg: DataConfig, stage: str) -> None:
         raise ConfigError(f"stage '{stage}': data.source must be 'synthetic' or 'mustbench', got '{cfg.source}'")
     if not cfg.parquet:
         raise ConfigError(f"stage '{stage}': data.source 'mustbench' needs data.parquet (a MusTBench-format parquet)")
+
+
+def mustbench_tracks(cfg: DataConfig, split: str, tasks: Sequence[str] | None = None):
+    """The tracks of one split of ``cfg.parquet`` (rows whose ``split`` column is ``split``, of ``tasks``).
+
+    Returns ``(tracks, qas, audio_dir)``: ``tracks`` is a :class:`must.data.real.SkipBroken` over a
+    :class:`must.data.real.MustBenchDataset` (items ``waveform``, ``qas``, ``track_id``, ``duration``), so
+    a file that is missing or fails to load is skipped and counted, and more than
+    ``cfg.max_broken_fraction`` failing stops training with the files named.
+    """
+    from must.data.real import MustBenchDataset, SkipBroken, load_mustbench
+    from must.errors import MustError
+
+    parquet = Path(cfg.parquet)
+    audio_dir = Path(cfg.audio_dir) if cfg.audio_dir else parquet.parent
+    rows = load_mustbench(parquet, audio_dir, check_audio=False)  # columns, tasks and references checked
+    qas = [q for q in rows if q.split == split and (tasks is None or q.task in tasks)]
+    if not qas:
+        splits = sorted({q.split for q in rows})
+        raise MustError(f"{parquet}: no rows with split '{split}' for tasks {list(tasks or cfg.tasks)} "
+                        f"(splits present: {splits})")
+    tracks = SkipBroken(MustBenchDataset(qas, audio_dir, cfg.sample_rate), cfg.max_broken_fraction)
+    return tracks, qas, audio_dir
+
+
+def evaluate_parquet(model: MusicLALM, cfg: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,
+                     tasks: Sequence[str] | None = None) -> dict:
+    """``cfg.eval_split`` of ``cfg.parquet`` answered, scored and reported as ``must eval`` does
+    (``scores.json``, ``predictions.jsonl``, ``report.md``, ``plots/``); prints the table, returns the summary."""
+    from must.eval import evaluate_loaded, print_scores
+
+    _, qas, audio_dir = mustbench_tracks(cfg, cfg.eval_split, tasks)
+    scores = evaluate_loaded(model, [q.to_row() for q in qas], audio_dir, out_dir, model_name=name,
+                             max_new_tokens=max_new_tokens, progress=False)
+    print(f"\n[must] {name}: MusTBench on {cfg.parquet} (split '{cfg.eval_split}', {len(qas)} questions)")
+    print_scores(scores, name)
+    return summary(scores)
 
 
 class EncodingCache:

@@ -484,15 +484,20 @@ class GRPOStage(L.LightningModule):
         from must.stages import common
 
         o = ctx.options
-        common.check_synthetic(ctx.recipe.data, ctx.stage.name)
+        cfg = ctx.recipe.data
+        common.check_data_source(cfg, ctx.stage.name)
         model = common.build_model(ctx)
         set_trainable(model, o.trainable)
-        policy = MusicPolicy(model, ctx.recipe.data.sample_rate, common.EncodingCache())
-        data = QAPrompts(SynthTracks(ctx.recipe.data, "train"), o.questions_per_track, ctx.seed)
+        policy = MusicPolicy(model, cfg.sample_rate, common.EncodingCache())
+        real = cfg.source == "mustbench"
+        # A MusTBench parquet carries every reward column (task, answer, answers; duration from the audio).
+        tracks = common.mustbench_tracks(cfg, cfg.train_split)[0] if real else SynthTracks(cfg, "train")
+        data = QAPrompts(tracks, o.questions_per_track, ctx.seed)
 
         def evaluate(policy: MusicPolicy, out_dir: Path) -> dict:
-            scores = common.evaluate_split(policy.model, ctx.recipe.data, out_dir, name="after GRPO")
-            return {"test": scores}
+            if real:
+                return {"test": common.evaluate_parquet(policy.model, cfg, out_dir, "after GRPO")}
+            return {"test": common.evaluate_split(policy.model, cfg, out_dir, name="after GRPO")}
 
         module = cls(policy, [must_reward], data, o, eval_fn=evaluate, seed=ctx.seed)
         module.stage_dir = ctx.stage_dir

@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from must.data.config import DataConfig
 from must.data.datasets import synthetic_qas, track_seed
-from must.data.real import MustBenchDataset, SkipBroken, load_mustbench
 from must.data.tasks import build_qas
 from must.data.types import QA
-from must.errors import ConfigError, MustError
+from must.errors import ConfigError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
 from must.stages import common
@@ -151,15 +150,7 @@ class RealQATracks(Dataset):
 
     def __init__(self, data: DataConfig, split: str, k: int, tasks: List[str],
                  type_weights: Dict[str, float] | None = None, seed: int = 0):
-        parquet = Path(data.parquet)
-        self.audio_dir = Path(data.audio_dir) if data.audio_dir else parquet.parent
-        rows = load_mustbench(parquet, self.audio_dir, check_audio=False)  # columns, tasks, references
-        qas = [q for q in rows if q.split == split and q.task in tasks]
-        if not qas:
-            splits = sorted({q.split for q in rows})
-            raise MustError(f"{parquet}: no rows with split '{split}' for tasks {tasks} (splits present: {splits})")
-        self.qas = qas
-        self.tracks = SkipBroken(MustBenchDataset(qas, self.audio_dir, data.sample_rate), data.max_broken_fraction)
+        self.tracks, self.qas, self.audio_dir = common.mustbench_tracks(data, split, tasks)
         self.sample_rate, self.k, self.type_weights, self.seed = data.sample_rate, k, type_weights or {}, seed
         self.rng = np.random.default_rng(seed)
 
@@ -346,23 +337,11 @@ class SFTStage(L.LightningModule):
     def evaluate(self, out_dir: Path) -> dict:
         """MusTBench scores on the held-out test split: ``out_dir/scores.json`` (+ predictions)."""
         if self.real:
-            return {"test": self._evaluate_real(Path(out_dir))}
+            return {"test": common.evaluate_parquet(self.model, self.data, Path(out_dir), "after SFT",
+                                                    self.options.val_max_new_tokens, self.tasks)}
         scores = common.evaluate_split(self.model, self.data, Path(out_dir), name="after SFT",
                                        max_new_tokens=self.options.val_max_new_tokens,
                                        max_tracks=self.options.eval_max_tracks)
         if getattr(self, "init_scores", None):
             return {"test": scores, "init": self.init_scores}
         return {"test": scores}
-
-    def _evaluate_real(self, out_dir: Path) -> dict:
-        """``data.eval_split`` of the parquet, scored and reported as ``must eval`` does (report, plots)."""
-        from must.eval import evaluate_loaded, print_scores
-
-        ds = RealQATracks(self.data, self.data.eval_split, 0, self.tasks)
-        scores = evaluate_loaded(self.model, [q.to_row() for q in ds.qas], ds.audio_dir, out_dir,
-                                 model_name="after SFT", max_new_tokens=self.options.val_max_new_tokens,
-                                 progress=False)
-        print(f"\n[must] after SFT: MusTBench on {self.data.parquet} (split '{self.data.eval_split}', "
-              f"{len(ds.qas)} questions)")
-        print_scores(scores, "after SFT")
-        return common.summary(scores)

@@ -1,5 +1,5 @@
-"""SFT on a MusTBench-format parquet (real files on disk): it trains, evaluates the test split as `must eval`
-does, and skips a broken audio file — counting it — or stops when more than the allowed fraction fail."""
+"""SFT and GRPO on a MusTBench-format parquet (real files on disk): they train, evaluate the test split as
+`must eval` does, and skip a broken audio file — counting it — or stop when more than the allowed fraction fail."""
 
 from pathlib import Path
 
@@ -73,6 +73,23 @@ def test_sft_trains_and_evaluates_on_a_parquet(folder, tmp_path):
     assert n_test > 0
     assert len((out / "eval" / "predictions.jsonl").read_text().splitlines()) == n_test
     assert (out / "eval" / "scores.json").exists() and (out / "eval" / "report.md").exists()
+    assert rec["eval"]["test"]["overall"] is not None
+
+
+def test_grpo_trains_and_evaluates_on_a_parquet(folder, tmp_path):
+    path = _recipe(tmp_path, folder)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"] = [{"name": "grpo", "kind": "grpo",
+                      "options": {"prompts_per_step": 2, "questions_per_track": 2, "num_generations": 3,
+                                  "max_completion_length": 4, "learning_rate": 1e-2},
+                      "trainer": {"max_steps": 2, "log_every_n_steps": 1, "enable_progress_bar": False}}]
+    path.write_text(yaml.safe_dump(raw))
+    records = run_recipe(load_recipe(path))
+    rec = records["grpo"]
+    assert rec["status"] == "finished" and rec["global_step"] == 2
+    assert "reward" in rec["metrics"]  # rewards computed from the parquet's answer columns
+    out = tmp_path / "out" / "grpo" / "eval"
+    assert (out / "report.md").exists()
     assert rec["eval"]["test"]["overall"] is not None
 
 
