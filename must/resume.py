@@ -76,6 +76,18 @@ def step_sampler(module: L.LightningModule, num_items: int, batch_size: int, see
     return StepSampler(num_items, seed, start=start, rank=rank, world_size=world, positions=positions)
 
 
+def read_key(key: int | tuple[int, int], seed: int, rng: np.random.Generator) -> tuple[int, np.random.Generator]:
+    """A dataset key from :class:`StepSampler` -> (item index, the generator for that item's random draws).
+
+    With ``positions=True`` the key is ``(position, index)`` and the draws are seeded by ``(seed, position)``,
+    so a resumed run draws exactly what the uninterrupted one did; a plain index keeps ``rng``.
+    """
+    if isinstance(key, tuple):
+        position, index = key
+        return int(index), np.random.default_rng([seed, position])
+    return int(key), rng
+
+
 class RNGStateCallback(L.Callback):
     """Saves the torch, numpy and python RNG states in each checkpoint and restores them on resume.
 

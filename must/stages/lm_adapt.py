@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from must.data.config import DataConfig
 from must.data.synth import caption_text
 from must.models.lalm import MusicLALM
-from must.resume import step_sampler
+from must.resume import read_key, step_sampler
 from must.stages import common
 
 CAPTION_PROMPTS = [
@@ -70,11 +70,7 @@ class CaptionTracks(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: a track index, or ``(position, index)`` (prompt choice then seeded by the position)."""
-        if isinstance(key, tuple):
-            position, i = key
-            self.rng = np.random.default_rng([self.seed, position])
-        else:
-            i = key
+        i, self.rng = read_key(key, self.seed, self.rng)
         track = common.cached_track(self.data, self.split, i)
         prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
         return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,

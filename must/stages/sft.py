@@ -31,7 +31,7 @@ from must.data.tasks import build_qas
 from must.data.types import QA
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
-from must.resume import step_sampler
+from must.resume import read_key, step_sampler
 from must.stages import common
 from must.tracking import log_rollout_table, rollout_row
 
@@ -118,11 +118,7 @@ class QATracks(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: a track index, or ``(position, index)`` from :class:`must.resume.StepSampler`; with a
         position the question draw is seeded by it, so a resumed run asks exactly the same questions."""
-        if isinstance(key, tuple):
-            position, i = key
-            self.rng = np.random.default_rng([self.seed, position])
-        else:
-            i = key
+        i, self.rng = read_key(key, self.seed, self.rng)
         # A clip with no question of the trained tasks (e.g. TSG only, a track where nothing enters
         # late) gives its place to the next one, so no step is ever empty.
         for j in (np.arange(self.length) + i) % self.length:
@@ -163,11 +159,7 @@ class RealQATracks(Dataset):
         return len(self.tracks.failures)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        if isinstance(key, tuple):
-            position, i = key
-            self.rng = np.random.default_rng([self.seed, position])
-        else:
-            i = key
+        i, self.rng = read_key(key, self.seed, self.rng)
         item = self.tracks[i]
         qas = item["qas"] if self.k == 0 else pick_questions(item["qas"], self.k, self.rng, self.type_weights)
         return {"id": item["track_id"], "waveform": item["waveform"].numpy(), "sample_rate": self.sample_rate,
