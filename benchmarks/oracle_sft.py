@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import yaml
 
-import must.stages.common as common
 from must.data.targets import source_activity, transition_curve
 from must.models import encoder as enc_mod
+from must.stages import common
 
 ROOT = Path(__file__).resolve().parents[1]
 _TRACKS: dict[tuple, object] = {}

@@ -15,7 +15,7 @@ import time
 import traceback
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -460,7 +460,7 @@ def _atomic_checkpoint_io_class():
     return _AtomicCheckpointIO
 
 
-def AtomicCheckpointIO():  # noqa: N802 - a factory named like the class it returns
+def AtomicCheckpointIO():  # a factory named like the class it returns
     """A Lightning CheckpointIO whose saves are atomic (temp file + rename)."""
     return _atomic_checkpoint_io_class()()
 
@@ -545,7 +545,7 @@ def _run_group(out: Path, name: str) -> str:
     path = out / "run.json"
     if path.is_file():
         return json.loads(path.read_text())["group"]
-    group = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    group = f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     if _is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"group": group}))
@@ -576,4 +576,4 @@ def log(message: str) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from torch import nn
 
 from must.config import load_recipe, stage_class, stage_options
