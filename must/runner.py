@@ -218,9 +218,12 @@ def run_stage(
 
 def check_strategy(stage: StageConfig) -> None:
     """Lightning's ``fsdp`` and DeepSpeed strategies need GPUs: on the CPU say so, and name the one that works."""
+    import torch
+
     t = stage.trainer
     gpu_only = t.strategy == "fsdp" or str(t.strategy).startswith("deepspeed")
-    if gpu_only and t.accelerator == "cpu":
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    if gpu_only and on_cpu:
         raise ConfigError(f"stage '{stage.name}': trainer.strategy '{t.strategy}' needs GPUs (Lightning refuses it "
                           "with accelerator 'cpu'); on the CPU use strategy 'fsdp2' (sharded) or 'ddp'")
 

@@ -197,3 +197,20 @@ def test_reward_rises_on_an_easy_task():
     trainer.fit(stage)
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert first < 0.5 and last > first + 0.3, rewards
+
+
+def test_refill_draws_depend_on_step_and_round_only():
+    """A resumed run must refill exactly as the uninterrupted one: the draw of (step, round) is the same
+    whatever was drawn before it, and differs between rounds and steps."""
+    data = [{"prompt": f"p{i}"} for i in range(40)]
+    stage = GRPOStage(lora_policy(), [varied], data, Options(prompts_per_step=4, num_generations=2))
+
+    def draw(step: int, round_: int) -> list[str]:
+        return [r["prompt"] for r in stage._refill_rows(round_, step)]
+
+    first = draw(3, 0)
+    for r in range(3):  # earlier draws, as an uninterrupted run would have made, change nothing
+        draw(1, r)
+    assert draw(3, 0) == first
+    assert draw(3, 1) != first and draw(4, 0) != first
+    assert len(first) == 4 and len(set(first)) == 4

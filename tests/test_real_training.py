@@ -1,6 +1,7 @@
 """SFT and GRPO on a MusTBench-format parquet (real files on disk): they train, evaluate the test split as
 `must eval` does, and skip a broken audio file — counting it — or stop when more than the allowed fraction fail."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 
 from must.config import load_recipe
 from must.data.export import write_synthetic
-from must.errors import MustError
+from must.errors import ConfigError, MustError
 from must.models.lalm import MusicLALM
 from must.runner import run_recipe
 from tests._tiny import TINY_MODEL
@@ -87,9 +88,14 @@ def test_grpo_trains_and_evaluates_on_a_parquet(folder, tmp_path):
     records = run_recipe(load_recipe(path))
     rec = records["grpo"]
     assert rec["status"] == "finished" and rec["global_step"] == 2
-    assert "reward" in rec["metrics"]  # rewards computed from the parquet's answer columns
+    # rewards come from the parquet's answer columns (a missing column would have raised in the router)
+    assert math.isfinite(rec["metrics"]["reward"]) and 0.0 <= rec["metrics"]["valid_format"] <= 1.0
+    # the parquet's test rows answered and scored, as for SFT
+    import pandas as pd
+
+    df = pd.read_parquet(folder / "mustbench.parquet")
     out = tmp_path / "out" / "grpo" / "eval"
-    assert (out / "report.md").exists()
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == int((df["split"] == "test").sum())
     assert rec["eval"]["test"]["overall"] is not None
 
 
@@ -121,5 +127,5 @@ def test_stages_that_need_labels_refuse_a_parquet(folder, tmp_path):
     raw["stages"][0]["kind"] = "encoder_adapt"
     raw["stages"][0]["options"] = {}
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(Exception, match=r"stage 'sft': data.source 'mustbench' is not supported by this stage"):
+    with pytest.raises(ConfigError, match=r"stage 'sft': data.source 'mustbench' is not supported by this stage"):
         run_recipe(load_recipe(path))

@@ -41,7 +41,7 @@ STAGES = {
     "grpo": {"name": "grpo", "kind": "tests._scale_stages:PausingGRPO", "init_from": "cap",
              "options": {"prompts_per_step": 1, "questions_per_track": 2, "num_generations": 3,
                          "max_completion_length": 4, "num_iterations": 2, "learning_rate": 1e-2,
-                         "dynamic_sampling": True, "max_refills": 1},  # refills too must resume exactly
+                         "dynamic_sampling": True, "max_refills": 1},  # refill draws: test_grpo_stage
              "trainer": {**TRAINER, "max_steps": 8, "checkpoint_every_n_steps": 4}},
 }
 
@@ -114,8 +114,6 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, stage, pause_
     assert json.loads((stage_dir / "starts.json").read_text()) == [0, saved_at]
     record = json.loads((stage_dir / "record.json").read_text())
     assert record["status"] == "finished" and record["global_step"] == STAGES[stage]["trainer"]["max_steps"]
-    if stage == "grpo":
-        assert "refills" in record["metrics"]  # dynamic sampling ran (refill rounds are seeded per step)
 
     _finish(_must(str(_recipe(clean, stage))))
     resumed, straight = _weights(stage_dir), _weights(clean / "out" / stage)

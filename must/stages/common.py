@@ -12,6 +12,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,8 @@ def cached_track(cfg: DataConfig, split: str, index: int) -> Track:
 
 
 def check_synthetic(cfg: DataConfig, stage: str) -> None:
-    """Stages that need the synthetic tracks' strong labels (stage 1's curves, stage 2's captions, GRPO's
-    reward columns): refuse a real-data config with a clear message."""
+    """Stages that need the synthetic tracks' strong labels (stage 1's curves, stage 2's captions): refuse a
+    real-data config with a clear message."""
     if cfg.source != "synthetic":
         raise ConfigError(f"stage '{stage}': data.source '{cfg.source}' is not supported by this stage "
                           "(synthetic only; SFT and GRPO also train on a MusTBench parquet); evaluate real data with `must eval`")
@@ -119,12 +120,13 @@ def mustbench_tracks(cfg: DataConfig, split: str, tasks: Sequence[str] | None = 
     a file that is missing or fails to load is skipped and counted, and more than
     ``cfg.max_broken_fraction`` failing stops training with the files named.
     """
-    from must.data.real import MustBenchDataset, SkipBroken, load_mustbench
+    from must.data.real import MustBenchDataset, SkipBroken
     from must.errors import MustError
 
     parquet = Path(cfg.parquet)
     audio_dir = Path(cfg.audio_dir) if cfg.audio_dir else parquet.parent
-    rows = load_mustbench(parquet, audio_dir, check_audio=False)  # columns, tasks and references checked
+    stamp = parquet.stat().st_mtime_ns if parquet.is_file() else 0
+    rows = _parquet_rows(str(parquet), str(audio_dir), stamp)
     qas = [q for q in rows if q.split == split and (tasks is None or q.task in tasks)]
     if not qas:
         splits = sorted({q.split for q in rows})
@@ -132,6 +134,15 @@ def mustbench_tracks(cfg: DataConfig, split: str, tasks: Sequence[str] | None = 
                         f"(splits present: {splits})")
     tracks = SkipBroken(MustBenchDataset(qas, audio_dir, cfg.sample_rate), cfg.max_broken_fraction)
     return tracks, qas, audio_dir
+
+
+@lru_cache(maxsize=4)
+def _parquet_rows(parquet: str, audio_dir: str, stamp: int) -> tuple[QA, ...]:
+    """The parquet's rows, validated once (columns, tasks, every reference parsed) and shared by the train,
+    validation and evaluation splits; ``stamp`` (the file's mtime) makes an edited file read again."""
+    from must.data.real import load_mustbench
+
+    return tuple(load_mustbench(parquet, audio_dir, check_audio=False))
 
 
 def evaluate_parquet(model: MusicLALM, cfg: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,

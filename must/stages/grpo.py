@@ -643,7 +643,7 @@ class GRPOStage(L.LightningModule):
             kept = [roll.groups(keep.nonzero().squeeze(-1).tolist(), G)]
             have, refills = int(keep.sum()), 0
             while have < N and refills < o.max_refills:
-                more, more_components = self.generate(self._refill_rows(refills))
+                more, more_components = self.generate(self._refill_rows(refills, self.global_step))
                 everything.append(more)
                 comps.append(more_components)
                 good = informative_groups(more.rewards, G).nonzero().squeeze(-1).tolist()[: N - have]
@@ -657,11 +657,11 @@ class GRPOStage(L.LightningModule):
         stats.update(self._rollout_stats(cat_rollouts(everything, self.pad_token_id), comps))
         return roll, stats
 
-    def _refill_rows(self, round_: int) -> list[dict]:
-        """A fresh batch for refill round ``round_`` of this step: tracks drawn by a generator seeded by
-        (rank, step, round) and nothing else, so a resumed run refills exactly as the uninterrupted one."""
+    def _refill_rows(self, round_: int, step: int) -> list[dict]:
+        """A fresh batch for refill round ``round_`` of optimisation step ``step``: tracks drawn by a generator
+        seeded by (rank, step, round) and nothing else, so a resumed run refills exactly as the uninterrupted one."""
         n = self.options.prompts_per_step
-        gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + 7_919 * self.global_step + round_)
+        gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + 7_919 * step + round_)
         idx = torch.randperm(len(self.train_data), generator=gen)[:n].tolist()
         return collate_rows([self.train_data[i] for i in idx])
 

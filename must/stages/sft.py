@@ -121,8 +121,8 @@ class QATracks(Dataset):
         i, self.rng = read_key(key, self.seed, self.rng)
         # A clip with no question of the trained tasks (e.g. TSG only, a track where nothing enters
         # late) gives its place to the next one, so no step is ever empty.
-        for j in (np.arange(self.length) + i) % self.length:
-            track, qas = self._track_qas(int(j))
+        for j in range(i, i + self.length):
+            track, qas = self._track_qas(j % self.length)
             if qas:
                 break
         qas = pick_questions(qas, self.k, self.rng, self.type_weights)
