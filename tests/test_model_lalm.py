@@ -239,8 +239,32 @@ def test_bfloat16_llm_beside_a_float32_projector():
         ({"sampling": {"uniform_floor": 1.5}}, "model.sampling.uniform_floor"),
         ({"host": {"kind": "gemini"}}, "model.host.kind"),
         ({"encoder": {"window_seconds": 1.0}}, "model.encoder.window_seconds"),
+        ({"question_position": "middle"}, "model.question_position"),
     ],
 )
 def test_bad_values_name_the_recipe_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MusicLALM.from_config(override)
+
+
+@pytest.mark.parametrize("position,in_before,in_after", [
+    ("after", False, True), ("before", True, False), ("both", True, True)])
+def test_question_position_orders_the_user_turn(position, in_before, in_after):
+    m = MusicLALM.from_config({"question_position": position})
+    q = "When does the bass start?"
+    before, after = m.prompt_parts(q)  # the text on either side of the music tokens
+    assert (q in before, q in after) == (in_before, in_after)
+    assert after.endswith(m.prompt_parts("x")[1][-12:])  # still ends with the assistant header
+
+
+def test_question_position_is_saved_and_older_folders_load_as_after(tmp_path):
+    import json
+
+    m = MusicLALM.from_config({"question_position": "before"})
+    m.save_pretrained(tmp_path / "m")
+    assert MusicLALM.from_pretrained(tmp_path / "m").cfg.question_position == "before"
+    meta_file = tmp_path / "m" / "must_config.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["model"]["question_position"]  # a folder written before the option existed
+    meta_file.write_text(json.dumps(meta))
+    assert MusicLALM.from_pretrained(tmp_path / "m").cfg.question_position == "after"

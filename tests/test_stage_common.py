@@ -35,7 +35,9 @@ def test_block_mask_by_hand():
     ]
 
 
-def test_packed_questions_equal_separate_prompts(model):
+@pytest.mark.parametrize("position,rows", [("after", 2), ("before", 3), ("both", 3)])
+def test_packed_questions_equal_separate_prompts(model, monkeypatch, position, rows):
+    monkeypatch.setattr(model.cfg, "question_position", position)
     waves = [np.random.default_rng(i).standard_normal(16000 * 6).astype(np.float32) * 0.1 for i in range(2)]
     enc = model.encode_audio(waves, 16000)
     questions = [["When does the bass first appear?", "Which change happens at 0:03?\nA. x\nB. y"],
@@ -49,6 +51,7 @@ def test_packed_questions_equal_separate_prompts(model):
         separate = [model(enc.index_select([b]), [q], [a]).loss
                     for b in range(2) for q, a in zip(questions[b], answers[b])]
     assert packed["n_blocks"] == 3
+    assert packed["inputs_embeds"].shape[0] == rows  # one row per clip only when the question follows the music
     torch.testing.assert_close(losses, torch.stack(separate), atol=1e-5, rtol=1e-5)
 
 

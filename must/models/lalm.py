@@ -119,6 +119,7 @@ def check_config(cfg: ModelConfig) -> None:
         "model.sampling.pool": (cfg.sampling.pool, ("cell", "frame")),
         "model.time_embedding.kind": (cfg.time_embedding.kind, ("digits", "sinusoidal", "none")),
         "model.host.kind": (cfg.host.kind, ("none", "qwen2_audio", "qwen2_5_omni")),
+        "model.question_position": (cfg.question_position, ("after", "before", "both")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -246,7 +247,12 @@ class MusicLALM(nn.Module):
         audio = (
             f"<|audio_bos|>{ph}<|audio_eos|>" if "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab else ph
         )
-        messages = [{"role": "user", "content": f"{audio}\n{question}"}]
+        content = {
+            "after": f"{audio}\n{question}",
+            "before": f"{question}\n{audio}",
+            "both": f"{question}\n{audio}\n{question}",
+        }[self.cfg.question_position]
+        messages = [{"role": "user", "content": content}]
         if self.cfg.system_prompt:
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -268,7 +274,8 @@ class MusicLALM(nn.Module):
         """Model inputs: ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, L), ``labels`` (B, L),
         ``position_ids`` (B, L); pass them all to ``self.llm(**inputs)``.
 
-        Each row is ``[chat prefix][host audio tokens][MusT tokens][rest of the user turn][answer + EOS]``;
+        Each row is ``[chat prefix][host audio tokens][MusT tokens][rest of the user turn][answer + EOS]``
+        (the question sits before and/or after the music tokens, per ``cfg.question_position``);
         labels are -100 everywhere but the answer tokens and EOS. Without ``answers`` the rows end with
         the assistant header (a generation prompt) and are left-padded; with answers right-padded.
         """
@@ -463,7 +470,8 @@ class MusicLALM(nn.Module):
         for need in ("must.safetensors", "llm"):
             if not (folder / need).exists():
                 raise MustError(f"model folder {folder} is incomplete: {need} is missing")
-        cfg = _as_config(meta["model"])
+        # Folders written before ``question_position`` existed were trained with the question after the music.
+        cfg = _as_config({"question_position": "after", **meta["model"]})
         if (folder / "encoder_backbone").is_dir():
             cfg.encoder.backbone = str(folder / "encoder_backbone")
             encoder = _encoder_from_config_folder(cfg, folder / "encoder_backbone")

@@ -232,7 +232,9 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     """Several questions about one clip in one sequence: each question block sees the audio, not the others.
 
     Row ``b`` is ``[chat prefix][host tokens][MusT tokens]`` once, then for each question ``j`` the block
-    ``[rest of the user turn + question j][assistant header][answer j + EOS]``. Positions restart after
+    ``[rest of the user turn + question j][assistant header][answer j + EOS]``. When the question comes
+    before the music (``model.cfg.question_position`` ``before`` or ``both``) the audio tokens depend on
+    it, so every question gets its own row (its question is then in the shared part too). Positions restart after
     the audio for every block, and a 4-D mask lets a block attend to the shared prefix and causally to
     itself only, so each block computes exactly what the unpacked prompt would (checked in the tests)
     while the audio runs once.
@@ -249,7 +251,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     eos = model.tokenizer.eos_token_id
     rows, labels, blocks, positions = [], [], [], []
     flat = 0
-    for b, qs in enumerate(questions):
+    for b, qs, ans in _shared_groups(model, questions, answers):
         before, _ = model.prompt_parts(qs[0])
         parts = [embed(torch.tensor(model.text_ids(before), device=dev))]
         if encoding.host_embeds is not None:
@@ -260,7 +262,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         for j, q in enumerate(qs):
             _, after = model.prompt_parts(q)
             ids = model.text_ids(after)
-            a_ids = [] if answers is None else model.text_ids(answers[b][j])[:cut] + [eos]
+            a_ids = [] if ans is None else model.text_ids(ans[j])[:cut] + [eos]
             parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
             lab += [-100] * len(ids) + a_ids
             blk += [flat] * (len(ids) + len(a_ids))
@@ -289,6 +291,20 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     mask = mask.masked_fill(~allowed, torch.finfo(inputs.dtype).min)[:, None]
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "n_blocks": flat}
+
+
+def _shared_groups(model: MusicLALM, questions: Sequence[Sequence[str]],
+                   answers: Sequence[Sequence[str]] | None):
+    """(clip index, questions, answers or None) per packed row: all of a clip's questions share one row,
+    unless the question comes before the music (``model.question_position``), when the audio tokens
+    depend on the question and each question gets its own row."""
+    for b, qs in enumerate(questions):
+        ans = None if answers is None else answers[b]
+        if model.cfg.question_position == "after":
+            yield b, qs, ans
+        else:
+            for j, q in enumerate(qs):
+                yield b, [q], None if ans is None else [ans[j]]
 
 
 def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
