@@ -162,9 +162,10 @@ class ModelConfig:
     """System message of the chat template."""
     music_placeholder: str = "<music>"
     """Where the audio tokens go in the user message."""
-    question_position: str = "both"
+    question_position: str = "after"
     """Where the question sits in the user turn: ``after`` the music (the paper's layout), ``before`` it,
-    or ``both`` (before and repeated after). With the question first, each audio token can see what is
-    asked; a tiny LLM trained from scratch learns TSG's lookup only then (benchmarks/tsg_probe.py)."""
+    or ``both`` (before, and again after). Question first, each audio token sees what is asked: a tiny
+    LLM trained from scratch then learns TSG's lookup, which it does not with ``after``, but it needs
+    more questions than the tiny recipe's budget holds (benchmarks/tsg_probe.py, results/tiny_recipe.md)."""
     max_answer_tokens: int = 256
     """Answers longer than this many tokens are cut in training labels."""

@@ -1,0 +1,228 @@
+"""Diagnostic: can the tiny LLM, trained from scratch, learn TSG's lookup at all, and in which prompt layout?
+
+An abstract version of "When does the <source> start?", with everything but the LLM taken away: a clip is
+``--tokens`` audio tokens 0.4 s apart; each of ``--sources`` sources present in it starts (and, with
+``--runs 2``, stops and starts again) at random times; each audio token carries, per source, whether it
+sounds and whether it starts at that token, plus the ``digits`` time embedding of must (its ``M:SS``
+digits through the LLM's own input embeddings, one gate per slot). The question is
+``<when> <source> <start> <?>`` and the answer ``M:SS`` of the source's *first* onset. A random-init
+Qwen2 of the tiny recipe's size (``LLMConfig`` defaults) learns it with answer-only cross-entropy;
+every ``--eval-every`` steps it answers 256 fixed held-out questions greedily, scored as Hit@3s.
+``--model must`` asks the same clips through must's own MusicLALM instead (its tokenizer, chat prompt
+with the task builder's four TSG phrasings, projector, time embedding, LLM and generation), with the
+features in place of the encoder's, as ``oracle_sft.py`` does.
+
+    python benchmarks/tsg_probe.py --layout after    # the paper's layout: music, then question
+    python benchmarks/tsg_probe.py --layout both     # question, music, question again
+    python benchmarks/tsg_probe.py --layout before --runs 2 --features activity
+    python benchmarks/tsg_probe.py --model must --layout both --steps 1000 --eval-every 250
+
+Figures and the conclusion: ``benchmarks/results/tiny_recipe.md`` ("Question first").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from must.models.config import LLMConfig
+
+STEP_S = 0.4  # seconds between audio tokens (2.5 tokens/s, the recipe's rate)
+COLON = 10  # token ids: 0-9 digits, 10 ':', then the source words, then <when> <start> <?> <bos>
+
+
+def build(args) -> tuple[Qwen2ForCausalLM, nn.Module, nn.Parameter]:
+    """The random-init LLM (tiny recipe size), the feature projection, and the 3 digit-slot gates."""
+    tiny = LLMConfig()
+    cfg = Qwen2Config(vocab_size=COLON + args.sources + 5, hidden_size=tiny.hidden_size,
+                      num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads,
+                      num_key_value_heads=tiny.kv_heads, intermediate_size=tiny.intermediate_size,
+                      max_position_embeddings=1024, tie_word_embeddings=False)
+    llm = Qwen2ForCausalLM(cfg)
+    proj = nn.Linear(2 * args.sources, tiny.hidden_size)
+    gates = nn.Parameter(1.0 + 0.5 * torch.randn(3, tiny.hidden_size))  # as must's digits embedding
+    return llm, proj, gates
+
+
+def digits(seconds: float) -> list[int]:
+    """``M:SS`` token ids of a time (seconds), e.g. 83.4 -> [1, ':', 2, 3]."""
+    s = round(seconds)
+    return [s // 60, COLON, (s % 60) // 10, s % 10]
+
+
+def draw(n: int, args, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``n`` clips: features (n, T, 2S) [sounding | starts here], asked source (n,), answer ids (n, 4),
+    the answer's time (n,) in seconds, and token times (T,) in seconds."""
+    T, S = args.tokens, args.sources
+    times = torch.arange(T) * STEP_S + STEP_S / 2
+    span = T * STEP_S
+    present = torch.rand(n, S, generator=gen).argsort(-1) < args.present  # (n, S)
+    # Run edges sorted in [3 s, end - 3 s]: start, stop, start, stop... (runs per source).
+    edges = (torch.rand(n, S, 2 * args.runs, generator=gen) * (span - 6) + 3).sort(-1).values
+    sounding = torch.zeros(n, S, T, dtype=torch.bool)
+    first = torch.full((n, S), math.inf)  # onset of the first run that holds a token, seconds
+    for r in reversed(range(args.runs)):
+        on, off = edges[..., 2 * r, None], edges[..., 2 * r + 1, None]
+        if args.runs == 1:
+            off = torch.full_like(off, span)  # one run: the source plays on to the end
+        run = (times >= on) & (times < off) & present[..., None]
+        sounding |= run
+        first = torch.where(run.any(-1), on[..., 0], first)  # a run shorter than a token is silent
+    starts = sounding & ~F.pad(sounding, (1, 0))[..., :-1]
+    feats = [sounding.float(), starts.float() if args.features == "onset" else torch.zeros(n, S, T)]
+    heard = sounding.any(-1).float() + 1e-9  # ask about a source that sounds
+    asked = torch.multinomial(heard, 1, generator=gen).squeeze(1)
+    first = first[torch.arange(n), asked]
+    return {"features": torch.cat(feats, 1).transpose(1, 2), "asked": asked,
+            "answer": torch.tensor([digits(t) for t in first.tolist()]), "onset": first, "times": times}
+
+
+def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
+    """(n, L, H) input embeddings laid out per ``--layout``; the last 4 positions are the answer."""
+    emb = llm.get_input_embeddings()
+    n, S = batch["asked"].shape[0], args.sources
+    slots = torch.tensor([[d for j, d in enumerate(digits(t)) if j != 1] for t in batch["times"].tolist()])
+    audio = proj(batch["features"]) + (emb(slots) * gates).sum(1)  # (n, T, H)
+    q_ids = torch.stack([torch.full((n,), COLON + S + 1), COLON + 1 + batch["asked"],
+                         torch.full((n,), COLON + S + 2), torch.full((n,), COLON + S + 3)], 1)
+    q, bos = emb(q_ids), emb(torch.full((n, 1), COLON + S + 4))
+    parts = {"after": [bos, audio, q], "before": [bos, q, audio], "both": [bos, q, audio, q]}[args.layout]
+    return torch.cat(parts + [emb(batch["answer"])], 1)
+
+
+@torch.no_grad()
+def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
+    """Greedy answers to ``batch``'s questions, % within 3 s of the first onset (unparsable = miss)."""
+    x = sequence(batch, args, llm, proj, gates)[:, :-4]
+    emb = llm.get_input_embeddings()
+    out = []
+    for _ in range(4):
+        nxt = llm(inputs_embeds=x).logits[:, -1].argmax(-1)
+        out.append(nxt)
+        x = torch.cat([x, emb(nxt)[:, None]], 1)
+    hits = 0
+    for (m, colon, tens, ones), onset in zip(torch.stack(out, 1).tolist(), batch["onset"].tolist()):
+        ok = colon == COLON and max(m, tens, ones) <= 9
+        hits += ok and abs(m * 60 + tens * 10 + ones - onset) <= 3
+    return 100.0 * hits / len(out[0])
+
+
+def must_model(overrides: list[str]):
+    """must's own tiny MusicLALM (default model config plus ``key=value`` overrides): its tokenizer,
+    chat template, projector, ``digits`` time embedding and LLM; only the encoder is bypassed."""
+    from omegaconf import OmegaConf
+
+    from must.models.lalm import MusicLALM
+
+    return MusicLALM.from_config(OmegaConf.from_dotlist(overrides))
+
+
+def must_encoding(batch: dict, model):
+    """The abstract clip as an :class:`AudioEncoding`: features in the first ``2S`` of the encoder's
+    ``D`` dims (x3, as ``oracle_sft.py`` does), zeros elsewhere; tokens at the batch's times."""
+    from must.models.lalm import AudioEncoding
+
+    n, T, F2 = batch["features"].shape
+    feats = torch.zeros(n, T, model.encoder.hidden_size)
+    feats[..., :F2] = 3.0 * batch["features"]
+    times = batch["times"].expand(n, T)
+    return AudioEncoding(features=feats, times=times, mask=torch.ones(n, T, dtype=torch.bool),
+                         covered_seconds=torch.full((n,), T * STEP_S), durations=torch.full((n,), T * STEP_S),
+                         transition_probs=torch.zeros(n, T), frame_times=times, frame_mask=torch.ones(n, T, dtype=torch.bool))
+
+
+def must_questions(batch: dict, gen: torch.Generator, form: str = "natural") -> tuple[list[str], list[str]]:
+    """TSG onset questions and ``M:SS`` answers: the task builder's four phrasings (``natural``) or the
+    source's name alone (``name``)."""
+    from must.data.synth import SOURCE_LABELS, SOURCE_NAMES
+    from must.data.tasks import _ONSET_Q
+    from must.timecode import format_time
+
+    pick = torch.randint(len(_ONSET_Q), (len(batch["asked"]),), generator=gen).tolist()
+    templates = _ONSET_Q if form == "natural" else ("{x}",) * len(_ONSET_Q)
+    qs = [templates[p].format(x=SOURCE_LABELS[SOURCE_NAMES[k]]) for p, k in zip(pick, batch["asked"].tolist())]
+    return qs, [format_time(t) for t in batch["onset"].tolist()]
+
+
+def must_hit_at_3s(batch: dict, model, questions: list[str]) -> float:
+    """must's greedy generation and time parser on held-out questions: % within 3 s (miss if unparsable)."""
+    from must.parsing import parse_time
+
+    model.eval()
+    texts = model.generate(must_encoding(batch, model), questions, max_new_tokens=6)
+    model.train()
+    hits = 0
+    for (text,), onset in zip(texts, batch["onset"].tolist()):
+        got = parse_time(text).value
+        hits += got is not None and abs(got - onset) <= 3
+    return 100.0 * hits / len(texts)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layout", choices=("after", "before", "both"), default="both", help="where the question goes")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps")
+    p.add_argument("--batch", type=int, default=32, help="questions per step (one per clip)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (20 warm-up steps)")
+    p.add_argument("--tokens", type=int, default=100, help="audio tokens per clip (0.4 s apart)")
+    p.add_argument("--sources", type=int, default=8, help="source vocabulary")
+    p.add_argument("--present", type=int, default=4, help="sources present in each clip")
+    p.add_argument("--runs", type=int, default=1, help="runs (start..stop) per present source")
+    p.add_argument("--features", choices=("onset", "activity"), default="onset",
+                   help="tokens carry activity and onset flags, or activity alone")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
+    p.add_argument("--model", choices=("abstract", "must"), default="abstract",
+                   help="a bare Qwen2 with an 8-word vocabulary, or must's MusicLALM with its chat prompt")
+    p.add_argument("--question", choices=("natural", "name"), default="natural",
+                   help="--model must: the task builder's phrasings, or the source's name alone")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="--model must: model config overrides, e.g. system_prompt= projector_layers=1")
+    p.add_argument("--seed", type=int, default=0, help="model and data seed")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    gen, held_out = torch.Generator().manual_seed(args.seed + 1), draw(256, args, torch.Generator().manual_seed(99))
+    if args.model == "must":
+        if args.sources > 8:
+            raise SystemExit("--model must names the 8 synthetic sources: --sources must be at most 8")
+        model = must_model(args.set)
+        model.cfg.question_position = args.layout
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        held_q, _ = must_questions(held_out, torch.Generator().manual_seed(7), args.question)
+    else:
+        llm, proj, gates = build(args)
+        params = [*llm.parameters(), *proj.parameters(), gates]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    print(f"model={args.model} layout={args.layout} runs={args.runs} features={args.features} "
+          f"present={args.present}/{args.sources}")
+    t0, smooth = time.time(), math.nan
+    for step in range(1, args.steps + 1):
+        batch = draw(args.batch, args, gen)
+        if args.model == "must":
+            qs, answers = must_questions(batch, gen, args.question)
+            loss = model(must_encoding(batch, model), qs, answers).loss
+        else:
+            logits = llm(inputs_embeds=sequence(batch, args, llm, proj, gates)).logits[:, -5:-1]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["answer"].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        warm.step()
+        smooth = loss.item() if math.isnan(smooth) else 0.9 * smooth + 0.1 * loss.item()
+        if step % args.eval_every == 0 or step == args.steps:
+            hit = (must_hit_at_3s(held_out, model, held_q) if args.model == "must"
+                   else hit_at_3s(held_out, args, llm, proj, gates))
+            print(f"step {step:5d}  loss {smooth:.3f}  hit@3s {hit:5.1f}  ({time.time() - t0:.0f} s)", flush=True)
+    print(f"final_hit_at_3s={hit:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""benchmarks/tsg_probe.py: the abstract clips are what its docstring says, and both modes run."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from must.timecode import format_time
+
+_spec = importlib.util.spec_from_file_location(
+    "tsg_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "tsg_probe.py")
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
+
+
+def _args(**kw):
+    return probe.argparse.Namespace(**{"tokens": 100, "sources": 8, "present": 4, "runs": 1,
+                                       "features": "onset", **kw})
+
+
+def test_clip_flags_the_first_onset_and_answers_it():
+    batch = probe.draw(16, _args(runs=2), torch.Generator().manual_seed(0))
+    assert batch["features"].shape == (16, 100, 16)
+    for i in range(16):
+        k, onset = int(batch["asked"][i]), float(batch["onset"][i])
+        sounding, starts = batch["features"][i, :, k], batch["features"][i, :, 8 + k]
+        first = int(torch.nonzero(starts)[0])  # the first token flagged as a start of the asked source
+        assert abs(float(batch["times"][first]) - onset) <= probe.STEP_S  # ... is at its first onset
+        assert sounding[:first].sum() == 0 and sounding[first] == 1
+        m, _, tens, ones = batch["answer"][i].tolist()
+        assert f"{m}:{tens}{ones}" == format_time(onset)
+    assert (batch["features"][..., 8:].sum(1) <= 2).all()  # two runs: at most two starts per source
+
+
+@pytest.mark.parametrize("model", ["abstract", "must"])
+def test_probe_runs_and_reports_hit_at_3s(model, capsys):
+    probe.main(["--model", model, "--steps", "2", "--batch", "4", "--eval-every", "2", "--tokens", "20"])
+    out = capsys.readouterr().out
+    hit = float(re.search(r"final_hit_at_3s=([0-9.]+)", out).group(1))
+    assert 0.0 <= hit <= 100.0 and f"model={model}" in out
