@@ -78,7 +78,11 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     answer = int(getattr(options, "max_completion_length", 0) or 0)
     # Stage 1 never runs the LLM: no LLM activations (its encoder activations are counted instead).
     encoder_only = stage.kind == "encoder_adapt"
-    sequence = 0 if encoder_only else audio + questions * (TEXT_TOKENS_PER_QUESTION + answer)
+    # Question after the music: a clip's questions share its audio in one packed sequence; question
+    # first: the audio tokens depend on the question, so each question carries its own copy.
+    shared = recipe.model.question_position == "after"
+    per_question = TEXT_TOKENS_PER_QUESTION + answer + (0 if shared else audio)
+    sequence = 0 if encoder_only else (audio if shared else 0) + questions * per_question
     if stage.kind == "lm_adapt":  # the answer is the whole timestamped caption, ~10 tokens per second of music
         cap = int(getattr(options, "max_caption_tokens", 1024) or 1024)
         sequence += min(cap, math.ceil(CAPTION_TOKENS_PER_SECOND * recipe.data.max_seconds))

@@ -113,6 +113,9 @@ def test_tiny_plan_per_stage_counts():
     assert plans["encoder"].trainable == sum(p.numel() for n, p in model.named_parameters() if n in enc)
     questions = next(s for s in recipe.stages if s.name == "sft").options["questions_per_clip"]
     assert plans["encoder"].sequence == 0 and plans["sft"].sequence == 150 + questions * 64  # 60 s x 2.5/s + questions
+    # question first: every question carries its own copy of the audio tokens
+    recipe.model.question_position = "both"
+    assert {p.name: p for p in plan_recipe(recipe)}["sft"].sequence == questions * (150 + 64)
 
 
 class _Toy(nn.Module):
