@@ -32,6 +32,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from must.models.config import LLMConfig
+from must.timecode import format_time
 
 STEP_S = 0.4  # seconds between audio tokens (2.5 tokens/s, the recipe's rate)
 COLON = 10  # token ids: 0-9 digits, 10 ':', then the source words, then <when> <start> <?> <bos>
@@ -51,9 +52,8 @@ def build(args) -> tuple[Qwen2ForCausalLM, nn.Module, nn.Parameter]:
 
 
 def digits(seconds: float) -> list[int]:
-    """``M:SS`` token ids of a time (seconds), e.g. 83.4 -> [1, ':', 2, 3]."""
-    s = round(seconds)
-    return [s // 60, COLON, (s % 60) // 10, s % 10]
+    """``M:SS`` token ids of a time under 10 minutes (seconds), e.g. 83.4 -> [1, ':', 2, 3]."""
+    return [COLON if c == ":" else int(c) for c in format_time(seconds)]
 
 
 def draw(n: int, args, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -142,7 +142,6 @@ def must_questions(batch: dict, gen: torch.Generator, form: str = "natural") -> 
     source's name alone (``name``)."""
     from must.data.synth import SOURCE_LABELS, SOURCE_NAMES
     from must.data.tasks import _ONSET_Q
-    from must.timecode import format_time
 
     pick = torch.randint(len(_ONSET_Q), (len(batch["asked"]),), generator=gen).tolist()
     templates = _ONSET_Q if form == "natural" else ("{x}",) * len(_ONSET_Q)

@@ -254,17 +254,13 @@ def test_question_position_orders_the_user_turn(position, in_before, in_after):
     q = "When does the bass start?"
     before, after = m.prompt_parts(q)  # the text on either side of the music tokens
     assert (q in before, q in after) == (in_before, in_after)
-    assert after.endswith(m.prompt_parts("x")[1][-12:])  # still ends with the assistant header
+    assert after.endswith("<|im_start|>assistant\n")  # the question never lands after the generation prompt
 
 
-def test_question_position_is_saved_and_older_folders_load_as_after(tmp_path):
-    import json
 
+def test_question_position_survives_save_and_load(tmp_path):
     m = MusicLALM.from_config({"question_position": "before"})
     m.save_pretrained(tmp_path / "m")
-    assert MusicLALM.from_pretrained(tmp_path / "m").cfg.question_position == "before"
-    meta_file = tmp_path / "m" / "must_config.json"
-    meta = json.loads(meta_file.read_text())
-    del meta["model"]["question_position"]  # a folder written before the option existed
-    meta_file.write_text(json.dumps(meta))
-    assert MusicLALM.from_pretrained(tmp_path / "m").cfg.question_position == "after"
+    loaded = MusicLALM.from_pretrained(tmp_path / "m")
+    assert loaded.cfg.question_position == "before"
+    assert loaded.prompt_parts("q?") == m.prompt_parts("q?")

@@ -166,6 +166,7 @@ class ModelConfig:
     """Where the question sits in the user turn: ``after`` the music (the paper's layout), ``before`` it,
     or ``both`` (before, and again after). Question first, each audio token sees what is asked: a tiny
     LLM trained from scratch then learns TSG's lookup, which it does not with ``after``, but it needs
-    more questions than the tiny recipe's budget holds (benchmarks/tsg_probe.py, results/tiny_recipe.md)."""
+    more questions than the tiny recipe's budget holds (benchmarks/tsg_probe.py,
+    benchmarks/results/tiny_recipe.md)."""
     max_answer_tokens: int = 256
     """Answers longer than this many tokens are cut in training labels."""

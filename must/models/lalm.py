@@ -470,8 +470,7 @@ class MusicLALM(nn.Module):
         for need in ("must.safetensors", "llm"):
             if not (folder / need).exists():
                 raise MustError(f"model folder {folder} is incomplete: {need} is missing")
-        # Folders written before ``question_position`` existed were trained with the question after the music.
-        cfg = _as_config({"question_position": "after", **meta["model"]})
+        cfg = _as_config(meta["model"])
         if (folder / "encoder_backbone").is_dir():
             cfg.encoder.backbone = str(folder / "encoder_backbone")
             encoder = _encoder_from_config_folder(cfg, folder / "encoder_backbone")

@@ -252,7 +252,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     rows, labels, blocks, positions = [], [], [], []
     flat = 0
     for b, qs, ans in _shared_groups(model, questions, answers):
-        before, _ = model.prompt_parts(qs[0])
+        before, first_after = model.prompt_parts(qs[0])
         parts = [embed(torch.tensor(model.text_ids(before), device=dev))]
         if encoding.host_embeds is not None:
             parts.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
@@ -260,7 +260,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         n_shared = sum(len(p) for p in parts)
         lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
         for j, q in enumerate(qs):
-            _, after = model.prompt_parts(q)
+            after = first_after if j == 0 else model.prompt_parts(q)[1]
             ids = model.text_ids(after)
             a_ids = [] if ans is None else model.text_ids(ans[j])[:cut] + [eos]
             parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
