@@ -8,8 +8,8 @@ Variants (each a full rerun of the recipe's stages it keeps, same per-stage step
 - ``uniform``       (d) all four stages with uniform instead of dynamic sampling;
 - ``no_source``     (e) all four stages without the source-activity head.
 
-Writes ``benchmarks/results/ablation.md``: the MusTBench sub-metrics of each variant's last evaluated
-stage on the synthetic test split, the trivial baselines, and the published ablation beside.
+Writes ``benchmarks/results/ablation.md``: the MusTBench sub-metrics of each variant's evaluated
+stages (after SFT, after GRPO) on the synthetic test split, the trivial baselines, and the published ablation beside.
 
     python benchmarks/ablation.py                              # all variants (~50 min on 2 cores)
     python benchmarks/ablation.py --variants sft_only all      # some of them
@@ -67,20 +67,31 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
     elif variant == "no_source":
         recipe.model.encoder.num_sources = 0
     for stage in recipe.stages:
-        stage.trainer.max_steps = max(1, int(round(stage.trainer.max_steps * scale)))
+        stage.trainer.max_steps = max(1, round(stage.trainer.max_steps * scale))
         stage.trainer.enable_progress_bar = False
         if stage.kind == "encoder_adapt":
             stage.options["eval_untrained"] = False  # measured once, in the recipe run itself
     return recipe
 
 
-def last_scores(recipe) -> tuple[str, dict] | None:
-    """(stage name, scores.json) of the last stage that wrote ``eval/scores.json``."""
-    for stage in reversed(recipe.stages):
+def stage_scores(recipe) -> list[tuple[str, dict]]:
+    """(stage name, scores.json) of every stage that wrote ``eval/scores.json``, in recipe order."""
+    out = []
+    for stage in recipe.stages:
         path = Path(recipe.output_dir) / stage.name / "eval" / "scores.json"
         if path.is_file():
-            return stage.name, json.loads(path.read_text())
-    return None
+            out.append((stage.name, json.loads(path.read_text())))
+    return out
+
+
+def stage_seconds(recipe) -> dict[str, float]:
+    """Training seconds of each stage, from its ``record.json``."""
+    out = {}
+    for stage in recipe.stages:
+        path = Path(recipe.output_dir) / stage.name / "record.json"
+        if path.is_file():
+            out[stage.name] = json.loads(path.read_text()).get("seconds")
+    return out
 
 
 def main() -> int:
@@ -100,15 +111,17 @@ def main() -> int:
         t0 = time.time()
         run_recipe(recipe)
         seconds = time.time() - t0
-        found = last_scores(recipe)
-        if found is None:
+        found = stage_scores(recipe)
+        if not found:
             notes.append(f"{VARIANTS[variant]}: no stage wrote eval/scores.json")
             continue
-        stage, scores = found
-        rows.append((f"{VARIANTS[variant]} [{stage}]", table_row(scores)))
-        baseline = baseline or scores.get("baseline")
-        notes.append(f"{VARIANTS[variant]}: {seconds:.0f} s, scored after stage '{stage}', "
-                     f"{len(scores.get('rows', []))} questions")
+        # Every evaluated stage, not only the last: what SFT gives and what GRPO adds on top.
+        for stage, scores in found:
+            rows.append((f"{VARIANTS[variant]} [{stage}]", table_row(scores)))
+            baseline = baseline or scores.get("baseline")
+        per_stage = ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds(recipe).items() if v is not None)
+        notes.append(f"{VARIANTS[variant]}: {seconds:.0f} s in all ({per_stage}), "
+                     f"{len(found[-1][1].get('rows', []))} questions scored")
         write(args, rows, baseline, notes)
     write(args, rows, baseline, notes)
     return 0
@@ -119,9 +132,9 @@ def write(args, rows, baseline, notes) -> None:
     lines = [
         "# Ablation of the tiny recipe",
         "",
-        f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}` (same seed; every stage at "
-        f"{args.scale:g} × its steps in `{Path(args.recipe).name}`; each variant's last evaluated stage on "
-        "the held-out synthetic test split, percent; TSG is Hit@3s).",
+        (f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}` (same seed; every stage at "
+         f"{args.scale:g} × its steps in `{Path(args.recipe).name}`; each variant's evaluated stages on "
+         "the held-out synthetic test split, percent; TSG is Hit@3s)."),
         "",
         format_table(table, markdown=True),
         "",

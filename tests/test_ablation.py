@@ -1,0 +1,49 @@
+"""benchmarks/ablation.py: each variant changes exactly what its name says, and every evaluated stage is reported."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from must.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablation)
+
+BASE = load_recipe(ROOT / "recipes" / "tiny.yaml")
+
+
+def _steps(recipe):
+    return {s.name: s.trainer.max_steps for s in recipe.stages}
+
+
+def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
+    v = {name: ablation.variant_recipe(BASE, name, tmp_path, 1.0) for name in ablation.VARIANTS}
+    assert [s.kind for s in v["sft_only"].stages] == ["sft"]
+    assert v["sft_only"].stages[0].init_from is None  # from the model as built, not a missing stage
+    assert [s.kind for s in v["captions_sft"].stages] == ["lm_adapt", "sft"]
+    assert v["captions_sft"].stages[0].init_from is None
+    assert [s.kind for s in v["all"].stages] == [s.kind for s in BASE.stages]
+    assert v["uniform"].model.sampling.mode == "uniform" != BASE.model.sampling.mode
+    assert v["no_source"].model.encoder.num_sources == 0 < BASE.model.encoder.num_sources
+    base_steps = _steps(BASE)
+    for name, recipe in v.items():
+        assert recipe.seed == BASE.seed
+        assert recipe.output_dir == str(tmp_path / name)
+        assert all(base_steps[k] == n for k, n in _steps(recipe).items())
+    half = ablation.variant_recipe(BASE, "all", tmp_path, 0.5)
+    assert _steps(half) == {k: max(1, round(n * 0.5)) for k, n in base_steps.items()}
+    assert BASE.stages[0].options.get("eval_untrained") is True  # the base recipe is not modified
+
+
+def test_every_evaluated_stage_is_reported_in_recipe_order(tmp_path):
+    recipe = ablation.variant_recipe(BASE, "all", tmp_path, 1.0)
+    for stage, overall, seconds in (("grpo", 40.0, 18.5), ("sft", 30.0, 100.0)):
+        d = tmp_path / "all" / stage
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "scores.json").write_text(json.dumps({"overall": overall}))
+        (d / "record.json").write_text(json.dumps({"seconds": seconds}))
+    found = ablation.stage_scores(recipe)
+    assert [(name, s["overall"]) for name, s in found] == [("sft", 30.0), ("grpo", 40.0)]
+    assert ablation.stage_seconds(recipe) == {"sft": 100.0, "grpo": 18.5}
