@@ -39,15 +39,19 @@ COLON = 10  # token ids: 0-9 digits, 10 ':', then the source words, then <when> 
 
 
 def build(args) -> tuple[Qwen2ForCausalLM, nn.Module, nn.Parameter]:
-    """The random-init LLM (tiny recipe size), the feature projection, and the 3 digit-slot gates."""
+    """The random-init LLM (tiny recipe size unless ``--layers``/``--hidden``/``--heads`` say otherwise),
+    the feature projection, and the 3 digit-slot gates."""
     tiny = LLMConfig()
-    cfg = Qwen2Config(vocab_size=COLON + args.sources + 5, hidden_size=tiny.hidden_size,
-                      num_hidden_layers=tiny.layers, num_attention_heads=tiny.heads,
-                      num_key_value_heads=tiny.kv_heads, intermediate_size=tiny.intermediate_size,
+    hidden, heads = args.hidden or tiny.hidden_size, args.heads or tiny.heads
+    # Wider than the recipe: key/value heads and the MLP keep the recipe's ratios to the width.
+    kv = tiny.kv_heads if args.heads is None else max(1, heads * tiny.kv_heads // tiny.heads)
+    cfg = Qwen2Config(vocab_size=COLON + args.sources + 5, hidden_size=hidden,
+                      num_hidden_layers=args.layers or tiny.layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=hidden * tiny.intermediate_size // tiny.hidden_size,
                       max_position_embeddings=1024, tie_word_embeddings=False)
     llm = Qwen2ForCausalLM(cfg)
-    proj = nn.Linear(2 * args.sources, tiny.hidden_size)
-    gates = nn.Parameter(1.0 + 0.5 * torch.randn(3, tiny.hidden_size))  # as must's digits embedding
+    proj = nn.Linear(2 * args.sources, hidden)
+    gates = nn.Parameter(1.0 + 0.5 * torch.randn(3, hidden))  # as must's digits embedding
     return llm, proj, gates
 
 
@@ -182,6 +186,9 @@ def main(argv=None) -> None:
                    help="--model must: the task builder's phrasings, or the source's name alone")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="--model must: model config overrides, e.g. system_prompt= projector_layers=1")
+    p.add_argument("--layers", type=int, help="--model abstract: decoder layers (default: the tiny recipe's)")
+    p.add_argument("--hidden", type=int, help="--model abstract: hidden size (default: the tiny recipe's)")
+    p.add_argument("--heads", type=int, help="--model abstract: attention heads (default: the tiny recipe's)")
     p.add_argument("--seed", type=int, default=0, help="model and data seed")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)

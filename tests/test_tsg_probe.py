@@ -40,3 +40,12 @@ def test_probe_runs_and_reports_hit_at_3s(model, capsys):
     out = capsys.readouterr().out
     hit = float(re.search(r"final_hit_at_3s=([0-9.]+)", out).group(1))
     assert 0.0 <= hit <= 100.0 and f"model={model}" in out
+
+
+def test_abstract_model_size_options():
+    llm, proj, gates = probe.build(_args(layers=2, hidden=64, heads=8))
+    cfg = llm.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (2, 64, 8, 4)
+    assert cfg.intermediate_size == 128 and proj.out_features == 64 and gates.shape == (3, 64)
+    default = probe.build(_args(layers=None, hidden=None, heads=None))[0].config
+    assert (default.num_hidden_layers, default.hidden_size, default.num_attention_heads) == (3, 128, 4)
