@@ -123,6 +123,14 @@ def test_pick_questions_draws_types_in_balance():
     assert sum(q.qa_type == "onset" for q in picked) == 3  # 2:1:1 -> 3 onsets, 1 offset, 2 GTO (offsets run out)
     picked = pick_questions(qas, 3, rng, {"TSG-onset": 1.0, "TSG-offset": 0.0, "GTO": 0.0})
     assert all(q.qa_type == "onset" for q in picked)
+    # fewer questions than types: the weights still decide which types are asked
+    mixed = qas + [_qa("LTR", i=i) for i in range(3)] + [_qa("MTR", i=i) for i in range(3)]
+    weights = {"TSG-onset": 3.0, "TSG-offset": 3.0, "MTR": 2.0}
+    for _ in range(50):
+        picked = pick_questions(mixed, 3, rng, weights)
+        assert sorted(f"TSG-{q.qa_type}" if q.task == "TSG" else q.task for q in picked) == [
+            "MTR", "TSG-offset", "TSG-onset"]
+        assert pick_questions(mixed, 4, rng, weights)[3].task in {"GTO", "LTR"}  # then the weight-1 types
 
 
 def test_encoding_cache_encodes_each_track_once(model):

@@ -81,8 +81,9 @@ def question_type(qa: QA) -> str:
 def pick_questions(qas: List[QA], k: int, rng: np.random.Generator,
                    type_weights: Dict[str, float] | None = None) -> List[QA]:
     """Up to ``k`` questions drawn without replacement, question types in proportion to their weights:
-    each draw takes the type asked least so far relative to its weight (ties broken at random), then a
-    random question of that type. With equal weights that is a round-robin over the clip's types, so a
+    each draw takes the type asked least so far relative to its weight, then a random question of that
+    type. Ties go to the heavier type, then at random: so when ``k`` is below the number of types the
+    heaviest are asked, and with equal weights the draw is a round-robin over the clip's types, so a
     rare type (a TSG offset) is asked whenever the clip has one."""
     pools: Dict[str, List[QA]] = {}
     for i in rng.permutation(len(qas)):
@@ -93,8 +94,14 @@ def pick_questions(qas: List[QA], k: int, rng: np.random.Generator,
     out: List[QA] = []
     while len(out) < k and pools:
         types = list(pools)
-        need = np.array([asked[t] / weights[t] for t in types]) + rng.random(len(types)) * 1e-6
-        t = types[int(np.argmin(need))]
+        need = np.array([asked[t] / weights[t] for t in types])
+        # Least asked (relative to weight) first; among equals (every type in the first round) the
+        # heavier, then a random one. Without the weight here a first round with k below the number of
+        # types would pick uniformly and ignore the weights.
+        tied = need <= need.min() + 1e-9
+        w = np.array([weights[t] for t in types])
+        tied &= w >= w[tied].max()
+        t = types[int(np.argmax(np.where(tied, rng.random(len(types)), -1.0)))]
         out.append(pools[t].pop())
         asked[t] += 1
         if not pools[t]:
