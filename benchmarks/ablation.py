@@ -84,16 +84,6 @@ def stage_scores(recipe) -> list[tuple[str, dict]]:
     return out
 
 
-def stage_seconds(recipe) -> dict[str, float]:
-    """Training seconds of each stage, from its ``record.json``."""
-    out = {}
-    for stage in recipe.stages:
-        path = Path(recipe.output_dir) / stage.name / "record.json"
-        if path.is_file():
-            out[stage.name] = json.loads(path.read_text()).get("seconds")
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "tiny.yaml"))
@@ -109,7 +99,7 @@ def main() -> int:
     for variant in args.variants:
         recipe = variant_recipe(base, variant, out, args.scale)
         t0 = time.time()
-        run_recipe(recipe)
+        records = run_recipe(recipe)  # stage name -> its record.json, seconds included
         seconds = time.time() - t0
         found = stage_scores(recipe)
         if not found:
@@ -119,7 +109,7 @@ def main() -> int:
         for stage, scores in found:
             rows.append((f"{VARIANTS[variant]} [{stage}]", table_row(scores)))
             baseline = baseline or scores.get("baseline")
-        per_stage = ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds(recipe).items() if v is not None)
+        per_stage = ", ".join(f"{k} {r['seconds']:.0f} s" for k, r in records.items() if r.get("seconds") is not None)
         notes.append(f"{VARIANTS[variant]}: {seconds:.0f} s in all ({per_stage}), "
                      f"{len(found[-1][1].get('rows', []))} questions scored")
         write(args, rows, baseline, notes)

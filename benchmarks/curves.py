@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import math
 from pathlib import Path
+
+from must.runner import read_record
 
 #: Per-question loss of a letter answer at chance (letter + EOS: uniform over the letters, EOS certain,
 #: averaged over the 2 tokens); drawn as dashed lines so a letter task stuck at chance is visible.
@@ -45,11 +46,7 @@ def stage_dirs(run: Path) -> list[Path]:
     """The run's stage folders that hold a CSV log, in the order the stages ran (``record.json``'s start)."""
     found = [d for d in run.iterdir() if (d / "logs" / "metrics.csv").is_file()]
 
-    def started(d: Path) -> str:
-        record = d / "record.json"
-        return json.loads(record.read_text()).get("started_at", "") if record.is_file() else ""
-
-    return sorted(found, key=lambda d: (started(d), d.name))
+    return sorted(found, key=lambda d: ((read_record(d) or {}).get("started_at", ""), d.name))
 
 
 def binned(points: list[tuple[int, float]], edges: list[int]) -> list[float | None]:
@@ -80,7 +77,8 @@ def stage_markdown(name: str, columns: dict[str, list[tuple[int, float]]], last_
     if train:
         keys = sorted(train)
         logged = sorted({s for k in keys for s, _ in train[k]})
-        if len(logged) > 2 * bins:
+        ranges = len(logged) > 2 * bins
+        if ranges:
             edges = [round(last_step * i / bins) for i in range(bins + 1)]
             edges[0] = -1  # so step 0 falls in the first range
         else:  # few points: one row per logged step
@@ -89,7 +87,7 @@ def stage_markdown(name: str, columns: dict[str, list[tuple[int, float]]], last_
         lines += ["| steps | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for i in range(len(edges) - 1):
             lo, hi = max(0, edges[i] + 1), edges[i + 1]
-            label = f"{lo}–{hi}" if len(logged) > 2 * bins else f"{hi}"
+            label = f"{lo}–{hi}" if ranges else f"{hi}"
             lines.append(f"| {label} | " + " | ".join(_fmt(c[i]) for c in cols) + " |")
         lines.append("")
     if val:
@@ -101,7 +99,7 @@ def stage_markdown(name: str, columns: dict[str, list[tuple[int, float]]], last_
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines.append("")
     if constant:
-        lines += ["Constant over the run: " + ", ".join(f"`{k}` {_fmt(v) or 0}" for k, v in sorted(constant.items())) + ".", ""]
+        lines += ["Constant over the run: " + ", ".join(f"`{k}` {_fmt(v)}" for k, v in sorted(constant.items())) + ".", ""]
     return lines
 
 
@@ -116,14 +114,15 @@ def plot(stages: list[tuple[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False)
     for ax, (name, columns) in zip(axes[0], stages):
         for key, points in sorted(columns.items()):
-            if key.startswith("val/") or not ("loss" in key or "reward" == key.split("/")[-1]):
+            if key.startswith("val/") or not ("loss" in key or key.split("/")[-1] == "reward"):
                 continue
             steps, vals = zip(*points)
             w = max(1, len(vals) // 20)
-            smooth = [sum(vals[max(0, i - w + 1): i + 1]) / len(vals[max(0, i - w + 1): i + 1]) for i in range(len(vals))]
-            line, = ax.plot(steps, smooth, label=key.split("/")[-1], lw=1.2)
-            if key.split("/")[-1] in CHANCE_LOSS:
-                ax.axhline(CHANCE_LOSS[key.split("/")[-1]], color=line.get_color(), ls="--", lw=0.8)
+            smooth = [sum(vals[max(0, i - w + 1): i + 1]) / min(w, i + 1) for i in range(len(vals))]
+            short = key.split("/")[-1]
+            line, = ax.plot(steps, smooth, label=short, lw=1.2)
+            if short in CHANCE_LOSS:
+                ax.axhline(CHANCE_LOSS[short], color=line.get_color(), ls="--", lw=0.8)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

@@ -74,7 +74,7 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
         upstream = hashes.get(stage.init_from) if stage.init_from else None
         hashes[stage.name] = stage_hash(recipe, stage, upstream)
         stage_dir = out / stage.name
-        record = _read_record(stage_dir)
+        record = read_record(stage_dir)
         if stage.name not in selected:
             if record:
                 records[stage.name] = record
@@ -509,7 +509,8 @@ def _new_record(
     }
 
 
-def _read_record(stage_dir: Path) -> dict | None:
+def read_record(stage_dir: Path) -> dict | None:
+    """A stage folder's ``record.json`` (None when the stage has not started); a corrupt one is named."""
     path = stage_dir / RECORD
     if not path.is_file():
         return None

@@ -93,15 +93,11 @@ def pick_questions(qas: List[QA], k: int, rng: np.random.Generator,
     asked = dict.fromkeys(pools, 0)
     out: List[QA] = []
     while len(out) < k and pools:
-        types = list(pools)
-        need = np.array([asked[t] / weights[t] for t in types])
-        # Least asked (relative to weight) first; among equals (every type in the first round) the
-        # heavier, then a random one. Without the weight here a first round with k below the number of
-        # types would pick uniformly and ignore the weights.
-        tied = need <= need.min() + 1e-9
-        w = np.array([weights[t] for t in types])
-        tied &= w >= w[tied].max()
-        t = types[int(np.argmax(np.where(tied, rng.random(len(types)), -1.0)))]
+        # Least asked relative to weight; among equals (every type in the first round) the heavier, then
+        # at random. Without the weight in the key, a first round with k below the number of types would
+        # pick uniformly and ignore the weights. (asked/weight of equal ratios are equal floats.)
+        r = dict(zip(pools, rng.random(len(pools))))
+        t = min(pools, key=lambda u: (asked[u] / weights[u], -weights[u], -r[u]))
         out.append(pools[t].pop())
         asked[t] += 1
         if not pools[t]:
