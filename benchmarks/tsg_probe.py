@@ -16,6 +16,8 @@ features in place of the encoder's, as ``oracle_sft.py`` does.
     python benchmarks/tsg_probe.py --layout both     # question, music, question again
     python benchmarks/tsg_probe.py --layout before --runs 2 --features activity
     python benchmarks/tsg_probe.py --model must --layout both --steps 1000 --eval-every 250
+    python benchmarks/tsg_probe.py --layout after --answer token --source-last   # both changes of "Grounded answers"
+    python benchmarks/tsg_probe.py --model must --layout after --set time_embedding.kind=tokens answer_format=grounded
 
 Figures and the conclusion: ``benchmarks/results/tiny_recipe.md`` ("Question first").
 """
@@ -45,14 +47,31 @@ def build(args) -> tuple[Qwen2ForCausalLM, nn.Module, nn.Parameter]:
     hidden, heads = args.hidden or tiny.hidden_size, args.heads or tiny.heads
     # Wider than the recipe: key/value heads and the MLP keep the recipe's ratios to the width.
     kv = tiny.kv_heads if args.heads is None else max(1, heads * tiny.kv_heads // tiny.heads)
-    cfg = Qwen2Config(vocab_size=COLON + args.sources + 5, hidden_size=hidden,
+    # Time tokens (--answer token): one vocabulary entry per second of the clip after the words, and the
+    # output rows tied to the input embeddings, so the answer is a copy of an audio token's time.
+    cfg = Qwen2Config(vocab_size=TIME0(args) + n_seconds(args), hidden_size=hidden,
                       num_hidden_layers=args.layers or tiny.layers, num_attention_heads=heads,
                       num_key_value_heads=kv, intermediate_size=hidden * tiny.intermediate_size // tiny.hidden_size,
-                      max_position_embeddings=1024, tie_word_embeddings=False)
+                      max_position_embeddings=1024, tie_word_embeddings=args.answer == "token")
     llm = Qwen2ForCausalLM(cfg)
     proj = nn.Linear(2 * args.sources, hidden)
     gates = nn.Parameter(1.0 + 0.5 * torch.randn(3, hidden))  # as must's digits embedding
     return llm, proj, gates
+
+
+def TIME0(args) -> int:  # noqa: N802 - a constant of the vocabulary layout
+    """Id of the first time token (``--answer token``): after the digits, ':', the sources and 4 markers."""
+    return COLON + args.sources + 5
+
+
+def n_seconds(args) -> int:
+    """Time tokens needed to name every second of a clip (``--tokens`` x 0.4 s), with one to spare."""
+    return int(args.tokens * STEP_S) + 2
+
+
+def answer_ids(seconds: float, args) -> list[int]:
+    """The answer's ids: ``M:SS`` digits, or the one time token of the whole second."""
+    return digits(seconds) if args.answer == "digits" else [TIME0(args) + round(seconds)]
 
 
 def digits(seconds: float) -> list[int]:
@@ -84,17 +103,23 @@ def draw(n: int, args, gen: torch.Generator) -> dict[str, torch.Tensor]:
     asked = torch.multinomial(heard, 1, generator=gen).squeeze(1)
     first = first[torch.arange(n), asked]
     return {"features": torch.cat(feats, 1).transpose(1, 2), "asked": asked,
-            "answer": torch.tensor([digits(t) for t in first.tolist()]), "onset": first, "times": times}
+            "answer": torch.tensor([answer_ids(t, args) for t in first.tolist()]), "onset": first, "times": times}
 
 
 def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
-    """(n, L, H) input embeddings laid out per ``--layout``; the last 4 positions are the answer."""
+    """(n, L, H) input embeddings laid out per ``--layout``; the last positions are the answer."""
     emb = llm.get_input_embeddings()
     n, S = batch["asked"].shape[0], args.sources
-    slots = torch.tensor([[d for j, d in enumerate(digits(t)) if j != 1] for t in batch["times"].tolist()])
-    audio = proj(batch["features"]) + (emb(slots) * gates).sum(1)  # (n, T, H)
-    q_ids = torch.stack([torch.full((n,), COLON + S + 1), COLON + 1 + batch["asked"],
-                         torch.full((n,), COLON + S + 2), torch.full((n,), COLON + S + 3)], 1)
+    if args.answer == "token":  # each audio token's time embedding is its second's time token
+        audio = proj(batch["features"]) + emb(TIME0(args) + batch["times"].round().long())
+    else:
+        slots = torch.tensor([[d for j, d in enumerate(digits(t)) if j != 1] for t in batch["times"].tolist()])
+        audio = proj(batch["features"]) + (emb(slots) * gates).sum(1)  # (n, T, H)
+    when, start, ask = (torch.full((n,), COLON + S + k) for k in (1, 2, 3))
+    source = COLON + 1 + batch["asked"]
+    # --source-last: the position that predicts the time already holds what is asked (one lookup).
+    order = [when, start, ask, source] if args.source_last else [when, source, start, ask]
+    q_ids = torch.stack(order, 1)
     q, bos = emb(q_ids), emb(torch.full((n, 1), COLON + S + 4))
     parts = {"after": [bos, audio, q], "before": [bos, q, audio], "both": [bos, q, audio, q]}[args.layout]
     return torch.cat(parts + [emb(batch["answer"])], 1)
@@ -103,15 +128,20 @@ def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
 @torch.no_grad()
 def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
     """Greedy answers to ``batch``'s questions, % within 3 s of the first onset (unparsable = miss)."""
-    x = sequence(batch, args, llm, proj, gates)[:, :-4]
+    width = batch["answer"].shape[1]
+    x = sequence(batch, args, llm, proj, gates)[:, :-width]
     emb = llm.get_input_embeddings()
     out = []
-    for _ in range(4):
+    for _ in range(width):
         nxt = llm(inputs_embeds=x).logits[:, -1].argmax(-1)
         out.append(nxt)
         x = torch.cat([x, emb(nxt)[:, None]], 1)
     hits = 0
-    for (m, colon, tens, ones), onset in zip(torch.stack(out, 1).tolist(), batch["onset"].tolist()):
+    for ids, onset in zip(torch.stack(out, 1).tolist(), batch["onset"].tolist()):
+        if args.answer == "token":
+            hits += ids[0] >= TIME0(args) and abs(ids[0] - TIME0(args) - onset) <= 3
+            continue
+        m, colon, tens, ones = ids
         ok = colon == COLON and max(m, tens, ones) <= 9
         hits += ok and abs(m * 60 + tens * 10 + ones - onset) <= 3
     return 100.0 * hits / len(out[0])
@@ -141,16 +171,21 @@ def must_encoding(batch: dict, model):
                          transition_probs=torch.zeros(n, T), frame_times=times, frame_mask=torch.ones(n, T, dtype=torch.bool))
 
 
-def must_questions(batch: dict, gen: torch.Generator, form: str = "natural") -> tuple[list[str], list[str]]:
-    """TSG onset questions and ``M:SS`` answers: the task builder's four phrasings (``natural``) or the
-    source's name alone (``name``)."""
+def must_questions(batch: dict, gen: torch.Generator, form: str = "natural",
+                   answer_format: str = "plain") -> tuple[list[str], list[str]]:
+    """TSG onset questions and their targets: the task builder's four phrasings (``natural``) or the
+    source's name alone (``name``); targets ``M:SS``, or grounded traces (``bass enters 0:12 → 0:12``)."""
+    from must.data import traces
     from must.data.synth import SOURCE_LABELS, SOURCE_NAMES
     from must.data.tasks import _ONSET_Q
 
     pick = torch.randint(len(_ONSET_Q), (len(batch["asked"]),), generator=gen).tolist()
     templates = _ONSET_Q if form == "natural" else ("{x}",) * len(_ONSET_Q)
-    qs = [templates[p].format(x=SOURCE_LABELS[SOURCE_NAMES[k]]) for p, k in zip(pick, batch["asked"].tolist())]
-    return qs, [format_time(t) for t in batch["onset"].tolist()]
+    labels = [SOURCE_LABELS[SOURCE_NAMES[k]] for k in batch["asked"].tolist()]
+    qs = [templates[p].format(x=x) for p, x in zip(pick, labels)]
+    times = [format_time(t) for t in batch["onset"].tolist()]
+    targets = [traces.target(t, traces.tsg(x, "onset", t), answer_format) for x, t in zip(labels, times)]
+    return qs, targets
 
 
 def must_hit_at_3s(batch: dict, model, questions: list[str]) -> float:
@@ -158,11 +193,11 @@ def must_hit_at_3s(batch: dict, model, questions: list[str]) -> float:
     from must.parsing import parse_time
 
     model.eval()
-    texts = model.generate(must_encoding(batch, model), questions, max_new_tokens=6)
+    texts = model.generate(must_encoding(batch, model), questions, max_new_tokens=16)
     model.train()
     hits = 0
     for (text,), onset in zip(texts, batch["onset"].tolist()):
-        got = parse_time(text).value
+        got = parse_time(model.split_answer(text)[0]).value
         hits += got is not None and abs(got - onset) <= 3
     return 100.0 * hits / len(texts)
 
@@ -179,6 +214,10 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=1, help="runs (start..stop) per present source")
     p.add_argument("--features", choices=("onset", "activity"), default="onset",
                    help="tokens carry activity and onset flags, or activity alone")
+    p.add_argument("--answer", choices=("digits", "token"), default="digits",
+                   help="--model abstract: the time as M:SS digits, or one time token tied to the audio's time")
+    p.add_argument("--source-last", action="store_true",
+                   help="--model abstract: the question ends with the asked source")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     p.add_argument("--model", choices=("abstract", "must"), default="abstract",
                    help="a bare Qwen2 with an 8-word vocabulary, or must's MusicLALM with its chat prompt")
@@ -206,16 +245,18 @@ def main(argv=None) -> None:
         params = [*llm.parameters(), *proj.parameters(), gates]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
-    print(f"model={args.model} layout={args.layout} runs={args.runs} features={args.features} "
+    print(f"model={args.model} layout={args.layout} answer={args.answer} source_last={args.source_last} "
+          f"runs={args.runs} features={args.features} "
           f"present={args.present}/{args.sources}")
     t0, smooth = time.time(), math.nan
     for step in range(1, args.steps + 1):
         batch = draw(args.batch, args, gen)
         if args.model == "must":
-            qs, answers = must_questions(batch, gen, args.question)
+            qs, answers = must_questions(batch, gen, args.question, model.cfg.answer_format)
             loss = model(must_encoding(batch, model), qs, answers).loss
         else:
-            logits = llm(inputs_embeds=sequence(batch, args, llm, proj, gates)).logits[:, -5:-1]
+            w = batch["answer"].shape[1]
+            logits = llm(inputs_embeds=sequence(batch, args, llm, proj, gates)).logits[:, -w - 1 : -1]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["answer"].reshape(-1))
         opt.zero_grad()
         loss.backward()
