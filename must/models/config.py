@@ -89,8 +89,15 @@ class TimeEmbeddingConfig:
     """Absolute time carried by every audio token (after sampling an index no longer tells time)."""
 
     kind: str = "digits"
-    """``digits``: the LLM's own embeddings of the tokens of the ``M:SS`` string (default; DESIGN's probe:
-    TSG Hit@3s 67 % -> 88 %), ``sinusoidal``: sin/cos of seconds through a linear layer, ``none``."""
+    """``tokens``: one vocabulary token per time step, its input embedding is the audio token's time
+    embedding and its LM-head row, and times in text are those tokens (``must.models.time_tokens``;
+    the tiny and small recipes); ``digits``: the LLM's own embeddings of the tokens of the ``M:SS``
+    string (the paper-faithful text path); ``sinusoidal``: sin/cos of seconds through a linear layer;
+    ``none``."""
+    resolution: float = 1.0
+    """``tokens``: seconds per time token."""
+    max_seconds: float = 600.0
+    """``tokens``: the last time with its own token, seconds (later times clamp to it); 10 minutes."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64
@@ -168,5 +175,9 @@ class ModelConfig:
     LLM trained from scratch then learns TSG's lookup, which it does not with ``after``, but it needs
     more questions than the tiny recipe's budget holds (benchmarks/tsg_probe.py,
     benchmarks/results/tiny_recipe.md)."""
+    answer_format: str = "plain"
+    """``plain``: answers are the MusTBench answer alone (the paper); ``grounded``: a short trace that
+    names what it looks up right before each time and ends with ``→ <answer>`` (``must.data.traces``);
+    only the text after the last ``→`` is scored."""
     max_answer_tokens: int = 256
     """Answers longer than this many tokens are cut in training labels."""

@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from must.data.traces import final_answer
 from must.errors import ConfigError, MustError
-from must.models import params
+from must.models import params, time_tokens
 from must.models.audio import resample, to_mono_float
 from must.models.config import ModelConfig
 from must.models.encoder import MusTEncoder
@@ -117,7 +118,8 @@ def check_config(cfg: ModelConfig) -> None:
     choices = {
         "model.sampling.mode": (cfg.sampling.mode, ("dynamic", "uniform")),
         "model.sampling.pool": (cfg.sampling.pool, ("cell", "frame")),
-        "model.time_embedding.kind": (cfg.time_embedding.kind, ("digits", "sinusoidal", "none")),
+        "model.time_embedding.kind": (cfg.time_embedding.kind, ("tokens", "digits", "sinusoidal", "none")),
+        "model.answer_format": (cfg.answer_format, ("plain", "grounded")),
         "model.host.kind": (cfg.host.kind, ("none", "qwen2_audio", "qwen2_5_omni")),
         "model.question_position": (cfg.question_position, ("after", "before", "both")),
     }
@@ -134,6 +136,8 @@ def check_config(cfg: ModelConfig) -> None:
             float("inf"),
         ),
         "model.encoder.frame_pool": (cfg.encoder.frame_pool, 1, float("inf")),
+        "model.time_embedding.resolution": (cfg.time_embedding.resolution, 1e-3, float("inf")),
+        "model.time_embedding.max_seconds": (cfg.time_embedding.max_seconds, 1.0, 36000.0),
     }
     for key, (value, lo, hi) in ranges.items():
         if not lo <= value <= hi:
@@ -156,6 +160,8 @@ class MusicLALM(nn.Module):
         self.projector = nn.Sequential(*layers)
         self.time_embedding = TimeEmbedding(cfg.time_embedding, hidden, tokenizer)
         self.hidden_size = hidden
+        if cfg.time_embedding.kind == "tokens":  # not saved: re-tied on every build and load
+            self._tie_handle = time_tokens.tie_head(llm, self.time_embedding.first, self.time_embedding.count)
 
     # --- construction ------------------------------------------------------------------------
 
@@ -165,6 +171,8 @@ class MusicLALM(nn.Module):
         cfg = _as_config(cfg)
         check_config(cfg)
         llm, tok = build_llm(cfg.llm, cfg.host)
+        if cfg.time_embedding.kind == "tokens":
+            time_tokens.add_to(llm, tok, cfg.time_embedding.resolution, cfg.time_embedding.max_seconds)
         model = cls(cfg, MusTEncoder(cfg.encoder), llm, tok)
         model._add_adapters()
         return model
@@ -262,7 +270,18 @@ class MusicLALM(nn.Module):
         return before, after
 
     def _ids(self, text: str) -> list[int]:
+        te = self.cfg.time_embedding
+        if te.kind == "tokens":  # every M:SS of a prompt, caption or answer becomes its time token
+            text = time_tokens.to_tokens(text, te.resolution, self.time_embedding.count)
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, ids) -> list[str]:
+        """Generated ids (a list of id lists or a (B, N) tensor) as MusTBench text: special tokens
+        dropped, time tokens rendered ``M:SS``, whitespace stripped."""
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        if self.cfg.time_embedding.kind == "tokens":
+            texts = [time_tokens.to_text(t, self.cfg.time_embedding.resolution) for t in texts]
+        return [t.strip() for t in texts]
 
     def prompt_inputs(
         self,
@@ -383,9 +402,18 @@ class MusicLALM(nn.Module):
         ids = self.generate_ids(
             audio, questions, max_new_tokens, do_sample, temperature, top_p, num_return_sequences, sample_rate
         )
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = self.decode(ids)
         n = num_return_sequences
-        return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(questions))]
+        return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
+
+    def split_answer(self, text: str) -> tuple[str, str | None, str | None]:
+        """(answer, trace, reason) of a generated text: with ``answer_format: grounded`` the answer is
+        what follows the trace's last ``→`` (``""`` and a reason when there is none) and the trace is
+        the whole text; with ``plain`` the text is the answer and there is no trace."""
+        if self.cfg.answer_format != "grounded":
+            return text, None, None
+        answer, reason = final_answer(text)
+        return answer, text, reason
 
     def _as_encoding(self, audio, sample_rate: int | None) -> AudioEncoding:
         if isinstance(audio, AudioEncoding):

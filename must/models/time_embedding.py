@@ -1,6 +1,7 @@
 """Absolute-time embeddings for audio tokens (after dynamic sampling an index no longer tells time).
 
-``digits`` (default) speaks the answer's language: a token at 83 s gets the LLM's own input
+``tokens`` makes each audio token's time embedding the input embedding of its time token
+(:mod:`must.models.time_tokens`), so the answer can copy it. ``digits`` (the paper-faithful text path) speaks the answer's language: a token at 83 s gets the LLM's own input
 embeddings of the tokens of ``1:23``, right-aligned into fixed slots (seconds-units always in the
 last slot) and combined with a learned gate per slot, so ``1:23`` and ``3:21`` differ. In DESIGN's
 probe this lifted TSG Hit@3s from 67 % to 88 %. ``sinusoidal`` is the usual alternative.
@@ -13,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from must.models import time_tokens
 from must.models.config import TimeEmbeddingConfig
 from must.timecode import format_time
 
@@ -33,8 +35,14 @@ class TimeEmbedding(nn.Module):
             self.gates = nn.Parameter(1.0 + 0.5 * torch.randn(cfg.slots, hidden, generator=g))
         elif cfg.kind == "sinusoidal":
             self.proj = nn.Linear(cfg.sinusoid_dim, hidden)
+        elif cfg.kind == "tokens":
+            self.count = time_tokens.count_for(cfg.max_seconds, cfg.resolution)
+            self.first = time_tokens.first_id(tokenizer, self.count)
+            # A per-channel gate (ones at the start: exactly the token's embedding) lets the audio side
+            # weigh the time against the content without untying it from the text's time tokens.
+            self.gate = nn.Parameter(torch.ones(hidden))
         elif cfg.kind != "none":
-            raise ValueError(f"time_embedding.kind must be digits, sinusoidal or none, got {cfg.kind!r}")
+            raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
 
     def slot_ids(self, second: int) -> list[int]:
         """Token ids of ``format_time(second)`` right-aligned in ``slots`` slots (-1 = empty slot)."""
@@ -47,6 +55,9 @@ class TimeEmbedding(nn.Module):
         """``times`` (B, T) seconds; ``input_embeddings`` the LLM's token embedding (for ``digits``)."""
         if self.kind == "none":
             return None
+        if self.kind == "tokens":
+            ids = self.first + time_tokens.steps(times, self.cfg.resolution, self.count)
+            return input_embeddings(ids) * self.gate.to(input_embeddings.weight.dtype)
         if self.kind == "sinusoidal":
             half = self.cfg.sinusoid_dim // 2
             freqs = torch.exp(-math.log(self.cfg.max_period) * torch.arange(half, device=times.device) / half)

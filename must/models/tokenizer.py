@@ -57,6 +57,7 @@ relaxed relaxes rhythm rhythmic rises rolled roughly s section set sets shifts s
 soft softens softer sound sparse sparser speeds start starts steady stop stops string swells synth
 tempo temporal that the there these they thins this three through timbre time timestamp to tone
 track transition transitions turns up vocals volume warm what which while with without
+enters leaves highest lowest order X → Y → Z 0:20–0:35
 """
 
 

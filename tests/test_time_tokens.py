@@ -1,0 +1,101 @@
+"""Time tokens: text round trip, tied LM-head rows, audio time embeddings, save/load, generation text."""
+
+import numpy as np
+import pytest
+import torch
+
+from must.errors import MustError
+from must.models import time_tokens
+from must.models.lalm import MusicLALM
+from must.timecode import format_interval, format_time
+from tests._tiny import TINY_MODEL
+
+SR = 16000
+TOKENS = {**TINY_MODEL, "time_embedding": {"kind": "tokens"}, "answer_format": "grounded"}
+
+
+def _noise(seconds, seed=0):
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MusicLALM.from_config(TOKENS).eval()
+
+
+def test_every_second_of_ten_minutes_round_trips_through_one_token(model):
+    for s in range(601):
+        text = f"bass enters {format_time(s)} → {format_time(s)}"
+        ids = model.text_ids(text)
+        times = [i - model.time_embedding.first for i in ids if i >= model.time_embedding.first]
+        assert times == [s, s], (s, times)
+        assert model.decode([ids]) == [text]
+
+
+def test_prompts_intervals_and_captions_keep_their_spelling(model):
+    for text in ["At 1:12, what changes?", "[0:00-0:25] intro [0:25] drums enter",
+                 f"highest arousal {format_interval(20, 35)}, {format_interval(70, 81)} → x",
+                 "X 0:40 Y 0:12 Z 1:05 Y → X → Z → E"]:
+        assert model.decode([model.text_ids(text)]) == [text]
+    # Plain numbers and ratios are not times; a time past the table clamps to its last token.
+    assert time_tokens.to_tokens("123 BPM 3:4", 1.0, 601) == "123 BPM 3:4"
+    assert time_tokens.to_tokens("at 12:00", 1.0, 601) == f"at{time_tokens.token_name(600)}"
+
+
+def test_time_logits_are_the_input_embeddings_one_parameter(model):
+    first, n = model.time_embedding.first, model.time_embedding.count
+    llm = model.llm
+    emb = llm.get_input_embeddings().weight
+    emb.requires_grad_(True)  # LoRA froze the base weights; the question is where gradients go
+    h = torch.randn(2, 3, model.hidden_size, requires_grad=True)
+    logits = llm.get_output_embeddings()(h)
+    assert torch.allclose(logits[..., first:first + n], h @ emb[first:first + n].T, atol=1e-5)
+    llm.zero_grad()
+    logits[..., first + 7].sum().backward()
+    head = llm.get_output_embeddings().weight
+    assert emb.grad[first + 7].abs().sum() > 0  # the input row gets the output's gradient...
+    assert head.grad is None or head.grad[first:first + n].abs().sum() == 0  # ...the head's own row none
+    emb.requires_grad_(False)
+
+
+def test_audio_tokens_carry_their_seconds_token_embedding(model):
+    enc = model.encode_audio([_noise(9.0)], SR)
+    te = model.time_embedding(enc.times, model.llm.get_input_embeddings())
+    ids = model.time_embedding.first + enc.times.round().long()
+    assert torch.allclose(te, model.llm.get_input_embeddings()(ids))  # the gate starts at ones
+
+
+def test_time_rows_rise_along_one_direction():
+    emb = torch.nn.Embedding(20 + 601, 32)
+    time_tokens.init_rows(emb, 20, 601, 1.0)
+    rows = emb.weight[20:].detach()
+    d = rows[600] - rows[0]
+    proj = rows @ (d / d.norm())
+    # Later times lie further along one direction: a linear read-out of "when" from the first step.
+    assert np.corrcoef(proj.numpy(), np.arange(601))[0, 1] > 0.95
+
+
+def test_save_and_load_keeps_tokens_tying_and_logits(tmp_path, model):
+    enc = model.encode_audio([_noise(7.0)], SR)
+    q, a = ["When does the piano first appear?"], ["piano enters 0:03 → 0:03"]
+    logits = model(enc, q, a).logits
+    model.save_pretrained(tmp_path / "m")
+    m2 = MusicLALM.from_pretrained(tmp_path / "m").eval()
+    assert len(m2.tokenizer) == len(model.tokenizer) and m2.time_embedding.first == model.time_embedding.first
+    assert torch.equal(logits, m2(m2.encode_audio([_noise(7.0)], SR), q, a).logits)
+
+
+def test_a_tokenizer_without_time_tokens_is_a_named_error():
+    from must.models.tokenizer import build_tiny_tokenizer
+
+    with pytest.raises(MustError, match="time tokens"):
+        time_tokens.first_id(build_tiny_tokenizer(), 601)
+
+
+def test_grounded_generation_splits_trace_and_answer(model):
+    assert model.split_answer("bass enters 0:12 → 0:12") == ("0:12", "bass enters 0:12 → 0:12", None)
+    answer, trace, reason = model.split_answer("bass enters 0:12")
+    assert answer == "" and trace == "bass enters 0:12" and "no final answer" in reason
+    texts = model.generate(model.encode_audio([_noise(5.0)], SR), ["When?"], max_new_tokens=4)
+    assert isinstance(texts[0][0], str) and "<|t" not in texts[0][0]  # time tokens come out as M:SS
