@@ -1,7 +1,9 @@
 """The five MusTBench tasks built from a labelled track: TSG, LTR, TAD, GTO, MTR.
 
 Answers are written as the benchmark writes them: ``M:SS`` (TSG), a letter (LTR A-D, GTO A-F),
-free text (TAD), ``M:SS–M:SS`` intervals with an en dash (MTR; several joined by ``, ``).
+free text (TAD), ``M:SS–M:SS`` intervals with an en dash (MTR; several joined by ``, ``). Each
+question also gets its grounded trace (``QA.trace``, :mod:`must.data.traces`), built here from the
+same labels so the two can never disagree.
 Questions whose trivial answer would be right are not asked: no onset of a source that plays from
 the first seconds, no offset at the track's end, no MTR interval covering most of the track; letter
 positions are drawn uniformly.
@@ -23,6 +25,7 @@ from must.data.synth import (
     change_signature,
     describe_change,
 )
+from must.data import traces
 from must.data.types import QA, TASKS, Track
 from must.timecode import format_interval, format_time
 
@@ -91,7 +94,7 @@ def _last_section_start(track: Track) -> float:
 
 
 def build_tsg(track: Track, rng: np.random.Generator) -> list[tuple]:
-    """(category, qa_type, question, answer, answers) for each non-trivial onset and offset."""
+    """(category, qa_type, question, answer, answers, trace) for each non-trivial onset and offset."""
     out = []
     for src in SOURCE_NAMES:
         runs = track.sources.get(src)
@@ -101,11 +104,13 @@ def build_tsg(track: Track, rng: np.random.Generator) -> list[tuple]:
         onset, offset = runs[0][0], runs[-1][1]
         if onset >= TRIVIAL_MARGIN_S:
             a = format_time(onset)
-            out.append((SOURCE_CATEGORY[src], "onset", _pick(rng, _ONSET_Q).format(x=x), a, [a]))
+            out.append((SOURCE_CATEGORY[src], "onset", _pick(rng, _ONSET_Q).format(x=x), a, [a],
+                        traces.tsg(x, "onset", a)))
         # A source still playing in the last section ends with the track: its offset is trivial.
         if offset <= track.duration - TRIVIAL_MARGIN_S and offset <= _last_section_start(track) + 0.5:
             a = format_time(offset)
-            out.append((SOURCE_CATEGORY[src], "offset", _pick(rng, _OFFSET_Q).format(x=x), a, [a]))
+            out.append((SOURCE_CATEGORY[src], "offset", _pick(rng, _OFFSET_Q).format(x=x), a, [a],
+                        traces.tsg(x, "offset", a)))
     return out
 
 
@@ -179,8 +184,10 @@ def _ltr_item(rng, time, correct, wrong, category):
     pos = int(rng.integers(4))
     wrong = [wrong[i] for i in rng.permutation(len(wrong))]
     options = wrong[:pos] + [correct] + wrong[pos:]
-    q = _pick(rng, _LTR_Q).format(t=format_time(time)) + "\n" + _lettered(options, LTR_LETTERS)
-    return (category, "single_choice", q, LTR_LETTERS[pos], [LTR_LETTERS[pos]])
+    t = format_time(time)
+    q = _pick(rng, _LTR_Q).format(t=t) + "\n" + _lettered(options, LTR_LETTERS)
+    letter = LTR_LETTERS[pos]
+    return (category, "single_choice", q, letter, [letter], traces.ltr(t, correct, letter))
 
 
 def _quiet_time(track: Track, rng: np.random.Generator) -> float | None:
@@ -200,7 +207,8 @@ def build_tad(track: Track, rng: np.random.Generator) -> list[tuple]:
         refs = [t.description, describe_change(t.change, rng)]
         if refs[1] == refs[0]:
             refs = refs[:1]
-        out.append((t.kind, "description", _pick(rng, _TAD_Q).format(t=format_time(t.time)), refs[0], refs))
+        at = format_time(t.time)
+        out.append((t.kind, "description", _pick(rng, _TAD_Q).format(t=at), refs[0], refs, traces.tad(at, refs[0])))
     return out
 
 
@@ -224,8 +232,10 @@ def build_gto(track: Track, rng: np.random.Generator, max_questions: int = 2) ->
         lines = [_pick(rng, _GTO_Q)] + [f"{name}: {named[name].description}" for name in "XYZ"]
         lines.append(_pick(rng, _GTO_ASK))
         lines += [f"{GTO_LETTERS[i]}. {' → '.join(o)}" for i, o in enumerate(GTO_ORDERS)]
+        times = {name: format_time(named[name].time) for name in "XYZ"}
+        trace = traces.gto(times, order, GTO_LETTERS[letter])
         out.append(
-            ("ordering", "single_choice", "\n".join(lines), GTO_LETTERS[letter], [GTO_LETTERS[letter]])
+            ("ordering", "single_choice", "\n".join(lines), GTO_LETTERS[letter], [GTO_LETTERS[letter]], trace)
         )
     return out
 
@@ -247,7 +257,7 @@ def build_mtr(track: Track, rng: np.random.Generator) -> list[tuple]:
         if sum(b - a for a, b in spans) > MTR_MAX_COVER * track.duration:
             continue
         refs = [format_interval(a, b) for a, b in spans]
-        out.append((None, which, _pick(rng, _MTR_Q[which]), ", ".join(refs), refs))
+        out.append((None, which, _pick(rng, _MTR_Q[which]), ", ".join(refs), refs, traces.mtr(which, refs)))
     return out
 
 
@@ -261,7 +271,7 @@ def build_qas(track: Track, seed: int, split: str = "train", tasks: Sequence[str
     for task in TASKS:
         if task not in tasks:
             continue
-        for n, (category, qa_type, question, answer, answers) in enumerate(BUILDERS[task](track, rng)):
+        for n, (category, qa_type, question, answer, answers, trace) in enumerate(BUILDERS[task](track, rng)):
             qas.append(
                 QA(
                     id=f"{track.id}-{task.lower()}-{n}",
@@ -274,6 +284,7 @@ def build_qas(track: Track, seed: int, split: str = "train", tasks: Sequence[str
                     answers=list(answers),
                     split=split,
                     duration=float(track.duration),
+                    trace=trace,
                 )
             )
     return qas

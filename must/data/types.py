@@ -107,6 +107,9 @@ class QA:
     """``train``, ``val`` or ``test``."""
     duration: float = 0.0
     """Length of the track, seconds."""
+    trace: str = ""
+    """The grounded answer built from the strong labels (``must.data.traces``): each time right after
+    the thing it belongs to, the MusTBench answer last after ``→``; empty for rows without labels."""
 
     def to_row(self) -> dict[str, Any]:
         """The benchmark parquet row (its columns, plus ``duration``)."""

@@ -2,7 +2,9 @@
 
 Columns come from the dataset (TRL passes every column but ``prompt`` as a keyword list): ``task``,
 ``answer``, ``answers`` (optional), ``qa_type`` (TSG onset/offset, optional), ``duration`` (seconds,
-optional: without it no range or whole-track check is made). Completions are strings or chat message
+optional: without it no range or whole-track check is made), ``answer_format`` (optional: with
+``grounded`` only the text after a completion's last ``→`` is its answer, see
+:mod:`must.data.traces`). Completions are strings or chat message
 lists. A task reward returns None on rows of other tasks (TRL ignores None); the router
 :func:`must_reward` returns the total for every row and, inside TRL, logs each component's mean through
 TRL's ``log_metric`` hook. All times in seconds.
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from must.data.traces import final_answer
 from must.metrics.temporal import interval_union, temporal_iou_f1, union_length
 from must.metrics.text import meteor
 from must.parsing import (
@@ -101,10 +104,14 @@ def score_completion(
     answers: Any = None,
     duration: Any = None,
     cfg: RewardConfig = DEFAULT,
+    answer_format: Any = None,
 ) -> dict[str, float]:
-    """Every reward component of one completion (see :data:`COMPONENTS`); never raises on model text."""
+    """Every reward component of one completion (see :data:`COMPONENTS`); never raises on model text.
+    ``answer_format="grounded"``: the completion is a trace and only its final answer is scored."""
     task = str(task).upper()
     text = completion_text(text)
+    if answer_format == "grounded":
+        text = final_answer(text)[0]  # no final answer: "" reads as bad format below
     refs = _answers(answer, answers)
     dur = _duration(duration)
     parsed: Parsed = parse_answer(task, text)
@@ -154,9 +161,11 @@ def reward_components(
     """Component name -> one value per completion (``accuracy``, ``format``, the penalties, ``total``)."""
     n = len(completions)
     tasks = _column(columns, "task", n)
-    answer, answers, duration = (_column(columns, c, n) for c in ("answer", "answers", "duration"))
+    answer, answers, duration, fmt = (_column(columns, c, n) for c in ("answer", "answers", "duration",
+                                                                        "answer_format"))
     rows = [
-        score_completion(tasks[i], completions[i], answer[i], answers[i], duration[i], cfg) for i in range(n)
+        score_completion(tasks[i], completions[i], answer[i], answers[i], duration[i], cfg, fmt[i])
+        for i in range(n)
     ]
     return {name: [r[name] for r in rows] for name in COMPONENTS}
 

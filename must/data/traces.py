@@ -1,0 +1,100 @@
+"""Grounded answers: short traces that name what they look up right before its time, answer last.
+
+With ``model.answer_format: grounded`` the SFT targets, the captions and the GRPO completions are
+traces built exactly from the strong labels::
+
+    TSG   bass enters 0:12 → 0:12           (offsets: "bass leaves 0:40 → 0:40")
+    LTR   1:12 the drums come in → B        (the time asked, what changed there, the option letter)
+    TAD   1:12 → the drums come in          (the time asked, then the description)
+    GTO   X 0:40 Y 0:12 Z 1:05 Y → X → Z → E
+    MTR   highest arousal 0:20–0:35 → 0:20–0:35
+
+Every time is written right after the thing it belongs to, so the position that predicts it
+already holds what is asked (one attention step into the audio; ``benchmarks/tsg_probe.py
+--source-last``), and the letter tasks reach their letter through what was just written. Only the
+text after the last ``→`` is the MusTBench answer (:func:`final_answer`); it is all that is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from must.data.types import Track
+from must.timecode import format_interval, format_time
+
+ARROW = "→"
+
+
+def tsg(source: str, kind: str, time: str) -> str:
+    """``bass enters 0:12 → 0:12`` (``kind`` onset) or ``bass leaves 0:40 → 0:40`` (offset)."""
+    verb = "enters" if kind == "onset" else "leaves"
+    return f"{source} {verb} {time} {ARROW} {time}"
+
+
+def ltr(time: str, change: str, letter: str) -> str:
+    """``1:12 <what changes there> → B``: the asked time, the true option's text, its letter."""
+    return f"{time} {change} {ARROW} {letter}"
+
+
+def tad(time: str, description: str) -> str:
+    """``1:12 → <description>``: the asked time, then the change it points at."""
+    return f"{time} {ARROW} {description}"
+
+
+def gto(times: Mapping[str, str], order: Sequence[str], letter: str) -> str:
+    """``X 0:40 Y 0:12 Z 1:05 Y → X → Z → E``: each transition's time, their order as the option
+    writes it, the option's letter."""
+    named = " ".join(f"{name} {times[name]}" for name in "XYZ")
+    return f"{named} {f' {ARROW} '.join(order)} {ARROW} {letter}"
+
+
+def mtr(which: str, intervals: Sequence[str]) -> str:
+    """``highest arousal 0:20–0:35 → 0:20–0:35`` (several intervals joined by ``, ``)."""
+    joined = ", ".join(intervals)
+    return f"{which} arousal {joined} {ARROW} {joined}"
+
+
+def final_answer(text: str) -> tuple[str, str | None]:
+    """(answer, reason) of a grounded output: the text after its last ``→``; ``("", reason)`` when
+    there is no ``→`` or nothing after it (a miss with a reason, never an exception)."""
+    if ARROW not in text:
+        return "", f"no final answer: a grounded answer ends with '{ARROW} <answer>'"
+    answer = text.rsplit(ARROW, 1)[1].strip()
+    return (answer, None) if answer else ("", f"nothing after the last '{ARROW}'")
+
+
+def target(answer: str, trace: str, answer_format: str) -> str:
+    """What a model is trained to write: the trace when ``grounded`` (``→ answer`` for rows with no
+    labels, e.g. real MusTBench rows, so the format holds), else the answer."""
+    if answer_format != "grounded":
+        return answer
+    return trace or f"{ARROW} {answer}"
+
+
+def caption(track: Track) -> str:
+    """The grounded caption of a track: every event in time order, in the traces' language, both
+    directions: ``bass enters 0:12.`` (thing → time), ``0:25 the drums come in.`` (time → thing),
+    ``highest arousal 0:25–0:40.``, each sentence one lookup."""
+    from must.data.tasks import arousal_extreme  # tasks imports this module
+
+    events: list[tuple[float, int, str]] = []
+    for src, runs in track.sources.items():
+        label = _label(src)
+        for on, off in runs:
+            events.append((on, 1, f"{label} enters {format_time(on)}."))
+            if off < track.duration - 0.5:
+                events.append((off, 1, f"{label} leaves {format_time(off)}."))
+    for t in track.transitions:
+        events.append((t.time, 0, f"{format_time(t.time)} {t.description}"))
+    if len({a.value for a in track.arousal}) >= 2:
+        for which in ("highest", "lowest"):
+            spans = arousal_extreme(track, which)
+            joined = ", ".join(format_interval(a, b) for a, b in spans)
+            events.append((spans[0][0], 2, f"{which} arousal {joined}."))
+    return " ".join(text for _, _, text in sorted(events, key=lambda e: (e[0], e[1])))
+
+
+def _label(source: str) -> str:
+    from must.data.synth import SOURCE_LABELS
+
+    return SOURCE_LABELS.get(source, source)
