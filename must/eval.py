@@ -260,8 +260,11 @@ def predict(
                 answers = model.generate(enc.index_select([0] * len(chunk)), [str(r["question"]) for r in chunk],
                                          max_new_tokens=max_new_tokens)
                 for rec, r, ans in zip(base[start : start + batch_size], chunk, answers, strict=True):
-                    parsed = parse_answer(str(r["task"]), ans[0])
-                    rec.update(prediction=ans[0], parsed=parsed.to_json(), reason=parsed.reason)
+                    answer, trace, missing = model.split_answer(ans[0])
+                    parsed = parse_answer(str(r["task"]), answer)
+                    rec.update(prediction=answer, parsed=parsed.to_json(), reason=missing or parsed.reason)
+                    if trace is not None:
+                        rec["trace"] = trace
         except Exception as exc:  # noqa: BLE001  one bad track must not stop the run: record it, go on
             for rec in base:
                 if rec["prediction"] is None:

@@ -32,6 +32,10 @@ class DataConfig:
     """MusTBench tasks to build questions for."""
     questions_per_track: int = 8
     """Most questions asked of one track (tasks balanced); 0 keeps every question the builder makes."""
+    test_questions_per_metric: int = 0
+    """Test split: this many questions of each scored kind (TSG onset, TSG offset, LTR, TAD, GTO, MTR),
+    taken over the split's tracks in order, so a rare kind (offsets) is not 10 questions; 0: every
+    track's ``questions_per_track``."""
     transition_sigma_s: float = 1.0
     """Width (standard deviation, seconds) of each peak of the stage-1 transition-probability curve."""
     mood_window_s: float = 8.0

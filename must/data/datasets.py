@@ -21,6 +21,7 @@ from must.data.synth import caption_text, generate_track
 from must.data.targets import mood_change_clips, source_activity, transition_curve
 from must.data.tasks import build_qas, select_qas
 from must.data.types import QA, Track
+from must.parsing import tsg_kind
 
 SPLITS = ("train", "val", "test")
 
@@ -57,16 +58,41 @@ def synthetic_qas(cfg: DataConfig, track: Track, split: str, index: int) -> list
     return select_qas(build_qas(track, seed, split, cfg.tasks), cfg.questions_per_track, seed)
 
 
+def metric_group(qa: QA) -> str:
+    """The scored kind of a question: ``TSG-onset``, ``TSG-offset``, or its task."""
+    return f"TSG-{tsg_kind(qa.qa_type, qa.question)}" if qa.task == "TSG" else qa.task
+
+
+def split_questions(cfg: DataConfig, tracks: list[Track], split: str) -> list[QA]:
+    """The questions asked of ``tracks`` (track i of ``split``): per track as :func:`synthetic_qas`, or on
+    the test split with ``cfg.test_questions_per_metric`` set, that many of each kind, spread over the
+    tracks (every track's first question of a kind before any track's second), in track order."""
+    per_metric = cfg.test_questions_per_metric
+    if split != "test" or per_metric <= 0:
+        return [qa for i, tr in enumerate(tracks) for qa in synthetic_qas(cfg, tr, split, i)]
+    ranked = []  # (rank of the question among its track's questions of its kind, track, position)
+    for i, tr in enumerate(tracks):
+        seen: dict[str, int] = {}
+        for j, qa in enumerate(build_qas(tr, track_seed(cfg.seed, split, i), split, cfg.tasks)):
+            group = metric_group(qa)
+            seen[group] = seen.get(group, 0) + 1
+            ranked.append(((group, seen[group] - 1, i, j), qa))
+    taken: dict[str, int] = {}
+    chosen = []
+    for (group, *_), qa in sorted(ranked, key=lambda r: r[0][1:]):
+        if taken.get(group, 0) < per_metric:
+            taken[group] = taken.get(group, 0) + 1
+            chosen.append((qa.track_id, qa.id, qa))
+    order = {tr.id: i for i, tr in enumerate(tracks)}
+    return [qa for _, _, qa in sorted(chosen, key=lambda c: (order[c[0]], c[1]))]
+
+
 def synthetic_split(
     cfg: DataConfig, split: str = "test", render_audio: bool = True
 ) -> tuple[list[Track], list[QA]]:
     """The fixed tracks and questions of a split (e.g. the held-out test set used for evaluation)."""
-    tracks, qas = [], []
-    for i in range(split_size(cfg, split)):
-        track = synthetic_track(cfg, split, i, render_audio)
-        tracks.append(track)
-        qas.extend(synthetic_qas(cfg, track, split, i))
-    return tracks, qas
+    tracks = [synthetic_track(cfg, split, i, render_audio) for i in range(split_size(cfg, split))]
+    return tracks, split_questions(cfg, tracks, split)
 
 
 class _SynthDataset(Dataset):

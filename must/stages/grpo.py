@@ -103,6 +103,9 @@ class Options:
     """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
     mask_truncated_completions: bool = False
     """Leave completions that hit the length limit without EOS out of the loss."""
+    rewards: list[str] = field(default_factory=lambda: ["must_reward"])
+    """Reward functions by name (``must.rewards.REWARDS``): ``must_reward`` scores the final answer;
+    ``trace_step_reward`` / ``trace_format_reward`` credit a grounded trace's steps and shape."""
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weight of each reward function by name (missing names weigh 1.0)."""
     share_prefix: bool = True
@@ -282,6 +285,10 @@ class TextPolicy(nn.Module):
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         device = self.lm.get_input_embeddings().weight.device
         return [torch.tensor(x, dtype=torch.long, device=device) for x in ids]
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Completion ids as text (special tokens dropped)."""
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def embed(self, items: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Left-pad the token ids and look up their embeddings: (B, P, D), (B, P)."""
@@ -480,10 +487,14 @@ class GRPOStage(L.LightningModule):
     def from_context(cls, ctx: Any) -> GRPOStage:
         """Build the stage from the recipe: MusicLALM from ``ctx.init_dir`` (or ``recipe.model``), QA prompts
         from ``recipe.data``, rewards from :mod:`must.rewards`."""
-        from must.rewards import must_reward
+        from must.rewards import REWARDS
         from must.stages import common
 
         o = ctx.options
+        unknown = [r for r in o.rewards if r not in REWARDS]
+        if unknown or not o.rewards:
+            raise ConfigError(f"stages.{ctx.stage.name}.options.rewards: unknown {unknown or 'empty list'}; "
+                              f"choose from {sorted(REWARDS)}")
         cfg = ctx.recipe.data
         common.check_data_source(cfg, ctx.stage.name)
         model = common.build_model(ctx)
@@ -492,14 +503,14 @@ class GRPOStage(L.LightningModule):
         real = cfg.source == "mustbench"
         # A MusTBench parquet carries every reward column (task, answer, answers; duration from the audio).
         tracks = common.mustbench_tracks(cfg, cfg.train_split)[0] if real else SynthTracks(cfg, "train")
-        data = QAPrompts(tracks, o.questions_per_track, ctx.seed)
+        data = QAPrompts(tracks, o.questions_per_track, ctx.seed, model.cfg.answer_format)
 
         def evaluate(policy: MusicPolicy, out_dir: Path) -> dict:
             if real:
                 return {"test": common.evaluate_parquet(policy.model, cfg, out_dir, "after GRPO")}
             return {"test": common.evaluate_split(policy.model, cfg, out_dir, name="after GRPO")}
 
-        module = cls(policy, [must_reward], data, o, eval_fn=evaluate, seed=ctx.seed)
+        module = cls(policy, [REWARDS[r] for r in o.rewards], data, o, eval_fn=evaluate, seed=ctx.seed)
         module.stage_dir = ctx.stage_dir
         return module
 
@@ -570,7 +581,7 @@ class GRPOStage(L.LightningModule):
 
         G = self.options.num_generations
         ids = [c[m.bool()].tolist() for c, m in zip(roll.completion_ids.cpu(), roll.completion_mask.cpu())]
-        completions = self.policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        completions = self.policy.decode(ids)
         components = {name: roll.rewards_per_func[:, i].tolist() for i, name in enumerate(self.reward_names)}
         components["total"] = roll.rewards.tolist()
         if "task" not in roll.rows[0]:  # text-only rows (e.g. the TRL comparison) have no timeline to draw
@@ -608,7 +619,7 @@ class GRPOStage(L.LightningModule):
         )
         t2 = time.perf_counter()
         ids = [c[m.bool()].tolist() for c, m in zip(s.completion_ids.cpu(), s.completion_mask.cpu())]
-        completions = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        completions = policy.decode(ids)
         prompts = [row.get("prompt", row.get("question")) for row in rows for _ in range(G)]
         keys = [k for k, v in rows[0].items() if k != "prompt" and not hasattr(v, "shape")]  # no waveforms
         columns = {k: [row.get(k) for row in rows for _ in range(G)] for k in keys}
@@ -617,7 +628,11 @@ class GRPOStage(L.LightningModule):
         if "task" in columns:  # MusTBench-style rows: share of answers the task's parser can read
             from must.parsing import parse_answer
 
-            ok = [parse_answer(task, text).ok for task, text in zip(columns["task"], completions)]
+            from must.data.traces import final_answer
+
+            fmts = columns.get("answer_format") or [None] * len(completions)
+            texts = [final_answer(c)[0] if f == "grounded" else c for c, f in zip(completions, fmts)]
+            ok = [parse_answer(task, text).ok for task, text in zip(columns["task"], texts)]
             components["valid_format"] = [sum(ok) / len(ok)]
         t3 = time.perf_counter()
         c = self.counters
@@ -763,6 +778,10 @@ class MusicPolicy(nn.Module):
     def tokenizer(self):
         return self.model.tokenizer
 
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Completion ids as MusTBench text (time tokens rendered ``M:SS``)."""
+        return self.model.decode(ids)
+
     @torch.no_grad()
     def encode(self, rows: list[dict]) -> list[tuple[Any, str]]:
         """One (encoding of the row's track, question) per row; each distinct track is encoded once."""
@@ -836,8 +855,9 @@ class QAPrompts(torch.utils.data.Dataset):
     router, and ``prompt`` = the question.
     """
 
-    def __init__(self, tracks: Any, questions_per_track: int = 1, seed: int = 0):
+    def __init__(self, tracks: Any, questions_per_track: int = 1, seed: int = 0, answer_format: str = "plain"):
         self.tracks, self.k, self.seed = tracks, max(1, questions_per_track), seed
+        self.answer_format = answer_format  # a column for the rewards: grounded completions are traces
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -850,5 +870,6 @@ class QAPrompts(torch.utils.data.Dataset):
         for j in order[: self.k].tolist():
             qa = dataclasses.asdict(qas[j]) if dataclasses.is_dataclass(qas[j]) else dict(qas[j])
             qa["duration"] = qa.get("duration") or item["duration"]
-            rows.append({**qa, "waveform": item["waveform"], "track_id": item["track_id"], "prompt": qa["question"]})
+            rows.append({**qa, "waveform": item["waveform"], "track_id": item["track_id"], "prompt": qa["question"],
+                         "answer_format": self.answer_format})
         return rows

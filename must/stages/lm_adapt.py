@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from must.data.config import DataConfig
+from must.data import traces
 from must.data.synth import caption_text
 from must.models.lalm import MusicLALM
 from must.resume import read_key, step_sampler
@@ -61,8 +62,12 @@ class Options:
 class CaptionTracks(Dataset):
     """Synthetic tracks and their timestamped captions (rendered once per process)."""
 
-    def __init__(self, data: DataConfig, split: str, length: int, prompts: List[str], seed: int = 0):
+    def __init__(self, data: DataConfig, split: str, length: int, prompts: List[str], seed: int = 0,
+                 answer_format: str = "plain"):
         self.data, self.split, self.length, self.prompts, self.seed = data, split, length, prompts, seed
+        # Grounded models caption in their answers' language: every source's entries and exits, every
+        # change and the arousal extremes, each sentence a thing next to its time (both directions).
+        self.caption = traces.caption if answer_format == "grounded" else caption_text
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -74,7 +79,7 @@ class CaptionTracks(Dataset):
         track = common.cached_track(self.data, self.split, i)
         prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
         return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
-                "prompt": prompt, "caption": caption_text(track)}
+                "prompt": prompt, "caption": self.caption(track)}
 
 
 def _collate(items: list[dict]) -> dict:
@@ -116,13 +121,15 @@ class LMAdaptation(L.LightningModule):
         return module
 
     def train_dataloader(self) -> DataLoader:
-        ds = CaptionTracks(self.data, "train", self.data.train_tracks, self.options.prompts, self.seed)
+        ds = CaptionTracks(self.data, "train", self.data.train_tracks, self.options.prompts, self.seed,
+                           self.model.cfg.answer_format)
         # Rank-sharded and resumable order (see must.resume.StepSampler).
         sampler = step_sampler(self, len(ds), self.options.batch_size, self.seed, positions=True)
         return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        ds = CaptionTracks(self.data, "val", self.data.val_tracks, self.options.prompts[:1], self.seed)
+        ds = CaptionTracks(self.data, "val", self.data.val_tracks, self.options.prompts[:1], self.seed,
+                           self.model.cfg.answer_format)
         return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=_collate)
 
     def _encode(self, batch: dict):

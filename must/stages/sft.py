@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from must.data.traces import target
 from must.data.config import DataConfig
 from must.data.datasets import synthetic_qas, track_seed
 from must.data.tasks import build_qas
@@ -192,7 +193,7 @@ def _collate(items: list[dict]) -> dict:
 def qa_losses(model: MusicLALM, encoding, groups: List[List[QA]]) -> torch.Tensor:
     """(Q,) answer-only loss of each question (flattened over clips), one packed sequence per clip."""
     packed = common.pack_questions(model, encoding, [[q.question for q in g] for g in groups],
-                                   [[q.answer for q in g] for g in groups])
+                                   [[target(q.answer, q.trace, model.cfg.answer_format) for q in g] for g in groups])
     logits = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
                        position_ids=packed["position_ids"], use_cache=False).logits
     return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
@@ -288,7 +289,7 @@ class SFTStage(L.LightningModule):
         answers = self.model.generate(enc.index_select([0] * len(qas)), [q.question for q in qas],
                                       max_new_tokens=self.options.val_max_new_tokens)
         for q, a in zip(qas, answers):
-            self._preds[q.id] = a[0]
+            self._preds[q.id] = self.model.split_answer(a[0])[0]
             self._refs.append(q.to_row())
         seen = {r.task for r in self._table}
         for q, a in zip(qas, answers):
