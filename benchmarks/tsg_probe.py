@@ -174,17 +174,17 @@ def must_encoding(batch: dict, model):
 def must_questions(batch: dict, gen: torch.Generator, form: str = "natural",
                    answer_format: str = "plain") -> tuple[list[str], list[str]]:
     """TSG onset questions and their targets: the task builder's four phrasings (``natural``) or the
-    source's name alone (``name``); targets ``M:SS``, or grounded traces (``bass enters 0:12 → 0:12``)."""
+    source's name alone (``name``); targets ``M:SS``, or grounded traces (``onset bass 0:12 → 0:12``)."""
     from must.data import traces
     from must.data.synth import SOURCE_LABELS, SOURCE_NAMES
     from must.data.tasks import _ONSET_Q
 
     pick = torch.randint(len(_ONSET_Q), (len(batch["asked"]),), generator=gen).tolist()
     templates = _ONSET_Q if form == "natural" else ("{x}",) * len(_ONSET_Q)
-    labels = [SOURCE_LABELS[SOURCE_NAMES[k]] for k in batch["asked"].tolist()]
-    qs = [templates[p].format(x=x) for p, x in zip(pick, labels)]
+    names = [SOURCE_NAMES[k] for k in batch["asked"].tolist()]
+    qs = [templates[p].format(x=SOURCE_LABELS[x]) for p, x in zip(pick, names)]
     times = [format_time(t) for t in batch["onset"].tolist()]
-    targets = [traces.target(t, traces.tsg(x, "onset", t), answer_format) for x, t in zip(labels, times)]
+    targets = [traces.target(t, traces.tsg(x, "onset", t), answer_format) for x, t in zip(names, times)]
     return qs, targets
 
 

@@ -26,7 +26,7 @@ def model():
 
 def test_every_second_of_ten_minutes_round_trips_through_one_token(model):
     for s in range(601):
-        text = f"bass enters {format_time(s)} → {format_time(s)}"
+        text = f"onset bass {format_time(s)} → {format_time(s)}"
         ids = model.text_ids(text)
         times = [i - model.time_embedding.first for i in ids if i >= model.time_embedding.first]
         assert times == [s, s], (s, times)
@@ -78,7 +78,7 @@ def test_time_rows_rise_along_one_direction():
 
 def test_save_and_load_keeps_tokens_tying_and_logits(tmp_path, model):
     enc = model.encode_audio([_noise(7.0)], SR)
-    q, a = ["When does the piano first appear?"], ["piano enters 0:03 → 0:03"]
+    q, a = ["When does the piano first appear?"], ["onset piano 0:03 → 0:03"]
     logits = model(enc, q, a).logits
     model.save_pretrained(tmp_path / "m")
     m2 = MusicLALM.from_pretrained(tmp_path / "m").eval()
@@ -94,8 +94,8 @@ def test_a_tokenizer_without_time_tokens_is_a_named_error():
 
 
 def test_grounded_generation_splits_trace_and_answer(model):
-    assert model.split_answer("bass enters 0:12 → 0:12") == ("0:12", "bass enters 0:12 → 0:12", None)
-    answer, trace, reason = model.split_answer("bass enters 0:12")
-    assert answer == "" and trace == "bass enters 0:12" and "no final answer" in reason
+    assert model.split_answer("onset bass 0:12 → 0:12") == ("0:12", "onset bass 0:12 → 0:12", None)
+    answer, trace, reason = model.split_answer("onset bass 0:12")
+    assert answer == "" and trace == "onset bass 0:12" and "no final answer" in reason
     texts = model.generate(model.encode_audio([_noise(5.0)], SR), ["When?"], max_new_tokens=4)
     assert isinstance(texts[0][0], str) and "<|t" not in texts[0][0]  # time tokens come out as M:SS

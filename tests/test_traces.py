@@ -13,22 +13,22 @@ from must.rewards.trace import format_score, step_score, steps, trace_format_rew
 
 
 def test_builders_write_each_time_after_its_thing_and_the_answer_last():
-    assert tsg("bass", "onset", "0:12") == "bass enters 0:12 → 0:12"
-    assert tsg("bass", "offset", "0:40") == "bass leaves 0:40 → 0:40"
+    assert tsg("bass", "onset", "0:12") == "onset bass 0:12 → 0:12"
+    assert tsg("bass", "offset", "0:40") == "offset bass 0:40 → 0:40"
     assert ltr("1:12", "The drums come in.", "B") == "1:12 The drums come in. → B"
     assert tad("1:12", "The drums come in.") == "1:12 → The drums come in."
     assert gto({"X": "0:40", "Y": "0:12", "Z": "1:05"}, ("Y", "X", "Z"), "C") == "X 0:40 Y 0:12 Z 1:05 Y → X → Z → C"
-    assert mtr("highest", ["0:20–0:35", "1:00–1:10"]) == "highest arousal 0:20–0:35, 1:00–1:10 → 0:20–0:35, 1:00–1:10"
+    assert mtr("highest", ["0:20–0:35", "1:00–1:10"]) == "arousal highest 0:20–0:35, 1:00–1:10 → 0:20–0:35, 1:00–1:10"
 
 
 def test_final_answer_is_after_the_last_arrow_and_a_missing_one_is_a_reason():
     assert final_answer("X 0:40 Y 0:12 Z 1:05 Y → X → Z → C") == ("C", None)
-    answer, reason = final_answer("bass enters 0:12")
+    answer, reason = final_answer("onset bass 0:12")
     assert answer == "" and "no final answer" in reason
-    assert final_answer("bass enters 0:12 →  ")[1] == "nothing after the last '→'"
-    assert target("0:12", "bass enters 0:12 → 0:12", "grounded") == "bass enters 0:12 → 0:12"
+    assert final_answer("onset bass 0:12 →  ")[1] == "nothing after the last '→'"
+    assert target("0:12", "onset bass 0:12 → 0:12", "grounded") == "onset bass 0:12 → 0:12"
     assert target("0:12", "", "grounded") == "→ 0:12"  # a row without labels keeps the format
-    assert target("0:12", "bass enters 0:12 → 0:12", "plain") == "0:12"
+    assert target("0:12", "onset bass 0:12 → 0:12", "plain") == "0:12"
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -40,8 +40,8 @@ def test_every_synthetic_trace_agrees_with_the_labels(seed):
         assert parse_answer(qa.task, answer).ok
         times = [t for _, t in steps(qa.trace)]
         if qa.task == "TSG":
-            src = next(s for s, runs in track.sources.items()
-                       if qa.trace.startswith(_label(s) + " "))
+            src = qa.trace.split()[1]
+            assert _label(src) in qa.question  # the trace names the asked source
             runs = track.sources[src]
             truth = runs[0][0] if qa.qa_type == "onset" else runs[-1][1]
             assert times == [round(truth)] * 2
@@ -66,36 +66,36 @@ def test_grounded_caption_names_every_entry_and_change_in_time_order():
     track = generate_track(5, render_audio=False)
     text = caption(track)
     for src, runs in track.sources.items():
-        assert f"{_label(src)} enters" in text
+        assert f"onset {src} {format_time(runs[0][0])}" in text
     for t in track.transitions:
         assert f"{format_time(t.time)} {t.description}" in text
-    onsets = sorted((runs[0][0], _label(src)) for src, runs in track.sources.items())
-    where = [text.index(f"{label} enters {format_time(on)}") for on, label in onsets]
+    onsets = sorted((runs[0][0], src) for src, runs in track.sources.items())
+    where = [text.index(f"onset {src} {format_time(on)}") for on, src in onsets]
     assert where == sorted(where)  # events in time order
 
 
 def test_step_reward_on_hand_built_traces():
-    ref = "bass enters 0:12 → 0:12"
+    ref = "onset bass 0:12 → 0:12"
     assert step_score(ref, ref) == 1.0
-    assert step_score("bass enters 0:14 → 0:14", ref) == 1.0  # within 3 s
-    assert step_score("bass enters 0:20 → 0:20", ref) == 0.5  # things right, times wrong
-    assert step_score("drums enters 0:12 → 0:12", ref) == 0.75  # first thing wrong
-    assert step_score("bass enters 0:12", ref) == 0.5  # one of two steps
+    assert step_score("onset bass 0:14 → 0:14", ref) == 1.0  # within 3 s
+    assert step_score("onset bass 0:20 → 0:20", ref) == 0.5  # things right, times wrong
+    assert step_score("onset drums 0:12 → 0:12", ref) == 0.75  # first thing wrong
+    assert step_score("onset bass 0:12", ref) == 0.5  # one of two steps
     gto_ref = "X 0:40 Y 0:12 Z 1:05 Y → X → Z → C"
     assert step_score("X 0:40 Y 0:30 Z 1:05 Y → X → Z → C", gto_ref) == pytest.approx(2.5 / 3)  # 3 steps
-    out = trace_step_reward(None, ["bass enters 0:12 → 0:12", "x"], trace=[ref, None], task=["TSG", "TSG"])
+    out = trace_step_reward(None, ["onset bass 0:12 → 0:12", "x"], trace=[ref, None], task=["TSG", "TSG"])
     assert out == [1.0, None]
 
 
 def test_format_reward_and_final_answer_routing():
-    ref = "bass enters 0:12 → 0:12"
+    ref = "onset bass 0:12 → 0:12"
     assert format_score(ref, ref, "TSG") == 1.0
     assert format_score("bass 0:12 0:13 → 0:12", ref, "TSG") == 0.5
-    assert format_score("bass enters 0:12", ref, "TSG") == 0.0
+    assert format_score("onset bass 0:12", ref, "TSG") == 0.0
     assert trace_format_reward(None, ["→ C"], trace=[None], task=["LTR"]) == [None]
     cols = dict(task=["TSG", "TSG"], answer=["0:12", "0:12"], duration=[60.0, 60.0],
                 answer_format=["grounded", "grounded"])
-    good, missing = must_reward(None, ["bass enters 0:30 → 0:12", "bass enters 0:12"], **cols)
+    good, missing = must_reward(None, ["onset bass 0:30 → 0:12", "onset bass 0:12"], **cols)
     assert good == pytest.approx(1.2)  # the final answer is scored, not the trace's first time
     assert missing == -0.5  # no final answer: bad format
     assert set(REWARDS) >= {"must_reward", "trace_step_reward", "trace_format_reward"}

@@ -105,12 +105,12 @@ def build_tsg(track: Track, rng: np.random.Generator) -> list[tuple]:
         if onset >= TRIVIAL_MARGIN_S:
             a = format_time(onset)
             out.append((SOURCE_CATEGORY[src], "onset", _pick(rng, _ONSET_Q).format(x=x), a, [a],
-                        traces.tsg(x, "onset", a)))
+                        traces.tsg(src, "onset", a)))
         # A source still playing in the last section ends with the track: its offset is trivial.
         if offset <= track.duration - TRIVIAL_MARGIN_S and offset <= _last_section_start(track) + 0.5:
             a = format_time(offset)
             out.append((SOURCE_CATEGORY[src], "offset", _pick(rng, _OFFSET_Q).format(x=x), a, [a],
-                        traces.tsg(x, "offset", a)))
+                        traces.tsg(src, "offset", a)))
     return out
 
 

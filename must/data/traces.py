@@ -3,14 +3,15 @@
 With ``model.answer_format: grounded`` the SFT targets, the captions and the GRPO completions are
 traces built exactly from the strong labels::
 
-    TSG   bass enters 0:12 → 0:12           (offsets: "bass leaves 0:40 → 0:40")
+    TSG   onset bass 0:12 → 0:12            (offsets: "offset bass 0:40 → 0:40")
     LTR   1:12 the drums come in → B        (the time asked, what changed there, the option letter)
     TAD   1:12 → the drums come in          (the time asked, then the description)
     GTO   X 0:40 Y 0:12 Z 1:05 Y → X → Z → E
-    MTR   highest arousal 0:20–0:35 → 0:20–0:35
+    MTR   arousal highest 0:20–0:35 → 0:20–0:35
 
-Every time is written right after the thing it belongs to, so the position that predicts it
-already holds what is asked (one attention step into the audio; ``benchmarks/tsg_probe.py
+Every time is written right after the thing it belongs to, and that thing is one token (a source's
+short name, ``kick`` rather than "kick drum", whose last token "drum" would not say which), so the
+position that predicts the time already holds what is asked (one attention step into the audio; ``benchmarks/tsg_probe.py
 --source-last``), and the letter tasks reach their letter through what was just written. Only the
 text after the last ``→`` is the MusTBench answer (:func:`final_answer`); it is all that is scored.
 """
@@ -26,9 +27,9 @@ ARROW = "→"
 
 
 def tsg(source: str, kind: str, time: str) -> str:
-    """``bass enters 0:12 → 0:12`` (``kind`` onset) or ``bass leaves 0:40 → 0:40`` (offset)."""
-    verb = "enters" if kind == "onset" else "leaves"
-    return f"{source} {verb} {time} {ARROW} {time}"
+    """``onset bass 0:12 → 0:12`` (``kind`` onset) or ``offset bass 0:40 → 0:40``: the source last,
+    right before its time (``source`` is the short name, e.g. ``kick``)."""
+    return f"{kind} {source} {time} {ARROW} {time}"
 
 
 def ltr(time: str, change: str, letter: str) -> str:
@@ -49,9 +50,9 @@ def gto(times: Mapping[str, str], order: Sequence[str], letter: str) -> str:
 
 
 def mtr(which: str, intervals: Sequence[str]) -> str:
-    """``highest arousal 0:20–0:35 → 0:20–0:35`` (several intervals joined by ``, ``)."""
+    """``arousal highest 0:20–0:35 → 0:20–0:35`` (several intervals joined by ``, ``)."""
     joined = ", ".join(intervals)
-    return f"{which} arousal {joined} {ARROW} {joined}"
+    return f"arousal {which} {joined} {ARROW} {joined}"
 
 
 def final_answer(text: str) -> tuple[str, str | None]:
@@ -73,28 +74,22 @@ def target(answer: str, trace: str, answer_format: str) -> str:
 
 def caption(track: Track) -> str:
     """The grounded caption of a track: every event in time order, in the traces' language, both
-    directions: ``bass enters 0:12.`` (thing → time), ``0:25 the drums come in.`` (time → thing),
-    ``highest arousal 0:25–0:40.``, each sentence one lookup."""
+    directions: ``onset bass 0:12.`` (thing → time, every run's start and end), ``0:25 the drums
+    come in.`` (time → thing), ``arousal highest 0:25–0:40.``, each sentence one lookup."""
     from must.data.tasks import arousal_extreme  # tasks imports this module
 
     events: list[tuple[float, int, str]] = []
     for src, runs in track.sources.items():
-        label = _label(src)
         for on, off in runs:
-            events.append((on, 1, f"{label} enters {format_time(on)}."))
+            events.append((on, 1, f"onset {src} {format_time(on)}."))
             if off < track.duration - 0.5:
-                events.append((off, 1, f"{label} leaves {format_time(off)}."))
+                events.append((off, 1, f"offset {src} {format_time(off)}."))
     for t in track.transitions:
         events.append((t.time, 0, f"{format_time(t.time)} {t.description}"))
     if len({a.value for a in track.arousal}) >= 2:
         for which in ("highest", "lowest"):
             spans = arousal_extreme(track, which)
             joined = ", ".join(format_interval(a, b) for a, b in spans)
-            events.append((spans[0][0], 2, f"{which} arousal {joined}."))
+            events.append((spans[0][0], 2, f"arousal {which} {joined}."))
     return " ".join(text for _, _, text in sorted(events, key=lambda e: (e[0], e[1])))
 
-
-def _label(source: str) -> str:
-    from must.data.synth import SOURCE_LABELS
-
-    return SOURCE_LABELS.get(source, source)

@@ -6,7 +6,7 @@ the ``trace`` column (``QA.trace``, built by :mod:`must.data.traces`); rows with
 :func:`must.rewards.must_reward`; these add dense credit for the steps that lead to it.
 
 A trace is read as steps: each time it names, with the words written since the previous time (the
-thing it belongs to). ``bass enters 0:12 → 0:12`` is the steps ``("bass enters", 12 s)`` and
+thing it belongs to). ``onset bass 0:12 → 0:12`` is the steps ``("onset bass", 12 s)`` and
 ``("→", 12 s)``; steps are paired with the reference's in order.
 """
 
