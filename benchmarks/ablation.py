@@ -47,6 +47,8 @@ VARIANTS = {
     "all": "(c) all four stages",
     "uniform": "(d) uniform sampling",
     "no_source": "(e) no source-activity head",
+    "plain": "(f) plain answers (time tokens kept)",
+    "digits": "(g) M:SS digits, plain answers (the paper's text path)",
 }
 
 
@@ -66,6 +68,16 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
         recipe.model.sampling.mode = "uniform"
     elif variant == "no_source":
         recipe.model.encoder.num_sources = 0
+    elif variant == "plain":
+        recipe.model.answer_format = "plain"
+    elif variant == "digits":
+        recipe.model.answer_format = "plain"
+        recipe.model.time_embedding.kind = "digits"
+    if recipe.model.answer_format == "plain":  # the trace rewards have nothing to read
+        for stage in recipe.stages:
+            if stage.kind == "grpo":
+                stage.options["rewards"] = ["must_reward"]
+                stage.options["reward_weights"] = {}
     for stage in recipe.stages:
         stage.trainer.max_steps = max(1, round(stage.trainer.max_steps * scale))
         stage.trainer.enable_progress_bar = False

@@ -27,6 +27,12 @@ def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
     assert [s.kind for s in v["all"].stages] == [s.kind for s in BASE.stages]
     assert v["uniform"].model.sampling.mode == "uniform" != BASE.model.sampling.mode
     assert v["no_source"].model.encoder.num_sources == 0 < BASE.model.encoder.num_sources
+    assert (BASE.model.answer_format, BASE.model.time_embedding.kind) == ("grounded", "tokens")
+    assert (v["plain"].model.answer_format, v["plain"].model.time_embedding.kind) == ("plain", "tokens")
+    assert (v["digits"].model.answer_format, v["digits"].model.time_embedding.kind) == ("plain", "digits")
+    grpo = {name: next(s for s in r.stages if s.kind == "grpo").options for name, r in v.items() if name != "sft_only"
+            and name != "captions_sft"}
+    assert list(grpo["plain"]["rewards"]) == ["must_reward"] and "trace_step_reward" in grpo["all"]["rewards"]
     base_steps = _steps(BASE)
     for name, recipe in v.items():
         assert recipe.seed == BASE.seed

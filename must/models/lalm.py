@@ -152,6 +152,8 @@ class MusicLALM(nn.Module):
     def __init__(self, cfg: ModelConfig, encoder: MusTEncoder, llm: nn.Module, tokenizer):
         super().__init__()
         self.cfg, self.encoder, self.llm, self.tokenizer = cfg, encoder, llm, tokenizer
+        if cfg.time_embedding.kind == "tokens":  # a fresh LLM gets them; a saved one has them already
+            time_tokens.add_to(llm, tokenizer, cfg.time_embedding.resolution, cfg.time_embedding.max_seconds)
         hidden = llm.get_input_embeddings().embedding_dim
         d = encoder.hidden_size
         layers = [nn.Linear(d, hidden)]
@@ -171,8 +173,6 @@ class MusicLALM(nn.Module):
         cfg = _as_config(cfg)
         check_config(cfg)
         llm, tok = build_llm(cfg.llm, cfg.host)
-        if cfg.time_embedding.kind == "tokens":
-            time_tokens.add_to(llm, tok, cfg.time_embedding.resolution, cfg.time_embedding.max_seconds)
         model = cls(cfg, MusTEncoder(cfg.encoder), llm, tok)
         model._add_adapters()
         return model

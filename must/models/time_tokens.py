@@ -87,6 +87,8 @@ def init_rows(embedding: nn.Embedding, first: int, count: int, resolution: float
     are linear from the first step.
     """
     w = embedding.weight
+    if w.is_meta:  # must plan counts parameters on the meta device: nothing to initialise
+        return
     g = torch.Generator().manual_seed(seed)
     old = w[:first].float()
     std = old.std().item() if first > 1 else 0.02
