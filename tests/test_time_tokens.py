@@ -99,3 +99,38 @@ def test_grounded_generation_splits_trace_and_answer(model):
     assert answer == "" and trace == "onset bass 0:12" and "no final answer" in reason
     texts = model.generate(model.encode_audio([_noise(5.0)], SR), ["When?"], max_new_tokens=4)
     assert isinstance(texts[0][0], str) and "<|t" not in texts[0][0]  # time tokens come out as M:SS
+
+
+def _pretrained_folder(path):
+    """A SmolLM2-shaped Llama folder (tied embeddings) with its own tokenizer, as a hub download would be."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from must.models.tokenizer import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("host", ["none", "qwen2_audio"])
+def test_pretrained_llms_and_hosts_get_the_tokens_and_keep_them(tmp_path, host):
+    torch.manual_seed(0)
+    cfg = {**TOKENS, "host": {"kind": host}}
+    if host == "none":
+        cfg["llm"] = {"source": str(_pretrained_folder(tmp_path / "smol")), "lora": {"r": 4}}
+    m = MusicLALM.from_config(cfg).eval()
+    first, n = m.time_embedding.first, m.time_embedding.count
+    assert m.tokenizer.convert_ids_to_tokens(first + 83) == "<|t83|>"
+    assert m.llm.get_input_embeddings().weight.shape[0] >= first + n
+    if host == "none":  # a tied model needs no hook: the head is the embedding
+        assert m.llm.get_output_embeddings().weight is m.llm.get_input_embeddings().weight
+    enc = m.encode_audio([_noise(6.0)], SR)
+    q, a = ["At 0:03, what changes?"], ["0:03 → A"]
+    logits = m(enc, q, a).logits
+    m.save_pretrained(tmp_path / "out")
+    m2 = MusicLALM.from_pretrained(tmp_path / "out").eval()
+    assert len(m2.tokenizer) == len(m.tokenizer)
+    assert torch.equal(logits, m2(m2.encode_audio([_noise(6.0)], SR), q, a).logits)
