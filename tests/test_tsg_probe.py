@@ -17,7 +17,7 @@ _spec.loader.exec_module(probe)
 
 def _args(**kw):
     return probe.argparse.Namespace(**{"tokens": 100, "sources": 8, "present": 4, "runs": 1,
-                                       "features": "onset", **kw})
+                                       "features": "onset", "answer": "digits", "source_last": False, **kw})
 
 
 def test_clip_flags_the_first_onset_and_answers_it():
@@ -40,6 +40,23 @@ def test_probe_runs_and_reports_hit_at_3s(model, capsys):
     out = capsys.readouterr().out
     hit = float(re.search(r"final_hit_at_3s=([0-9.]+)", out).group(1))
     assert 0.0 <= hit <= 100.0 and f"model={model}" in out
+
+
+def test_time_token_answer_and_source_last_layout():
+    args = _args(answer="token", source_last=True, layers=1, hidden=32, heads=2, layout="after")
+    batch = probe.draw(8, args, torch.Generator().manual_seed(0))
+    # the answer is one token: the first time token plus the onset's whole second
+    assert batch["answer"].shape == (8, 1)
+    assert batch["answer"][:, 0].tolist() == [probe.TIME0(args) + round(t) for t in batch["onset"].tolist()]
+    llm, proj, gates = probe.build(args)
+    assert llm.config.tie_word_embeddings and llm.config.vocab_size == probe.TIME0(args) + probe.n_seconds(args)
+    emb = llm.get_input_embeddings()
+    seq = probe.sequence(batch, args, llm, proj, gates)
+    # ... and the question's last position is the asked source, right before the answer
+    assert torch.allclose(seq[:, -2], emb(probe.COLON + 1 + batch["asked"]))
+    audio = seq[:, 1:1 + args.tokens]
+    times = probe.TIME0(args) + batch["times"].round().long()
+    assert torch.allclose(audio - proj(batch["features"]), emb(times).expand_as(audio), atol=1e-6)
 
 
 def test_abstract_model_size_options():
