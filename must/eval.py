@@ -338,14 +338,17 @@ def evaluate_model(
     n_plots: int = 4,
     leaderboard: str | Path | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet."""
+    """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet.
+
+    ``trust_remote_code`` lets the folder run the modelling code shipped in it (only for a folder you trust)."""
     from must.models.lalm import MusicLALM
 
     model_dir = Path(model_dir)
     audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
     references = load_references(data)
-    model = MusicLALM.from_pretrained(model_dir)
+    model = MusicLALM.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
                            clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
 
@@ -361,6 +364,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
     parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")
     parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the demo fixture's)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model folder run the modelling code shipped in it (only a folder you trust)")
 
 
 def eval_handler(args: argparse.Namespace) -> int:
@@ -368,7 +373,7 @@ def eval_handler(args: argparse.Namespace) -> int:
     if not Path(args.model_dir).is_dir():
         raise MustError(f"model folder not found: {args.model_dir}")
     scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,
-                            args.clap_dir, args.plots, args.leaderboard)
+                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code)
     print_scores(scores, Path(args.model_dir).name)
     if scores.get("errors"):
         print(f"{len(scores['errors'])} row(s) could not be run (see {args.out}/predictions.jsonl)")
