@@ -105,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](args) or 0
     except MustError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk or a read-only folder outside the paths that name it themselves
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

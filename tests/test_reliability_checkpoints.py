@@ -6,7 +6,9 @@ writing is the runner's and Lightning's, the same for every stage.
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -42,41 +44,61 @@ def _ckpt_step(stage_dir: Path) -> int:
     return int(torch.load(stage_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
 
 
-def _failing_write(fail_on: int):
-    """A stand-in for Lightning's checkpoint write that fails on stage b's ``fail_on``-th save after writing half the bytes."""
-    import io
+class _FullDisk:
+    """A disk that fills up during stage b's ``fail_on``-th checkpoint save: that write puts half its bytes
+    down and raises ENOSPC; with ``stays_full`` every later write below ``root`` fails the same way (the
+    record written on the failure path too)."""
 
-    from lightning.fabric.plugins.io import torch_io
+    def __init__(self, root: Path, fail_on: int, stays_full: bool):
+        from lightning.fabric.plugins.io import torch_io
 
-    real, calls = torch_io._atomic_save, {"n": 0}
+        self.root, self.fail_on, self.stays_full = str(root), fail_on, stays_full
+        self.saves, self.full = 0, False
+        self.real_save, self.real_open = torch_io._atomic_save, builtins.open
 
-    def write(checkpoint, path):
-        calls["n"] += "/b/checkpoints/" in str(path)
-        if calls["n"] < fail_on or "/b/checkpoints/" not in str(path):
-            return real(checkpoint, path)
+    def save(self, checkpoint, path):
+        self.saves += "/b/checkpoints/" in str(path)
+        if self.saves < self.fail_on or "/b/checkpoints/" not in str(path):
+            return self.real_save(checkpoint, path)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        with open(path, "wb") as fh:
+        with self.real_open(path, "wb") as fh:
             fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        self.full = self.stays_full
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    return write
+    def open(self, file, mode="r", *args, **kwargs):
+        if self.full and any(c in mode for c in "wax+") and str(file).startswith(self.root):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return self.real_open(file, mode, *args, **kwargs)
+
+    def install(self, monkeypatch) -> None:
+        from lightning.fabric.plugins.io import torch_io
+
+        monkeypatch.setattr(torch_io, "_atomic_save", self.save)
+        monkeypatch.setattr(builtins, "open", self.open)
+        monkeypatch.setattr(io, "open", self.open)
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    from lightning.fabric.plugins.io import torch_io
-
+@pytest.mark.parametrize("stays_full", [False, True])
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys, stays_full):
     path = _recipe(tmp_path)
-    monkeypatch.setattr(torch_io, "_atomic_save", _failing_write(fail_on=3))  # saves at steps 2, 4, then 6 fails
+    _FullDisk(tmp_path / "out", fail_on=3, stays_full=stays_full).install(monkeypatch)  # saves at 2, 4, then 6 fails
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "stage 'b' stopped: [Errno 28] No space left on device" in err
-    assert "the last complete checkpoint is kept" in err and "--resume" in err
-    assert err.strip().splitlines()[-1].startswith("error: stage 'b' stopped")  # one message, no traceback
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'b' stopped: [Errno 28] No space left on device")  # one message, no traceback
+    assert "the last complete checkpoint is kept" in last and "(step 4)" in last and "--resume" in last
     stage_b = tmp_path / "out" / "b"
     assert _ckpt_step(stage_b) == 4  # the half-written file never replaced it
-    assert (stage_b / "checkpoints" / "last.ckpt.tmp").exists()
-    assert json.loads((stage_b / "record.json").read_text())["status"] == "failed"
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # neither the half checkpoint nor a record temp file stays
+    record = json.loads((stage_b / "record.json").read_text())
+    if stays_full:  # the failure record could not be written: the last one written, when it was true, stays
+        assert "its record could not be updated (No space left on device)" in last
+        assert record["status"] == "running"
+    else:
+        assert "record could not be updated" not in last
+        assert record["status"] == "failed" and "No space left" in record["error"] and record["checkpoint_step"] == 4
     assert json.loads((tmp_path / "out" / "a" / "record.json").read_text())["status"] == "finished"
     monkeypatch.undo()
     records = run_recipe(load_recipe(path), RunOptions(resume=True))  # space freed: continue at step 4
