@@ -309,8 +309,9 @@ def _stage_failed(stage: StageConfig, stage_dir: Path, record: dict, trainer: An
     if interrupted:
         return RunInterrupted(f"stage '{stage.name}' interrupted {where}; {kept}{unsaved}; "
                               "run again with --resume to continue")
-    if isinstance(exc, OSError):  # a full disk, a vanished mount: say what is safe and how to go on
-        return MustError(f"stage '{stage.name}' stopped: {exc}; {kept}{unsaved}; fix it and run again with --resume")
+    if isinstance(exc, OSError):  # a full disk, a vanished mount, a missing file: say what is safe and how to go on
+        again = "run again with --resume" if ckpt.exists() else "run again"
+        return MustError(f"stage '{stage.name}' stopped: {exc}; {kept}{unsaved}; fix it and {again}")
     if unsaved:
         log(f"stage '{stage.name}' failed{unsaved}")
     return None

@@ -159,3 +159,62 @@ def test_resume_refuses_a_changed_config_instead_of_mixing_runs(tmp_path):
         del os.environ["MUST_TEST_CRASH_AT"]
     with pytest.raises(MustError, match="unfinished run with a different config; run again with --restart b"):
         run_recipe(load_recipe(path, ["stages.b.options.lr=0.5"]), RunOptions(resume=True))
+
+
+def _crash(path: Path, at: int, opts: RunOptions | None = None) -> None:
+    import os
+
+    os.environ["MUST_TEST_CRASH_AT"] = str(at)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_recipe(load_recipe(path), opts)
+    finally:
+        del os.environ["MUST_TEST_CRASH_AT"]
+
+
+def test_resume_continues_the_csv_log_instead_of_erasing_it(tmp_path):
+    """Crash at step 8 (checkpoint at 6, rows 0-7 logged), resume: the log equals an uninterrupted run's."""
+
+    def recipe(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(textwrap.dedent(f"""
+            name: toy
+            output_dir: {tmp_path / name}
+            logger: {{kind: csv}}
+            stages:
+              - name: a
+                kind: tests._stages:Producer
+                trainer: {{max_steps: 10, checkpoint_every_n_steps: 3, log_every_n_steps: 1, enable_progress_bar: false}}
+        """))
+        return path
+
+    run_recipe(load_recipe(recipe("whole")))
+    _crash(recipe("cut"), at=8)
+    log = tmp_path / "cut" / "a" / "logs" / "metrics.csv"
+    assert log.read_text().count("\n") == 1 + 8  # header and steps 0-7
+    run_recipe(load_recipe(recipe("cut")), RunOptions(resume=True))
+    steps = [line.split(",")[1] for line in log.read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(10)]  # before the fix: only 6-9, the earlier rows deleted
+    assert log.read_text() == (tmp_path / "whole" / "a" / "logs" / "metrics.csv").read_text()
+
+
+def test_a_refused_run_leaves_recipe_yaml_describing_the_run_that_happened(tmp_path):
+    path = _recipe(tmp_path, steps=4)
+    run_recipe(load_recipe(path))
+    written = (tmp_path / "out" / "recipe.yaml").read_text()
+    with pytest.raises(MustError, match="stage 'b' finished earlier with a different config"):
+        run_recipe(load_recipe(path, ["stages.b.options.lr=0.5"]))
+    assert (tmp_path / "out" / "recipe.yaml").read_text() == written  # before the fix: lr 0.5, a run that never was
+
+
+def test_a_stage_whose_init_from_failed_is_named_again_not_a_missing_checkpoint(tmp_path, capsys):
+    (tmp_path / "not_a_model").mkdir()
+    path = _recipe(tmp_path).read_text().replace("init_from: a", f"init_from: {tmp_path / 'not_a_model'}")
+    (tmp_path / "toy.yaml").write_text(path)
+    for attempt in range(2):
+        assert main(["run", str(tmp_path / "toy.yaml")]) == 2
+        err = capsys.readouterr()
+        last = err.err.strip().splitlines()[-1]
+        assert last.startswith("error: stage 'b' stopped: [Errno 2] No such file") and "weights.pt" in last, last
+        assert "no checkpoint was written yet" in last and "--resume" not in last
+    assert "an earlier attempt stopped before its first checkpoint" in err.out and "starting over" in err.out
