@@ -36,7 +36,9 @@ CHANCE = {"LTR": 100 / 4, "GTO": 100 / 6}
 def build_model(ctx: Any) -> MusicLALM:
     """The stage's starting model: the ``init_from`` folder when given, else built from ``recipe.model``."""
     if ctx.init_dir is not None:
-        return MusicLALM.from_pretrained(ctx.init_dir, trust_remote_code=trusted_parts(ctx.recipe.model))
+        from must.models.folder import load_model
+
+        return load_model(ctx.init_dir, trust_remote_code=trusted_parts(ctx.recipe.model))
     return MusicLALM.from_config(ctx.recipe.model)
 
 
