@@ -306,11 +306,10 @@ def _stage_failed(stage: StageConfig, stage_dir: Path, record: dict, trainer: An
     _finish_logger(trainer, quiet=True)
     kept = (f"the last complete checkpoint is kept: {ckpt}" + (f" (step {step})" if step is not None else "")
             if ckpt.exists() else "no checkpoint was written yet")
+    again = "run again with --resume" if ckpt.exists() else "run again"  # no checkpoint: nothing to resume
     if interrupted:
-        return RunInterrupted(f"stage '{stage.name}' interrupted {where}; {kept}{unsaved}; "
-                              "run again with --resume to continue")
+        return RunInterrupted(f"stage '{stage.name}' interrupted {where}; {kept}{unsaved}; {again} to continue")
     if isinstance(exc, OSError):  # a full disk, a vanished mount, a missing file: say what is safe and how to go on
-        again = "run again with --resume" if ckpt.exists() else "run again"
         return MustError(f"stage '{stage.name}' stopped: {exc}; {kept}{unsaved}; fix it and {again}")
     if unsaved:
         log(f"stage '{stage.name}' failed{unsaved}")
