@@ -64,7 +64,22 @@ def validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     print(dump_yaml(recipe), end="")
     print(f"# {args.recipe}: valid ({len(recipe.stages)} stages: {', '.join(s.name for s in recipe.stages)})")
+    for line in code_notes(recipe):
+        print(f"# note: {line}")
     return 0
+
+
+def code_notes(recipe) -> list[str]:
+    """What in a recipe imports or runs code beyond must's own: dotted stage kinds (validating the recipe has
+    already imported their modules) and remote modelling code allowed by ``trust_remote_code``."""
+    from must.config import STAGE_KINDS
+
+    notes = [f"stages[{i}].kind '{s.kind}' imports and runs module '{s.kind.partition(':')[0]}' (checking this "
+             "recipe already did): a dotted kind runs code, so run such recipes only from people you trust"
+             for i, s in enumerate(recipe.stages) if s.kind not in STAGE_KINDS]
+    notes += [f"model.{part}.trust_remote_code: true lets the {part} folder run the modelling code shipped in it"
+              for part in ("encoder", "llm") if getattr(recipe.model, part).trust_remote_code]
+    return notes
 
 
 #: Subcommand name -> (add_arguments(parser), handler(args) -> exit code).
@@ -105,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](args) or 0
     except MustError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk or a read-only folder outside the paths that name it themselves
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from must.data.config import DataConfig
-from must.errors import ConfigError
+from must.errors import ConfigError, MustError
 from must.models.config import ModelConfig
 
 #: The four MusT stage kinds -> the class that implements each (imported only when used).
@@ -165,12 +165,40 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys (name, model, data, stages …)")
     return OmegaConf.create(data)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build objects), reading floats as YAML 1.2 and every user does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``1e-3`` and ``1.0e3`` were
+    strings, so ``lr=1e-3`` hashed unlike ``lr=0.001`` and a resumed run was refused as changed.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, read safely, numbers as YAML 1.2 reads them (see :class:`_Loader`)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
@@ -185,7 +213,7 @@ def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
             raise ConfigError(f"override '{item}': no stage named '{parts[1]}' in {path} (stages: {names})")
         parts[1] = str(names.index(parts[1]))
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     try:
@@ -243,9 +271,21 @@ def _check_stages(recipe: RecipeConfig, path: Path) -> None:
                     f"{path}: key '{key}.init_from': '{stage.init_from}' names no earlier stage "
                     f"(earlier: {seen or 'none'}) and no existing model folder"
                 )
+            if stage.kind in STAGE_KINDS:  # a dotted kind loads its own folders: its format is its own
+                _check_init_folder(stage.init_from, f"{path}: key '{key}.init_from'")
         cls = stage_class(stage.kind, f"{path}: key '{key}.kind'")
         stage_options(cls, stage.options, f"{path}: key '{key}.options")
         seen.append(stage.name)
+
+
+def _check_init_folder(folder: str, where: str) -> None:
+    """An ``init_from`` folder must be a complete saved model (read from its headers, nothing loaded)."""
+    from must.models.folder import check_saved_model
+
+    try:
+        check_saved_model(folder)
+    except MustError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------- stages

@@ -45,21 +45,33 @@ _COLUMNS = (
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_references(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a MusTBench parquet as dicts (``duration`` 0 when unknown); MustError naming the file."""
+def load_references(path: str | Path, audio_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Rows of a MusTBench parquet as dicts (``duration`` 0 when unknown); MustError naming the file.
+
+    With ``audio_dir`` the tracks' lengths come from their audio headers where the parquet has no
+    ``duration``, so every reference time is checked against its track (a track without audio is left to
+    :func:`predict`, which reports it on its rows)."""
     from must.data.real import load_mustbench
 
-    return [qa.to_row() for qa in load_mustbench(path, check_audio=False)]
+    if audio_dir is None:
+        return [qa.to_row() for qa in load_mustbench(path, check_audio=False)]
+    return [qa.to_row() for qa in load_mustbench(path, audio_dir, check_audio=True, require_audio=False)]
 
 
 def load_predictions(path: str | Path) -> dict[str, str | None]:
-    """``{"id": ..., "prediction": ...}`` per line -> id -> prediction; MustError naming a bad line."""
+    """``{"id": ..., "prediction": ...}`` per line -> id -> prediction; MustError naming a bad line.
+
+    Refused, by line number: bytes that are not UTF-8, a line that is not such a JSON object, and an id that
+    appears twice (taking the last silently let one appended line change a score).
+    """
     path = Path(path)
     if not path.is_file():
         raise MustError(f"predictions file not found: {path}")
     out: dict[str, str | None] = {}
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    lines: dict[str, list[int]] = {}
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            line = _decode_line(raw, path, n)
             if not line.strip():
                 continue
             try:
@@ -68,9 +80,27 @@ def load_predictions(path: str | Path) -> dict[str, str | None]:
                 raise MustError(f"{path}:{n}: not a JSON line ({exc.msg})") from exc
             if not isinstance(obj, dict) or "id" not in obj or "prediction" not in obj:
                 raise MustError(f'{path}:{n}: expected {{"id": ..., "prediction": ...}}, got {line.strip()[:80]}')
-            pred = obj["prediction"]
-            out[str(obj["id"])] = None if pred is None else str(pred)
+            pred, key = obj["prediction"], str(obj["id"])
+            out[key] = None if pred is None else str(pred)
+            lines.setdefault(key, []).append(n)
+    _refuse_duplicates(path, lines)
     return out
+
+
+def _decode_line(raw: bytes, path: Path, n: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MustError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                        "write the file as UTF-8") from None
+
+
+def _refuse_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
+    dups = {key: ns for key, ns in lines.items() if len(ns) > 1}
+    if dups:
+        shown = "; ".join(f"{key} (lines {', '.join(map(str, ns))})" for key, ns in list(dups.items())[:10])
+        more = f" and {len(dups) - 10} more" if len(dups) > 10 else ""
+        raise MustError(f"{path}: {len(dups)} id(s) predicted more than once: {shown}{more}; keep one line per id")
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -341,14 +371,17 @@ def evaluate_model(
     n_plots: int = 4,
     leaderboard: str | Path | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet."""
-    from must.models.lalm import MusicLALM
+    """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet.
+
+    ``trust_remote_code`` lets the folder run the modelling code shipped in it (only for a folder you trust)."""
+    from must.models.folder import load_model
 
     model_dir = Path(model_dir)
     audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
-    references = load_references(data)
-    model = MusicLALM.from_pretrained(model_dir)
+    references = load_references(data, audio_dir)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
                            clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
 
@@ -364,14 +397,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
     parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")
     parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the demo fixture's)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model folder run the modelling code shipped in it (only a folder you trust)")
 
 
 def eval_handler(args: argparse.Namespace) -> int:
     """``must eval``: predictions, scores, report and plots in ``--out``."""
+    from must.files import ensure_dir
+
     if not Path(args.model_dir).is_dir():
         raise MustError(f"model folder not found: {args.model_dir}")
+    ensure_dir(args.out, "--out")  # before the model loads: a folder that cannot be made is said at once
     scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,
-                            args.clap_dir, args.plots, args.leaderboard)
+                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code)
     print_scores(scores, Path(args.model_dir).name)
     if scores.get("errors"):
         print(f"{len(scores['errors'])} row(s) could not be run (see {args.out}/predictions.jsonl)")

@@ -122,6 +122,16 @@ def parse_time(text: Any) -> Parsed:
     return Parsed(seconds, clean=_is_clean(s, match.span()))
 
 
+def time_tokens(text: Any) -> list[tuple[str, Parsed]]:
+    """Every clock time or seconds value written in ``text``, in order: (as written, seconds or a miss with a
+    reason). ``16:48–23:76`` gives 1008 s and a miss, which :func:`parse_time` (it stops at the first) never sees."""
+    tokens = []
+    for match in _TIME_RE.finditer(_strip(text)):
+        seconds, reason = _token_seconds(match.group())
+        tokens.append((match.group().strip(), _miss(reason) if reason else Parsed(seconds)))
+    return tokens
+
+
 def parse_intervals(text: Any) -> Parsed:
     """Read every interval in ``text`` (``0:57–1:12``, ``0:57 - 1:12``, ``57 s to 72 s``, ``30-45 s``,
     several separated by anything) as a list of (start, end) seconds, in the order written."""

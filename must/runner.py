@@ -29,7 +29,9 @@ from must.config import (
     stage_options,
     to_dict,
 )
-from must.errors import ConfigError, MustError
+from must.errors import ConfigError, MustError, RunInterrupted
+from must.files import TMP_SUFFIX, ensure_dir, remove_quietly, write_atomic, write_or_name
+from must.lock import OutputLock, describe_stale
 
 RECORD = "record.json"
 LAST_CKPT = "last.ckpt"
@@ -50,54 +52,74 @@ class RunOptions:
 
 
 def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str, dict]:
-    """Run the recipe's stages; returns stage name -> its record (as written to record.json)."""
+    """Run the recipe's stages; returns stage name -> its record (as written to record.json).
+
+    The output folder is locked for the whole run (:class:`~must.lock.OutputLock`): a second run on it,
+    ``--resume`` or not, is refused naming the first one's PID.
+    """
     opts = opts or RunOptions()
     out = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
     for flag, value in (("--only", opts.only), ("--from", opts.from_stage), ("--restart", opts.restart)):
         if value is not None and value not in names:
             raise MustError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
-    if _is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(dump_yaml(recipe))
-        if opts.restart is not None:
-            _discard_from(recipe, out, opts.restart)
-    group = _run_group(out, recipe.name)
+    if not _is_main_process():  # a DDP worker Lightning launched: rank 0 holds the lock and decides
+        return _run_stages(recipe, opts, out)
+    ensure_dir(out, "key 'output_dir':")
+    with OutputLock(out) as lock:
+        if lock.stale is not None:
+            log(f"output_dir {out}: {describe_stale(lock.stale)}")
+        return _run_stages(recipe, opts, out)
 
-    records: dict[str, dict] = {}
-    hashes: dict[str, str] = {}
+
+def _run_stages(recipe: RecipeConfig, opts: RunOptions, out: Path) -> dict[str, dict]:
+    names = [s.name for s in recipe.stages]
     selected = _selected(names, opts)
     for stage in recipe.stages:  # before any stage runs: a GPU-only strategy on the CPU fails now, not at stage 3
         if stage.name in selected:
             check_strategy(stage)
+    hashes = _stage_hashes(recipe)
+    discarded = names[names.index(opts.restart):] if opts.restart is not None else []
+    main = _is_main_process()
+    # Every selected stage is judged (finished, changed, resumable) before any work, so a refused run
+    # changes nothing on disk: not recipe.yaml, not the stages --restart would discard.
+    plans = {
+        s.name: _plan_stage(s, out / s.name, None if s.name in discarded else read_record(out / s.name),
+                            hashes[s.name], opts.resume, fresh=s.name in discarded)
+        for s in recipe.stages if s.name in selected
+    } if main else {}
+    if main:
+        write_or_name(out / "recipe.yaml", dump_yaml(recipe))
+        _discard(out, discarded, opts.restart)
+    group = _run_group(out, recipe.name)
+
+    records: dict[str, dict] = {}
     for stage in recipe.stages:
-        upstream = hashes.get(stage.init_from) if stage.init_from else None
-        hashes[stage.name] = stage_hash(recipe, stage, upstream)
         stage_dir = out / stage.name
-        record = read_record(stage_dir)
         if stage.name not in selected:
+            record = read_record(stage_dir)
             if record:
                 records[stage.name] = record
             continue
-        if record and record.get("status") == "finished":
-            if record.get("config_hash") == hashes[stage.name]:
-                log(f"stage '{stage.name}': finished earlier with the same config, skipped")
-                records[stage.name] = record
-                continue
-            raise MustError(
-                f"stage '{stage.name}' finished earlier with a different config (hash "
-                f"{record.get('config_hash')} -> {hashes[stage.name]}); run again with "
-                f"--restart {stage.name} to discard it and the stages after it"
-            )
-        if record and record.get("status") == "running" and not _is_main_process():
-            # A DDP worker that Lightning launched (it re-runs this command) while rank 0 runs this
-            # stage: follow rank 0's decision instead of judging the half-written stage itself.
-            ckpt = record.get("resume_from")
-        else:
-            ckpt = _resume_checkpoint(stage, stage_dir, record, hashes[stage.name], opts.resume)
+        plan = plans.get(stage.name) or _plan_stage(stage, stage_dir, read_record(stage_dir), hashes[stage.name],
+                                                    opts.resume, main=False)
+        if plan.note:
+            log(plan.note)
+        if plan.skip:
+            records[stage.name] = plan.record
+            continue
         init_dir = _init_dir(recipe, stage, out, records)
-        records[stage.name] = run_stage(recipe, stage, stage_dir, init_dir, hashes[stage.name], group, ckpt)
+        records[stage.name] = run_stage(recipe, stage, stage_dir, init_dir, hashes[stage.name], group, plan.ckpt)
     return records
+
+
+def _stage_hashes(recipe: RecipeConfig) -> dict[str, str]:
+    """Stage name -> its config hash, each including its ``init_from`` stage's hash."""
+    hashes: dict[str, str] = {}
+    for stage in recipe.stages:
+        upstream = hashes.get(stage.init_from) if stage.init_from else None
+        hashes[stage.name] = stage_hash(recipe, stage, upstream)
+    return hashes
 
 
 def _selected(names: list[str], opts: RunOptions) -> set[str]:
@@ -108,28 +130,74 @@ def _selected(names: list[str], opts: RunOptions) -> set[str]:
     return set(names)
 
 
-def _resume_checkpoint(
-    stage: StageConfig, stage_dir: Path, record: dict | None, config_hash: str, resume: bool
-) -> str | None:
+@dataclass
+class StagePlan:
+    """What the runner will do with one selected stage, decided before any stage runs."""
+
+    skip: bool = False
+    """Finished earlier with the same config: reuse its record."""
+    ckpt: str | None = None
+    """Checkpoint to resume from (None: start from step 0)."""
+    note: str | None = None
+    """What to tell the user when the stage's turn comes."""
+    record: dict | None = None
+    """The earlier record (for a skipped stage)."""
+
+
+def _plan_stage(
+    stage: StageConfig, stage_dir: Path, record: dict | None, config_hash: str, resume: bool,
+    main: bool = True, fresh: bool = False,
+) -> StagePlan:
+    """Skip, resume or start ``stage``; MustError when its folder holds a different config or an unfinished run
+    without ``--resume``. ``fresh``: the folder is about to be discarded (``--restart``)."""
     ckpt = stage_dir / "checkpoints" / LAST_CKPT
-    if record is None and not ckpt.exists():
-        return None
+    has_ckpt = ckpt.exists() and not fresh
+    if record and record.get("status") == "finished":
+        if record.get("config_hash") == config_hash:
+            return StagePlan(skip=True, record=record,
+                             note=f"stage '{stage.name}': finished earlier with the same config, skipped")
+        raise MustError(
+            f"stage '{stage.name}' finished earlier with a different config (hash "
+            f"{record.get('config_hash')} -> {config_hash}); run again with "
+            f"--restart {stage.name} to discard it and the stages after it"
+        )
+    if record and record.get("status") == "running" and not main:
+        # A DDP worker that Lightning launched (it re-runs this command) while rank 0 runs this stage:
+        # follow rank 0's decision instead of judging the half-written stage itself.
+        return StagePlan(ckpt=record.get("resume_from"))
+    if record is None and not has_ckpt:
+        return StagePlan()
     if record is not None and record.get("config_hash") != config_hash:
         raise MustError(
             f"stage '{stage.name}' has an unfinished run with a different config; run again with "
             f"--restart {stage.name} to discard it"
         )
+    if not has_ckpt:  # nothing to resume: the earlier attempt stopped before its first checkpoint
+        why = str(record.get("error") or record.get("status"))[:300]
+        return StagePlan(note=f"stage '{stage.name}': an earlier attempt stopped before its first checkpoint "
+                              f"({why}); starting over")
+    step = checkpoint_step(ckpt)
+    held = f"its checkpoint {ckpt} holds step {step}" if step is not None else f"a checkpoint in {ckpt.parent}"
     if not resume:
-        where = f"checkpoint at step {record.get('global_step')}" if record else "a checkpoint"
         raise MustError(
-            f"stage '{stage.name}' has an unfinished run ({where} in {ckpt.parent}); "
+            f"stage '{stage.name}' has an unfinished run ({held}); "
             f"pass --resume to continue it or --restart {stage.name} to start it over"
         )
-    if not ckpt.exists():
-        log(f"stage '{stage.name}': no checkpoint to resume from, starting over")
+    return StagePlan(ckpt=str(ckpt), note=f"stage '{stage.name}': resuming from {ckpt}"
+                                          + (f" (step {step})" if step is not None else ""))
+
+
+def checkpoint_step(ckpt: Path) -> int | None:
+    """The global step a Lightning checkpoint file holds, read without loading its tensors (``mmap``); None
+    for a sharded checkpoint folder or a file that does not load."""
+    import torch
+
+    if not ckpt.is_file():
         return None
-    log(f"stage '{stage.name}': resuming from {ckpt}")
-    return str(ckpt)
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001  a damaged file is reported by the resume itself, with torch's reason
+        return None
 
 
 def _init_dir(recipe: RecipeConfig, stage: StageConfig, out: Path, records: dict) -> Path | None:
@@ -169,14 +237,20 @@ def run_stage(
     record = _new_record(recipe, stage, config_hash, stage_dir, seed, init_dir)
     record["resume_from"] = ckpt_path
     if _is_main_process():
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        _write_record(stage_dir, record)
+        ensure_dir(stage_dir, f"stage '{stage.name}':")
+        _remove_temp_files(stage_dir)  # what a run killed in the middle of a write left
+        try:
+            _write_record(stage_dir, record)
+        except OSError as exc:
+            raise MustError(f"stage '{stage.name}': cannot write {stage_dir / RECORD} ({exc.strerror or exc}); "
+                            "nothing was started") from None
     log(f"stage '{stage.name}' ({stage.kind}) starting" + (f" from {init_dir}" if init_dir else ""))
     t0 = time.time()
     trainer = None
     try:
         module = cls.from_context(ctx)
-        trainer = build_trainer(recipe, stage, stage_dir, group)
+        resume_step = checkpoint_step(Path(ckpt_path)) if ckpt_path else None
+        trainer = build_trainer(recipe, stage, stage_dir, group, resume_step)
         if stage.trainer.activation_checkpointing:
             enable_activation_checkpointing(module)
         if _is_fsdp2(stage.trainer.strategy):
@@ -195,25 +269,65 @@ def run_stage(
             if hasattr(module, "evaluate"):
                 record["eval"] = module.evaluate(stage_dir / "eval")
         trainer.strategy.barrier()
-    except BaseException as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        if trainer is not None:
-            record["global_step"] = int(trainer.global_step)
-        record["ended_at"] = _now()
-        if _is_main_process():
+        record.update(status="finished", ended_at=_now(), seconds=round(time.time() - t0, 2))
+        if trainer.is_global_zero:
             _write_record(stage_dir, record)
-        _finish_logger(trainer)
-        if isinstance(exc, OSError):  # a full disk, a vanished mount: say what is safe and how to go on
-            ckpt = stage_dir / "checkpoints" / LAST_CKPT
-            kept = f"the last complete checkpoint is kept: {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
-            raise MustError(f"stage '{stage.name}' stopped: {exc}; {kept}; fix it and run again with --resume") from exc
-        raise
-    record.update(status="finished", ended_at=_now(), seconds=round(time.time() - t0, 2))
-    if trainer.is_global_zero:
-        _write_record(stage_dir, record)
+    except BaseException as exc:
+        error = _stage_failed(stage, stage_dir, record, trainer, exc)
+        if error is None:
+            raise
+        raise error from exc
     _finish_logger(trainer)
     log(f"stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
     return record
+
+
+def _stage_failed(stage: StageConfig, stage_dir: Path, record: dict, trainer: Any, exc: BaseException) -> BaseException | None:
+    """Record a failed or interrupted stage, in a way that cannot fail again (a full disk makes the record write
+    fail too: then the last record on disk, written when it was true, stays). Returns the error to raise in
+    place of ``exc`` (a message saying which stage stopped, why, and what is kept), or None to re-raise ``exc``."""
+    interrupted = _is_interrupt(exc)
+    ckpt = stage_dir / "checkpoints" / LAST_CKPT
+    step = checkpoint_step(ckpt)
+    where = f"at step {step}" if step is not None else "before its first checkpoint"
+    record.update(status="interrupted" if interrupted else "failed",
+                  error=f"interrupted {where}" if interrupted else f"{type(exc).__name__}: {exc}",
+                  traceback=traceback.format_exc(), ended_at=_now(), checkpoint_step=step)
+    if trainer is not None:
+        record["global_step"] = int(trainer.global_step)
+    unsaved = ""
+    if _is_main_process():
+        _remove_temp_files(stage_dir)
+        try:
+            _write_record(stage_dir, record)
+        except OSError as write_exc:
+            unsaved = (f"; its record could not be updated ({write_exc.strerror or write_exc}), so "
+                       f"{stage_dir / RECORD} keeps what it said before the failure")
+    _finish_logger(trainer, quiet=True)
+    kept = (f"the last complete checkpoint is kept: {ckpt}" + (f" (step {step})" if step is not None else "")
+            if ckpt.exists() else "no checkpoint was written yet")
+    again = "run again with --resume" if ckpt.exists() else "run again"  # no checkpoint: nothing to resume
+    if interrupted:
+        return RunInterrupted(f"stage '{stage.name}' interrupted {where}; {kept}{unsaved}; {again} to continue")
+    if isinstance(exc, OSError):  # a full disk, a vanished mount, a missing file: say what is safe and how to go on
+        return MustError(f"stage '{stage.name}' stopped: {exc}; {kept}{unsaved}; fix it and {again}")
+    if unsaved:
+        log(f"stage '{stage.name}' failed{unsaved}")
+    return None
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or the ``SystemExit(1)`` Lightning raises while handling one."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+
+
+def _remove_temp_files(stage_dir: Path) -> None:
+    """Temp files of the atomic writes (record, checkpoints, model folder): never the current versions."""
+    for tmp in [stage_dir / (RECORD + TMP_SUFFIX), stage_dir / ("model" + TMP_SUFFIX),
+                *(stage_dir / "checkpoints").glob(f"*{TMP_SUFFIX}")]:
+        remove_quietly(tmp)
 
 
 def check_strategy(stage: StageConfig) -> None:
@@ -228,8 +342,9 @@ def check_strategy(stage: StageConfig) -> None:
                           "with accelerator 'cpu'); on the CPU use strategy 'fsdp2' (sharded) or 'ddp'")
 
 
-def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
-    """The ``lightning.Trainer`` for a stage: its trainer block, checkpointing and logger."""
+def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None):
+    """The ``lightning.Trainer`` for a stage: its trainer block, checkpointing and logger (``resume_step``: the
+    step of the checkpoint a resumed stage continues from, so its logs continue too)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -266,7 +381,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         # resumable by global step); Lightning's wrapper would try to list an endless sampler.
         use_distributed_sampler=False,
         callbacks=[checkpoint, RNGStateCallback(), FiniteLossCallback()],
-        logger=build_logger(recipe, stage, stage_dir, group),
+        logger=build_logger(recipe, stage, stage_dir, group, resume_step),
         plugins=plugins,
         default_root_dir=stage_dir,
     )
@@ -382,18 +497,66 @@ def _plain_checkpoints(strategy: str) -> bool:
     return not any(word in strategy for word in ("fsdp", "deepspeed", "model_parallel"))
 
 
-def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
-    """A Lightning logger for the stage: W&B (one run per stage, grouped by recipe run), CSV, or none."""
+def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None):
+    """A Lightning logger for the stage: W&B (one run per stage, grouped by recipe run), CSV, or none.
+
+    ``resume_step``: the stage resumes from a checkpoint at that step, so its CSV log continues the earlier one.
+    """
     kind = recipe.logger.kind
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(stage_dir), name="logs", version="")
+        return _csv_logger(stage_dir, resume_step)
     if kind == "wandb":
         return _wandb_logger(recipe, stage, stage_dir, group)
     raise MustError(f"logger.kind '{kind}': expected wandb, csv or none")
+
+
+def _csv_logger(stage_dir: Path, resume_step: int | None):
+    """Lightning's CSVLogger writing ``<stage>/logs/metrics.csv``; a resumed stage appends to that file.
+
+    Lightning deletes ``metrics.csv`` when its folder is not empty, which erased the loss curve up to the
+    checkpoint on every ``--resume``. Resumed, the rows before the checkpoint's step are kept and the later
+    ones dropped: the resumed run trains those steps again and logs them itself.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    if resume_step is None:
+        return CSVLogger(save_dir=str(stage_dir), name="logs", version="")
+
+    class _ContinuedWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            self.metrics_keys = keep_rows_before(Path(self.metrics_file_path), resume_step)
+
+    class _ContinuedCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _ContinuedWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return _ContinuedCSVLogger(save_dir=str(stage_dir), name="logs", version="")
+
+
+def keep_rows_before(metrics_csv: Path, step: int) -> list[str]:
+    """Keep the rows of a Lightning ``metrics.csv`` logged before global step ``step``; returns its header."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return []
+    with metrics_csv.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        rows = [row for row in reader if row.get("step") not in (None, "") and float(row["step"]) < step]
+    with metrics_csv.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return header
 
 
 def _wandb_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str):
@@ -435,14 +598,20 @@ def wandb_mode(mode: str) -> str:
     return "offline"
 
 
-def _finish_logger(trainer: Any) -> None:
+def _finish_logger(trainer: Any, quiet: bool = False) -> None:
+    """Close the stage's W&B run; ``quiet`` on a failure path, where a second error must not hide the first."""
     from lightning.pytorch.loggers import WandbLogger
 
     if trainer is None:
         return
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+            try:
+                logger.experiment.finish()
+            except Exception as exc:  # noqa: BLE001
+                if not quiet:
+                    raise
+                log(f"could not close the W&B run: {exc}")
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -456,9 +625,13 @@ def _atomic_checkpoint_io_class():
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             path = Path(path)
-            tmp = path.with_name(path.name + ".tmp")
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
+            tmp = path.with_name(path.name + TMP_SUFFIX)
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+            except BaseException:
+                remove_quietly(tmp)  # a full disk must not also keep half a checkpoint's bytes
+                raise
 
     return _AtomicCheckpointIO
 
@@ -470,9 +643,13 @@ def AtomicCheckpointIO():  # a factory named like the class it returns
 
 def save_model_atomic(module: Any, target: Path) -> None:
     """Save the stage's model to ``target`` via a temp folder and a rename, never leaving half a folder."""
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
-    module.save_model(tmp)
+    try:
+        module.save_model(tmp)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -521,16 +698,14 @@ def read_record(stage_dir: Path) -> dict | None:
 
 
 def _write_record(stage_dir: Path, record: dict) -> None:
-    tmp = stage_dir / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, stage_dir / RECORD)
+    """Atomically (a failed write keeps the previous record whole and removes its temp file); raises OSError."""
+    write_atomic(stage_dir / RECORD, json.dumps(record, indent=2, default=str))
 
 
-def _discard_from(recipe: RecipeConfig, out: Path, name: str) -> None:
-    names = [s.name for s in recipe.stages]
-    for stage in names[names.index(name):]:
+def _discard(out: Path, stages: list[str], restart: str | None) -> None:
+    for stage in stages:
         if (out / stage).exists():
-            log(f"--restart {name}: discarding {out / stage}")
+            log(f"--restart {restart}: discarding {out / stage}")
             shutil.rmtree(out / stage)
 
 
@@ -551,8 +726,7 @@ def _run_group(out: Path, name: str) -> str:
         return json.loads(path.read_text())["group"]
     group = f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     if _is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"group": group}))
+        write_or_name(path, json.dumps({"group": group}))
     return group
 
 

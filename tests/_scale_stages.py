@@ -6,6 +6,7 @@
 - ``ResumableSFT``: SFT (data order and question draws are functions of the sample position) with the pause hook.
 - ``PausingGRPO``: GRPO as it is (its data order is already a StepSampler) with the pause hook.
 - ``NaNProducer``: the foundation tests' toy stage, its loss NaN from ``MUST_TEST_NAN_AT`` on.
+- ``PausingProducer``: the toy stage with the pause hook (a run a test can signal in the middle of training).
 """
 
 from __future__ import annotations
@@ -70,3 +71,10 @@ class NaNProducer(Producer):
         if self.global_step >= int(os.environ.get("MUST_TEST_NAN_AT", "1000000")):
             loss = loss * float("nan")
         return loss
+
+
+class PausingProducer(PauseAt, Producer):
+    """The toy linear stage of the foundation tests with the pause hook (seconds, not minutes, to get there)."""
+
+    def on_train_start(self) -> None:
+        Producer.on_train_start(self)  # records the starting step once (PauseAt would record it a second time)

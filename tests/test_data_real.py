@@ -91,7 +91,7 @@ def _wav(path, seconds=1.0, value=0.1):
 
 
 def test_bad_parquet_inputs(tmp_path):
-    _wav(tmp_path / "t1.wav")
+    _wav(tmp_path / "t1.wav", seconds=6.0)  # long enough for its reference 0:05 (a time past the end is refused)
     with pytest.raises(MustError, match="not found"):
         load_mustbench(tmp_path / "nope.parquet", tmp_path)
     with pytest.raises(MustError, match="missing column.*answers"):
@@ -99,7 +99,7 @@ def test_bad_parquet_inputs(tmp_path):
     with pytest.raises(MustError, match="unknown task.*q1.*'XYZ'"):
         load_mustbench(_parquet(tmp_path, task="XYZ"), tmp_path)
     qas = load_mustbench(_parquet(tmp_path), tmp_path)
-    assert qas[0].duration == pytest.approx(1.0) and qas[0].answers == ["0:05"]
+    assert qas[0].duration == pytest.approx(6.0) and qas[0].answers == ["0:05"]
 
 
 def test_missing_audio_lists_the_ids(tmp_path):

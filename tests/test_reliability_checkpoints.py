@@ -6,7 +6,9 @@ writing is the runner's and Lightning's, the same for every stage.
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -42,41 +44,61 @@ def _ckpt_step(stage_dir: Path) -> int:
     return int(torch.load(stage_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
 
 
-def _failing_write(fail_on: int):
-    """A stand-in for Lightning's checkpoint write that fails on stage b's ``fail_on``-th save after writing half the bytes."""
-    import io
+class _FullDisk:
+    """A disk that fills up during stage b's ``fail_on``-th checkpoint save: that write puts half its bytes
+    down and raises ENOSPC; with ``stays_full`` every later write below ``root`` fails the same way (the
+    record written on the failure path too)."""
 
-    from lightning.fabric.plugins.io import torch_io
+    def __init__(self, root: Path, fail_on: int, stays_full: bool):
+        from lightning.fabric.plugins.io import torch_io
 
-    real, calls = torch_io._atomic_save, {"n": 0}
+        self.root, self.fail_on, self.stays_full = str(root), fail_on, stays_full
+        self.saves, self.full = 0, False
+        self.real_save, self.real_open = torch_io._atomic_save, builtins.open
 
-    def write(checkpoint, path):
-        calls["n"] += "/b/checkpoints/" in str(path)
-        if calls["n"] < fail_on or "/b/checkpoints/" not in str(path):
-            return real(checkpoint, path)
+    def save(self, checkpoint, path):
+        self.saves += "/b/checkpoints/" in str(path)
+        if self.saves < self.fail_on or "/b/checkpoints/" not in str(path):
+            return self.real_save(checkpoint, path)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        with open(path, "wb") as fh:
+        with self.real_open(path, "wb") as fh:
             fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        self.full = self.stays_full
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    return write
+    def open(self, file, mode="r", *args, **kwargs):
+        if self.full and any(c in mode for c in "wax+") and str(file).startswith(self.root):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return self.real_open(file, mode, *args, **kwargs)
+
+    def install(self, monkeypatch) -> None:
+        from lightning.fabric.plugins.io import torch_io
+
+        monkeypatch.setattr(torch_io, "_atomic_save", self.save)
+        monkeypatch.setattr(builtins, "open", self.open)
+        monkeypatch.setattr(io, "open", self.open)
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    from lightning.fabric.plugins.io import torch_io
-
+@pytest.mark.parametrize("stays_full", [False, True])
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys, stays_full):
     path = _recipe(tmp_path)
-    monkeypatch.setattr(torch_io, "_atomic_save", _failing_write(fail_on=3))  # saves at steps 2, 4, then 6 fails
+    _FullDisk(tmp_path / "out", fail_on=3, stays_full=stays_full).install(monkeypatch)  # saves at 2, 4, then 6 fails
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "stage 'b' stopped: [Errno 28] No space left on device" in err
-    assert "the last complete checkpoint is kept" in err and "--resume" in err
-    assert err.strip().splitlines()[-1].startswith("error: stage 'b' stopped")  # one message, no traceback
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'b' stopped: [Errno 28] No space left on device")  # one message, no traceback
+    assert "the last complete checkpoint is kept" in last and "(step 4)" in last and "--resume" in last
     stage_b = tmp_path / "out" / "b"
     assert _ckpt_step(stage_b) == 4  # the half-written file never replaced it
-    assert (stage_b / "checkpoints" / "last.ckpt.tmp").exists()
-    assert json.loads((stage_b / "record.json").read_text())["status"] == "failed"
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # neither the half checkpoint nor a record temp file stays
+    record = json.loads((stage_b / "record.json").read_text())
+    if stays_full:  # the failure record could not be written: the last one written, when it was true, stays
+        assert "its record could not be updated (No space left on device)" in last
+        assert record["status"] == "running"
+    else:
+        assert "record could not be updated" not in last
+        assert record["status"] == "failed" and "No space left" in record["error"] and record["checkpoint_step"] == 4
     assert json.loads((tmp_path / "out" / "a" / "record.json").read_text())["status"] == "finished"
     monkeypatch.undo()
     records = run_recipe(load_recipe(path), RunOptions(resume=True))  # space freed: continue at step 4
@@ -137,3 +159,62 @@ def test_resume_refuses_a_changed_config_instead_of_mixing_runs(tmp_path):
         del os.environ["MUST_TEST_CRASH_AT"]
     with pytest.raises(MustError, match="unfinished run with a different config; run again with --restart b"):
         run_recipe(load_recipe(path, ["stages.b.options.lr=0.5"]), RunOptions(resume=True))
+
+
+def _crash(path: Path, at: int, opts: RunOptions | None = None) -> None:
+    import os
+
+    os.environ["MUST_TEST_CRASH_AT"] = str(at)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_recipe(load_recipe(path), opts)
+    finally:
+        del os.environ["MUST_TEST_CRASH_AT"]
+
+
+def test_resume_continues_the_csv_log_instead_of_erasing_it(tmp_path):
+    """Crash at step 8 (checkpoint at 6, rows 0-7 logged), resume: the log equals an uninterrupted run's."""
+
+    def recipe(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(textwrap.dedent(f"""
+            name: toy
+            output_dir: {tmp_path / name}
+            logger: {{kind: csv}}
+            stages:
+              - name: a
+                kind: tests._stages:Producer
+                trainer: {{max_steps: 10, checkpoint_every_n_steps: 3, log_every_n_steps: 1, enable_progress_bar: false}}
+        """))
+        return path
+
+    run_recipe(load_recipe(recipe("whole")))
+    _crash(recipe("cut"), at=8)
+    log = tmp_path / "cut" / "a" / "logs" / "metrics.csv"
+    assert log.read_text().count("\n") == 1 + 8  # header and steps 0-7
+    run_recipe(load_recipe(recipe("cut")), RunOptions(resume=True))
+    steps = [line.split(",")[1] for line in log.read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(10)]  # before the fix: only 6-9, the earlier rows deleted
+    assert log.read_text() == (tmp_path / "whole" / "a" / "logs" / "metrics.csv").read_text()
+
+
+def test_a_refused_run_leaves_recipe_yaml_describing_the_run_that_happened(tmp_path):
+    path = _recipe(tmp_path, steps=4)
+    run_recipe(load_recipe(path))
+    written = (tmp_path / "out" / "recipe.yaml").read_text()
+    with pytest.raises(MustError, match="stage 'b' finished earlier with a different config"):
+        run_recipe(load_recipe(path, ["stages.b.options.lr=0.5"]))
+    assert (tmp_path / "out" / "recipe.yaml").read_text() == written  # before the fix: lr 0.5, a run that never was
+
+
+def test_a_stage_whose_init_from_failed_is_named_again_not_a_missing_checkpoint(tmp_path, capsys):
+    (tmp_path / "not_a_model").mkdir()
+    path = _recipe(tmp_path).read_text().replace("init_from: a", f"init_from: {tmp_path / 'not_a_model'}")
+    (tmp_path / "toy.yaml").write_text(path)
+    for attempt in range(2):
+        assert main(["run", str(tmp_path / "toy.yaml")]) == 2
+        err = capsys.readouterr()
+        last = err.err.strip().splitlines()[-1]
+        assert last.startswith("error: stage 'b' stopped: [Errno 2] No such file") and "weights.pt" in last, last
+        assert "no checkpoint was written yet" in last and "--resume" not in last
+    assert "an earlier attempt stopped before its first checkpoint" in err.out and "starting over" in err.out

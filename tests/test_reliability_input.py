@@ -113,7 +113,16 @@ def _row(**kw) -> dict:
 @pytest.mark.parametrize("rows,drop,expected", [
     ([_row()], ("answers", "qa_type"), ["missing column(s) qa_type, answers"]),
     ([_row(), _row(id="q2", task="XYZ")], (), ["unknown task in 1 row(s): q2 ('XYZ')"]),
-    ([_row(), _row(id="q7", answer="23:76", answers=["23:76"])], (), ["unparsable reference answer", "id q7", "23:76"]),
+    ([_row(), _row(id="q7", answer="23:76", answers=["23:76"])], (), ["unparsable or impossible reference", "id q7", "23:76"]),
+    # parse_time alone read 16:48 (1008 s) and never saw 23:76
+    ([_row(id="q8", answer="16:48–23:76", answers=["16:48–23:76"], duration=56.0)], (),
+     ["id q8", "impossible time '23:76'"]),
+    ([_row(id="q9", answer="16:48", answers=["16:48"], duration=56.0)], (),
+     ["id q9", "16:48 = 1008 s is past the end of the 56.0 s track"]),
+    # no duration column: the track's length comes from its audio (the fixture MP3, 97.4 s)
+    ([_row(id="q10", task="MTR", answer="0:57–2:10", answers=["0:57–2:10"])], (),
+     ["id q10", "2:10 = 130 s is past the end of the 97.4 s track"]),
+    ([_row(track_id="../outside")], (), ["track_id leads outside the audio folder", "'../outside' (id q1)"]),
     ([_row(id="q3", task="LTR", answer="Z", answers=["Z"])], (), ["id q3", "LTR 'Z'"]),
     ([_row(track_id="t9")], (), ["no audio", "t9"]),
 ])
@@ -218,3 +227,163 @@ def test_a_model_folder_without_config_is_named(tmp_path):
     (tmp_path / "stage" / "must_config.json").write_text(json.dumps({"format": "must-lalm", "version": 1, "model": {}}))
     with pytest.raises(MustError, match="incomplete|format"):
         MusicLALM.from_pretrained(tmp_path / "stage")
+
+
+def test_a_track_id_cannot_read_outside_the_audio_folder(tmp_path):
+    from must.data.real import find_audio
+
+    (tmp_path / "audio").mkdir()
+    _wav(tmp_path / "outside.wav", np.zeros(1600, dtype=np.float32))  # a file the id points at
+    with pytest.raises(MustError, match=r"track_id '../outside' leads outside the audio folder"):
+        find_audio(tmp_path / "audio", "../outside")
+    with pytest.raises(MustError, match="leads outside"):
+        find_audio(tmp_path / "audio", str(tmp_path / "outside"))  # an absolute path too
+    _wav(tmp_path / "audio" / "inside.wav", np.zeros(1600, dtype=np.float32))
+    assert find_audio(tmp_path / "audio", "inside") == tmp_path / "audio" / "inside.wav"
+
+
+def test_audio_shorter_than_its_row_says_is_flagged_naming_the_row(tmp_path, capsys):
+    _wav(tmp_path / "t2.wav", np.zeros(16000, dtype=np.float32))  # 1 s of audio
+    rows = [_row(duration=97.4), _row(id="q2", track_id="t2", answer="0:00", answers=["0:00"], duration=56.0)]
+    qas = load_mustbench(_parquet(tmp_path, rows))
+    err = capsys.readouterr().err
+    assert "warning: " in err and "row id q2 says track t2 lasts 56.0 s" in err and "t2.wav is 1.0 s long" in err
+    assert "t1" not in err  # the fixture's 97.4 s MP3 matches its row
+    assert [qa.duration for qa in qas] == [97.4, 56.0]
+
+
+# ----------------------------------------------------------------------------------------- predictions
+
+
+def _predictions(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "preds.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_prediction_files_name_bad_bytes_and_duplicate_ids_by_line(tmp_path, capsys):
+    refs = str(FIXTURE / "mustbench_demo.parquet")
+    latin1 = _predictions(tmp_path, [b'{"id": "a", "prediction": "x"}', b'{"id": "b", "prediction": "x"}',
+                                     '{"id": "mtr-1023323", "prediction": "0:57–1:12 café"}'.encode("latin-1", "replace")])
+    assert main(["score", "--predictions", str(latin1), "--references", refs]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "preds.jsonl:3: not UTF-8 text (byte 0xe9 at column 51)" in err and "Traceback" not in err
+    dup = _predictions(tmp_path, [b'{"id": "mtr-1023323", "prediction": "0:00-0:10"}', b'{"id": "q", "prediction": "A"}',
+                                  b'{"id": "mtr-1023323", "prediction": "0:57-1:12"}'])
+    assert main(["score", "--predictions", str(dup), "--references", refs]) == 2
+    err = capsys.readouterr().err
+    assert "1 id(s) predicted more than once: mtr-1023323 (lines 1, 3)" in err
+
+
+# ----------------------------------------------------------------------------------------- overrides, output_dir
+
+
+def test_overrides_read_numbers_as_the_user_means_them(tmp_path):
+    from must.config import load_recipe, stage_hash
+
+    path = _recipe(tmp_path, "name: x\n" + STAGES)
+    recipes = [load_recipe(path, [f"stages.a.options.lr={v}"]) for v in ("1e-3", "0.001", "1.0e-3")]
+    assert [r.stages[0].options["lr"] for r in recipes] == [0.001, 0.001, 0.001]
+    assert len({stage_hash(r, r.stages[0], None) for r in recipes}) == 1  # before: '1e-3' hashed as a string
+    in_file = _recipe(tmp_path, "name: x\n" + STAGES.replace("trainer: {max_steps: 2", "options: {lr: 1e-3}\n    trainer: {max_steps: 2"))
+    assert load_recipe(in_file).stages[0].options["lr"] == 0.001
+    assert load_recipe(path, ["name=1e3x"]).name == "1e3x"  # not a number: stays text
+
+
+@pytest.mark.parametrize("case", ["below_a_file", "proc", "read_only"])
+def test_an_output_dir_that_cannot_be_created_is_one_error_line(tmp_path, capsys, monkeypatch, case):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = {"below_a_file": tmp_path / "a_file" / "out", "proc": Path("/proc/must-test/out"),
+           "read_only": tmp_path / "ro" / "out"}[case]
+    if case == "read_only":  # what a read-only mount answers (tests may run as root, where chmod stops nothing)
+        import errno
+
+        real = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if str(self).startswith(str(tmp_path / "ro")):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    path = _recipe(tmp_path, f"name: x\noutput_dir: {out}\nlogger: {{kind: none}}\n" + STAGES)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: key 'output_dir': {out}: cannot create it"), err
+    # /proc answers ENOENT or EACCES depending on the kernel and user: the line above is the check there
+    reason = {"below_a_file": "a_file is a file, not a folder)", "read_only": "(Read-only file system)"}.get(case, "")
+    assert err.endswith(reason)
+
+
+# ----------------------------------------------------------------------------------------- saved model folders
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    from must.models.lalm import MusicLALM
+    from tests._tiny import TINY_MODEL
+
+    folder = tmp_path_factory.mktemp("model") / "model"
+    MusicLALM.from_config(TINY_MODEL).save_pretrained(folder)
+    return folder
+
+
+def _damaged(saved: Path, target: Path, case: str) -> tuple[Path, str]:
+    shutil.copytree(saved, target)
+    if case in ("must", "llm"):
+        weights = target / ("must.safetensors" if case == "must" else "llm/model.safetensors")
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+        return weights, f"{weights} is truncated: its header promises"
+    config = target / "llm" / "config.json"
+    data = json.loads(config.read_text())
+    data["vocab_size"] += 7
+    config.write_text(json.dumps(data))
+    return config, "embed_tokens.weight has"
+
+
+@pytest.mark.parametrize("case", ["must", "llm", "vocabulary"])
+def test_a_damaged_model_folder_is_one_error_naming_the_file(saved_model, tmp_path, capsys, case):
+    folder = tmp_path / "model"
+    _, expected = _damaged(saved_model, folder, case)
+    refs = str(FIXTURE / "mustbench_demo.parquet")
+    assert main(["eval", str(folder), "--data", refs, "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err, err
+    # must validate finds it too, before any work, naming the recipe key
+    path = _recipe(tmp_path, f"""
+        name: x
+        stages:
+          - name: sft
+            kind: sft
+            init_from: {folder}
+    """)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'stages[0].init_from'" in err and expected in err
+
+
+def test_validate_refuses_an_init_from_folder_that_is_no_model(tmp_path, capsys, saved_model):
+    (tmp_path / "runs" / "sft").mkdir(parents=True)
+    shutil.copytree(saved_model, tmp_path / "runs" / "sft" / "model")
+    path = _recipe(tmp_path, f"""
+        name: x
+        stages:
+          - name: sft
+            kind: sft
+            init_from: {tmp_path / "runs" / "sft"}
+    """)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "key 'stages[0].init_from'" in err and "is not a model folder (no must_config.json)" in err
+    assert f"did you mean {tmp_path / 'runs' / 'sft' / 'model'}?" in err
+    path.write_text(path.read_text().replace("sft\n    \n", "sft\n").replace(str(tmp_path / "runs" / "sft"),
+                                                                             str(tmp_path / "runs" / "sft" / "model")))
+    assert main(["validate", str(path)]) == 0
+    assert "# note:" not in capsys.readouterr().out  # built-in kinds import nothing of the user's
+
+
+def test_validate_says_that_a_dotted_kind_runs_code(tmp_path, capsys):
+    assert main(["validate", str(_recipe(tmp_path, "name: x\n" + STAGES))]) == 0
+    out = capsys.readouterr().out
+    assert "# note: stages[0].kind 'tests._stages:Producer' imports and runs module 'tests._stages'" in out
+    assert "a dotted kind runs code" in out

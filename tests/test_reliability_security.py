@@ -1,9 +1,11 @@
-"""Security: checkpoints are data (``weights_only``), remote code runs only when the recipe asks, and no
-code runs from YAML except a stage given explicitly by dotted path."""
+"""Security: checkpoints are data (``weights_only``), remote code runs only when the user asks (recipe or
+CLI flag, never a loaded folder), and no code runs from YAML except a stage given explicitly by dotted path."""
 
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -49,7 +51,8 @@ def test_trust_remote_code_only_from_config():
     for where, node in uses:
         value = _kw(node, "trust_remote_code")
         assert not isinstance(value, ast.Constant), f"{where}:{node.lineno} hard-codes trust_remote_code"
-        assert "trust_remote_code" in ast.unparse(value) or ast.unparse(value) == "remote", f"{where}:{node.lineno}"
+        text = ast.unparse(value)
+        assert "trust_remote_code" in text or text == "remote" or text.startswith("trusted_parts("), f"{where}:{node.lineno}"
     from must.models.config import EncoderConfig, LLMConfig
 
     assert EncoderConfig().trust_remote_code is False and LLMConfig().trust_remote_code is False
@@ -92,3 +95,74 @@ def test_a_checkpoint_carrying_code_is_refused_on_resume(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
         run_recipe(load_recipe(recipe), RunOptions(resume=True))
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------- remote code
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    from must.models.lalm import MusicLALM
+    from tests._tiny import TINY_MODEL
+
+    folder = tmp_path_factory.mktemp("model") / "model"
+    MusicLALM.from_config(TINY_MODEL).save_pretrained(folder)
+    return folder
+
+
+def _carrying_code(saved: Path, target: Path, ask: bool) -> Path:
+    """A copy of a model folder whose LLM config maps AutoConfig to a file beside it that writes a marker
+    when imported (what a downloaded folder could ship); ``ask`` sets the folder's own trust_remote_code."""
+    shutil.copytree(saved, target)
+    marker = target.parent / f"{target.name}.ran"
+    (target / "llm" / "configuration_evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import Qwen2Config\n\nclass EvilConfig(Qwen2Config):\n    pass\n")
+    config = json.loads((target / "llm" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig"}
+    (target / "llm" / "config.json").write_text(json.dumps(config))
+    if ask:
+        meta = json.loads((target / "must_config.json").read_text())
+        meta["model"]["llm"]["trust_remote_code"] = True
+        (target / "must_config.json").write_text(json.dumps(meta))
+    return marker
+
+
+def test_a_model_folder_cannot_grant_itself_remote_code(saved_model, tmp_path, capsys):
+    from must.cli import main
+    from must.errors import MustError
+    from must.models.lalm import MusicLALM
+
+    folder = tmp_path / "downloaded"
+    marker = _carrying_code(saved_model, folder, ask=True)
+    with pytest.raises(MustError, match=r"must_config.json asks to run .*model.llm.trust_remote_code.*--trust-remote-code"):
+        MusicLALM.from_pretrained(folder)
+    with pytest.raises(MustError, match="model.llm.trust_remote_code"):
+        MusicLALM.from_pretrained(folder, trust_remote_code=["encoder"])  # trusting the encoder is not the LLM
+    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "mustbench_demo.parquet"
+    assert main(["eval", str(folder), "--data", str(fixture), "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--trust-remote-code" in err and "Traceback" not in err
+    assert not marker.exists()
+    # The control: granted by the caller, the folder's code does run (so the refusal above is what kept it out).
+    with pytest.raises(Exception):
+        MusicLALM.from_pretrained(folder, trust_remote_code=True)  # EvilConfig is no causal-LM config
+    assert marker.read_text() == "ran"
+
+
+def test_a_folder_that_does_not_ask_never_runs_its_code(saved_model, tmp_path):
+    from must.models.lalm import MusicLALM
+
+    marker = _carrying_code(saved_model, tmp_path / "quiet", ask=False)
+    model = MusicLALM.from_pretrained(tmp_path / "quiet")  # transformers' own Qwen2 classes, not the shipped file
+    assert type(model.llm.config).__name__ == "Qwen2Config" and not marker.exists()
+
+
+def test_an_init_from_folder_gets_only_what_the_recipe_grants():
+    from must.models.config import ModelConfig
+    from must.stages.common import trusted_parts
+
+    cfg = ModelConfig()
+    assert trusted_parts(cfg) == []
+    cfg.encoder.trust_remote_code = True
+    assert trusted_parts(cfg) == ["encoder"]

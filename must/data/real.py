@@ -8,6 +8,8 @@ raised before training starts rather than mid-epoch.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +104,23 @@ def audio_duration(path: str | Path) -> float:
 
 
 def find_audio(audio_dir: str | Path, track_id: str) -> Path | None:
-    """``audio_dir/<track_id>.<mp3|wav|flac|ogg>`` if one exists."""
+    """``audio_dir/<track_id>.<mp3|wav|flac|ogg>`` if one exists; MustError for a track id that leads outside
+    ``audio_dir`` (``../x``, an absolute path): a benchmark file must not make us read any file on the machine."""
+    if not inside_folder(audio_dir, track_id):
+        raise MustError(f"track_id {track_id!r} leads outside the audio folder {audio_dir}")
     for ext in AUDIO_EXTENSIONS:
         p = Path(audio_dir) / f"{track_id}{ext}"
         if p.is_file():
             return p
     return None
+
+
+def inside_folder(folder: str | Path, name: str) -> bool:
+    """Whether ``folder/name`` stays inside ``folder`` once ``..`` and absolute parts are resolved (lexically:
+    a symlink the user put inside the folder is theirs to follow)."""
+    root = os.path.normpath(os.path.abspath(folder))
+    target = os.path.normpath(os.path.join(root, str(name)))
+    return bool(str(name)) and target.startswith(root + os.sep)
 
 
 def _as_list(value: Any, fallback: str) -> list[str]:
@@ -125,14 +138,18 @@ def _opt_str(value: Any) -> str | None:
 
 
 def load_mustbench(
-    parquet_path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True
+    parquet_path: str | Path, audio_dir: str | Path | None = None, check_audio: bool = True,
+    require_audio: bool = True,
 ) -> list[QA]:
     """The questions of a MusTBench-format parquet, validated up front.
 
     ``audio_dir`` defaults to the parquet's folder. Checks, each a MustError: the file exists and
     reads; all columns ``id, track_id, task, category, qa_type, question, answer, answers, split``;
-    every task is one of the five; every track has a readable, non-empty audio file (missing ids
-    listed). ``duration`` comes from the parquet's column when present, else from the audio header.
+    every task is one of the five; no track id leads outside ``audio_dir``; every reference answer reads
+    as its task expects, each time in it possible and within its track; every track has a readable,
+    non-empty audio file (missing ids listed; with ``require_audio=False`` a missing one is left to the
+    caller). ``duration`` comes from the parquet's column when present, else from the audio header; audio
+    shorter than its row's duration is warned about, naming the row.
     """
     import pandas as pd
 
@@ -159,7 +176,8 @@ def load_mustbench(
     if df["id"].duplicated().any():
         dup = df.loc[df["id"].duplicated(), "id"].astype(str).head(10).tolist()
         raise MustError(f"{parquet_path}: duplicate id(s) {', '.join(dup)}")
-    check_references(df, parquet_path)
+    check_track_ids(df, parquet_path, audio_dir)
+    has_duration = "duration" in df.columns
     durations: dict[str, float] = {}
     if check_audio:
         if not audio_dir.is_dir():
@@ -167,14 +185,16 @@ def load_mustbench(
         track_ids = sorted(df["track_id"].astype(str).unique())
         paths = {t: find_audio(audio_dir, t) for t in track_ids}
         missing = [t for t, p in paths.items() if p is None]
-        if missing:
+        if missing and require_audio:
             shown = ", ".join(missing[:20]) + (" …" if len(missing) > 20 else "")
             raise MustError(
                 f"{parquet_path}: no audio in {audio_dir} for {len(missing)} track id(s): {shown} "
                 f"(looked for <track_id>{'|'.join(AUDIO_EXTENSIONS)})"
             )
-        durations = {t: audio_duration(p) for t, p in paths.items()}
-    has_duration = "duration" in df.columns
+        durations = _audio_durations(paths, strict=require_audio)
+        if has_duration:
+            warn_short_audio(df, parquet_path, durations, paths)
+    check_references(df, parquet_path, {**durations, **_column_durations(df)})
     qas = []
     for row in df.itertuples(index=False):
         tid = str(row.track_id)
@@ -198,21 +218,107 @@ def load_mustbench(
     return qas
 
 
-def check_references(df: Any, parquet_path: Path) -> None:
-    """Every reference answer must read as its task expects (a time, a letter, intervals, text): a reference
-    the scorer cannot read would silently score every prediction as a miss. MustError listing the rows."""
-    from must.parsing import parse_answer
+#: Slack when a time is compared with a track's length: references are written in whole seconds (``0:56``
+#: for the end of a 55.4 s track), and MP3 headers may be off by a frame.
+_END_SLACK_SECONDS = 1.0
 
+
+def check_references(df: Any, parquet_path: Path, durations: dict[str, float] | None = None) -> None:
+    """Every reference answer must read as its task expects (a time, a letter, intervals, text), and for the
+    timed tasks every time written in it must be possible (``23:76`` is not) and, where the track's length is
+    known (``durations``: track id -> seconds), within the track. A reference the scorer cannot read, or one
+    past the track's end, silently scores every prediction as a miss. MustError listing the rows."""
+    durations = durations or {}
     bad = []
     for row in df.itertuples(index=False):
         for ref in _as_list(row.answers, str(row.answer)):
-            parsed = parse_answer(str(row.task), ref)
-            if not parsed.ok:
-                bad.append(f"id {row.id} ({row.task} {ref!r}: {parsed.reason})")
+            problem = reference_problem(str(row.task), ref, durations.get(str(row.track_id)))
+            if problem:
+                bad.append(f"id {row.id} ({row.task} {ref!r}: {problem})")
                 break
     if bad:
         shown = "; ".join(bad[:10]) + (" …" if len(bad) > 10 else "")
-        raise MustError(f"{parquet_path}: unparsable reference answer in {len(bad)} row(s): {shown}")
+        raise MustError(f"{parquet_path}: unparsable or impossible reference answer in {len(bad)} row(s): {shown}")
+
+
+def reference_problem(task: str, ref: str, duration: float | None = None) -> str | None:
+    """Why one reference answer cannot be scored (None when it can): unparsable, an impossible time, or a time
+    past ``duration`` seconds."""
+    from must.parsing import parse_answer, time_tokens
+
+    parsed = parse_answer(task, ref)
+    if not parsed.ok:
+        return parsed.reason
+    if task.upper() not in ("TSG", "MTR"):
+        return None
+    tokens = time_tokens(ref)
+    for _, token in tokens:  # parse_time reads only the first time: a later one may be impossible
+        if not token.ok:
+            return token.reason
+    times = [(text, token.value) for text, token in tokens] + [(f"{v:g} s", v) for v in _seconds(parsed.value)]
+    for text, seconds in times:
+        if duration and seconds > duration + _END_SLACK_SECONDS:
+            return f"{text} = {seconds:g} s is past the end of the {duration:.1f} s track"
+    return None
+
+
+def _seconds(value: Any) -> list[float]:
+    """The times in a parsed TSG or MTR value: one float, or a list of (start, end) intervals."""
+    if isinstance(value, list):
+        return [t for interval in value for t in interval]
+    return [float(value)]
+
+
+def check_track_ids(df: Any, parquet_path: Path, audio_dir: Path) -> None:
+    """Track ids name files inside the audio folder; one that leads outside (``../x``, ``/etc/x``) is refused."""
+    outside = [(tid, rid) for tid, rid in zip(df["track_id"].astype(str), df["id"].astype(str))
+               if not inside_folder(audio_dir, tid)]
+    if outside:
+        shown = ", ".join(f"{tid!r} (id {rid})" for tid, rid in outside[:10])
+        raise MustError(f"{parquet_path}: track_id leads outside the audio folder {audio_dir} in {len(outside)} "
+                        f"row(s): {shown}; a track_id names <track_id>.<ext> inside it")
+
+
+def _audio_durations(paths: dict[str, Path | None], strict: bool) -> dict[str, float]:
+    """Track id -> seconds from each audio header; not ``strict``, a missing or unreadable file is left out
+    (``must eval`` reports it on that track's rows instead of stopping)."""
+    out = {}
+    for tid, path in paths.items():
+        if path is None:
+            continue
+        try:
+            out[tid] = audio_duration(path)
+        except MustError:
+            if strict:
+                raise
+    return out
+
+
+def _column_durations(df: Any) -> dict[str, float]:
+    """Track id -> the parquet's ``duration`` (the shortest its rows give), when the column is there."""
+    if "duration" not in df.columns:
+        return {}
+    out: dict[str, float] = {}
+    for tid, value in zip(df["track_id"].astype(str), df["duration"]):
+        if value == value and float(value) > 0:  # NaN != NaN: a missing value
+            out[tid] = min(out.get(tid, float("inf")), float(value))
+    return out
+
+
+def warn_short_audio(df: Any, parquet_path: Path, audio: dict[str, float], paths: dict[str, Path | None]) -> list[str]:
+    """Warn (stderr) about each track whose audio is shorter than a row's ``duration`` says: its questions ask
+    about music the model never hears (a cut-off download, a wrong file). Returns the warnings."""
+    warnings, warned = [], set()
+    for tid, rid, value in zip(df["track_id"].astype(str), df["id"].astype(str), df["duration"]):
+        if tid not in audio or tid in warned or value != value:  # one warning per track; NaN: no duration
+            continue
+        if audio[tid] < float(value) - max(_END_SLACK_SECONDS, 0.02 * float(value)):
+            warnings.append(f"warning: {parquet_path}: row id {rid} says track {tid} lasts {float(value):.1f} s, but "
+                            f"its audio {paths[tid]} is {audio[tid]:.1f} s long")
+            warned.add(tid)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return warnings
 
 
 class SkipBroken(Dataset):

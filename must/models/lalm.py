@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -478,8 +479,14 @@ class MusicLALM(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> MusicLALM:
-        """Load a folder written by :meth:`save_pretrained`; a missing or wrong folder raises ``MustError``."""
+    def from_pretrained(cls, folder: str | Path, trust_remote_code: bool | Collection[str] = False) -> MusicLALM:
+        """Load a folder written by :meth:`save_pretrained`; a missing or wrong folder raises ``MustError``.
+
+        ``trust_remote_code`` is the caller's, never the folder's: ``True`` lets every part run the modelling
+        code shipped with it, a collection names the parts that may (``"encoder"``, ``"llm"``). A folder whose
+        ``must_config.json`` asks for remote code it was not granted is refused (``MustError``), since a
+        downloaded folder could otherwise run any file beside it.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise MustError(f"model folder not found: {folder}")
@@ -499,6 +506,7 @@ class MusicLALM(nn.Module):
             if not (folder / need).exists():
                 raise MustError(f"model folder {folder} is incomplete: {need} is missing")
         cfg = _as_config(meta["model"])
+        _grant_remote_code(cfg, meta_file, trust_remote_code)
         if (folder / "encoder_backbone").is_dir():
             cfg.encoder.backbone = str(folder / "encoder_backbone")
             encoder = _encoder_from_config_folder(cfg, folder / "encoder_backbone")
@@ -519,6 +527,26 @@ class MusicLALM(nn.Module):
         if cfg.encoder.lora.r > 0:
             load_adapter(model.encoder.backbone, folder / "adapters" / "encoder")
         return model
+
+
+#: The parts of a model folder that may hold their own modelling code, and the recipe key that allows it.
+REMOTE_CODE_PARTS = {"encoder": "model.encoder.trust_remote_code", "llm": "model.llm.trust_remote_code"}
+
+
+def _grant_remote_code(cfg: ModelConfig, meta_file: Path, granted: bool | Collection[str]) -> None:
+    """Set each part's ``trust_remote_code`` to what the caller granted; refuse a folder asking for more."""
+    allowed = set(REMOTE_CODE_PARTS) if granted is True else set(granted or ())
+    for part, key in REMOTE_CODE_PARTS.items():
+        part_cfg = getattr(cfg, part)
+        if part_cfg.trust_remote_code and part not in allowed:
+            raise MustError(
+                f"{meta_file} asks to run the modelling code shipped with the folder ({key}: true); refused, "
+                "since remote code runs only when you ask for it. If you trust this folder, pass "
+                "--trust-remote-code (must eval), set it in your recipe (a stage's init_from) or call "
+                "MusicLALM.from_pretrained(..., trust_remote_code=True)"
+            )
+        # Only a part that asks gets it: granting one part never widens another.
+        part_cfg.trust_remote_code = bool(part_cfg.trust_remote_code and part in allowed)
 
 
 def _encoder_from_config_folder(cfg: ModelConfig, cfg_folder: Path) -> MusTEncoder:

@@ -36,8 +36,16 @@ CHANCE = {"LTR": 100 / 4, "GTO": 100 / 6}
 def build_model(ctx: Any) -> MusicLALM:
     """The stage's starting model: the ``init_from`` folder when given, else built from ``recipe.model``."""
     if ctx.init_dir is not None:
-        return MusicLALM.from_pretrained(ctx.init_dir)
+        from must.models.folder import load_model
+
+        return load_model(ctx.init_dir, trust_remote_code=trusted_parts(ctx.recipe.model))
     return MusicLALM.from_config(ctx.recipe.model)
+
+
+def trusted_parts(model_cfg: Any) -> list[str]:
+    """The model parts whose shipped code the recipe allows to run (``model.<part>.trust_remote_code``): an
+    ``init_from`` folder gets only what the user's recipe grants, never what its own config asks for."""
+    return [part for part in ("encoder", "llm") if getattr(model_cfg, part).trust_remote_code]
 
 
 def set_trainable(model: torch.nn.Module, train: Sequence[str], freeze: Sequence[str] = ()) -> int:
