@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -244,53 +245,95 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     (-1 on the shared part and padding, else the question's index in the flattened list), and
     ``n_blocks`` (total questions). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``).
     """
-    embed = model.llm.get_input_embeddings()
     dev = model.device
     cut = max_answer_tokens or model.cfg.max_answer_tokens
     audio = model.project(encoding)
     eos = model.tokenizer.eos_token_id
-    rows, labels, blocks, positions = [], [], [], []
+    ids_of = _text_ids_memo(model)
+    # Lay every row out first (token ids and where they go, audio spans), then fill one padded tensor:
+    # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
+    text_ids, text_at, audio_at, rows = [], [], [], []
     flat = 0
     for b, qs, ans in _shared_groups(model, questions, answers):
+        r = len(rows)
         before, first_after = model.prompt_parts(qs[0])
-        parts = [embed(torch.tensor(model.text_ids(before), device=dev))]
+        ids = ids_of(before)
+        text_ids += ids
+        text_at += [(r, i) for i in range(len(ids))]
+        n = len(ids)
+        pieces = []
         if encoding.host_embeds is not None:
-            parts.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
-        parts.append(audio[b][encoding.mask[b].to(dev)])
-        n_shared = sum(len(p) for p in parts)
+            pieces.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
+        pieces.append(audio[b][encoding.mask[b].to(dev)])
+        for piece in pieces:
+            audio_at.append((r, n, piece))
+            n += len(piece)
+        n_shared = n
         lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
         for j, q in enumerate(qs):
             after = first_after if j == 0 else model.prompt_parts(q)[1]
-            ids = model.text_ids(after)
-            a_ids = [] if ans is None else model.text_ids(ans[j])[:cut] + [eos]
-            parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
+            ids = ids_of(after)
+            a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
+            m = len(ids) + len(a_ids)
+            text_ids += ids + a_ids
+            text_at += [(r, i) for i in range(n, n + m)]
+            n += m
             lab += [-100] * len(ids) + a_ids
-            blk += [flat] * (len(ids) + len(a_ids))
-            pos += list(range(n_shared, n_shared + len(ids) + len(a_ids)))
+            blk += [flat] * m
+            pos += list(range(n_shared, n_shared + m))
             flat += 1
-        rows.append(torch.cat([p.to(audio.dtype) for p in parts]))
-        labels.append(lab)
-        blocks.append(blk)
-        positions.append(pos)
-    length = max(len(r) for r in rows)
+        rows.append((lab, blk, pos))
+    length = max(len(lab) for lab, _, _ in rows)
     bsz = len(rows)
     inputs = audio.new_zeros(bsz, length, model.hidden_size)
-    lab_t = torch.full((bsz, length), -100, dtype=torch.long, device=dev)
-    blk_t = torch.full((bsz, length), -1, dtype=torch.long, device=dev)
-    pos_t = torch.zeros(bsz, length, dtype=torch.long, device=dev)
-    real = torch.zeros(bsz, length, dtype=torch.bool, device=dev)
-    for i, (r, la, bl, po) in enumerate(zip(rows, labels, blocks, positions)):
-        n = len(r)
-        inputs[i, :n] = r
-        lab_t[i, :n] = torch.tensor(la, device=dev)
-        blk_t[i, :n] = torch.tensor(bl, device=dev)
-        pos_t[i, :n] = torch.tensor(po, device=dev)
+    at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
+    emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
+    inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(audio.dtype))
+    for r, lo, piece in audio_at:
+        inputs[r, lo: lo + len(piece)] = piece
+    lab_t = torch.full((bsz, length), -100, dtype=torch.long)
+    blk_t = torch.full((bsz, length), -1, dtype=torch.long)
+    pos_t = torch.zeros(bsz, length, dtype=torch.long)
+    real = torch.zeros(bsz, length, dtype=torch.bool)
+    for i, (la, bl, po) in enumerate(rows):
+        n = len(la)
+        lab_t[i, :n] = torch.tensor(la)
+        blk_t[i, :n] = torch.tensor(bl)
+        pos_t[i, :n] = torch.tensor(po)
         real[i, :n] = True
+    lab_t, blk_t, pos_t, real = (t.to(dev) for t in (lab_t, blk_t, pos_t, real))
     allowed = block_mask(blk_t, real)
-    mask = torch.zeros(allowed.shape, dtype=inputs.dtype, device=dev)
-    mask = mask.masked_fill(~allowed, torch.finfo(inputs.dtype).min)[:, None]
+    mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "n_blocks": flat}
+
+
+#: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
+#: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
+#: the memo starts afresh when the tokenizer object or its size changes.
+_IDS_MEMO: "weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]]" = weakref.WeakKeyDictionary()
+IDS_MEMO_SIZE = 65536
+
+
+def _text_ids_memo(model: MusicLALM):
+    """``model.text_ids``, memoised per model (least recently used texts dropped past ``IDS_MEMO_SIZE``)."""
+    key = (id(model.tokenizer), len(model.tokenizer))
+    held = _IDS_MEMO.get(model)
+    if held is None or held[0] != key:
+        held = _IDS_MEMO[model] = (key, OrderedDict())
+    memo = held[1]
+
+    def ids_of(text: str) -> list[int]:
+        ids = memo.get(text)
+        if ids is None:
+            ids = memo[text] = model.text_ids(text)
+            if len(memo) > IDS_MEMO_SIZE:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(text)
+        return list(ids)
+
+    return ids_of
 
 
 def _shared_groups(model: MusicLALM, questions: Sequence[Sequence[str]],
@@ -314,12 +357,12 @@ def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     Padding queries see themselves only (no all-masked rows, so no NaN).
     """
     n = block.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
-    same = block[:, :, None] == block[:, None, :]
-    shared_key = (block == -1)[:, None, :] & real[:, None, :]
-    allowed = causal & (same | shared_key) & real[:, None, :] & real[:, :, None]
-    eye = torch.eye(n, dtype=torch.bool, device=block.device)
-    return allowed | (eye & ~real[:, :, None])
+    allowed = block[:, :, None] == block[:, None, :]  # same block (the shared part is block -1 too)
+    allowed |= ((block == -1) & real)[:, None, :]  # the shared part is seen by every block
+    allowed &= torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
+    allowed &= real[:, None, :] & real[:, :, None]
+    allowed.diagonal(dim1=1, dim2=2)[~real] = True
+    return allowed
 
 
 def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int) -> torch.Tensor:
