@@ -183,6 +183,7 @@ def main() -> None:
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
     stage = build_stage(recipe)
     opt = stage.configure_optimizers()["optimizer"]
+    stage.on_train_start()  # what Trainer.fit calls before the first step
     loader = iter(stage.train_dataloader())
     n = args.warmup + args.steps
     if not args.cold:  # the recipe's stages 1-2 render every training track before SFT

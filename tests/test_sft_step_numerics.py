@@ -42,6 +42,7 @@ def test_tiny_sft_losses_match_the_recorded_ones(one_thread):
     stage = tiny_sft_stage()
     opt = stage.configure_optimizers()["optimizer"]
     batch = next(iter(stage.train_dataloader()))
+    stage.on_train_start()  # as Trainer.fit does (it switches off the frozen, zero LoRA adapters)
     losses = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log outside a Trainer
@@ -52,3 +53,43 @@ def test_tiny_sft_losses_match_the_recorded_ones(one_thread):
             opt.zero_grad()
             losses.append(loss.item())
     assert losses == pytest.approx(GOLDEN, rel=1e-6, abs=1e-6)
+
+
+def test_inert_lora_is_switched_off_only_when_it_adds_exactly_zero():
+    from must.stages import common
+
+    torch.manual_seed(0)
+    model = MusicLALM.from_config({"llm": {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1,
+                                           "intermediate_size": 64, "lora": {"r": 4}}})
+    x = torch.randn(1, 5, 32)
+
+    def out():
+        return model.llm(inputs_embeds=x, use_cache=False).logits
+
+    common.set_trainable(model, ["llm.*"], ["*lora_*"])
+    before = out()
+    layers = common.disable_inert_lora(model.llm)
+    assert layers and all(m.disable_adapters for m in layers)
+    torch.testing.assert_close(out(), before, rtol=0, atol=0)  # zero adapters: the very same logits
+    common.enable_lora(layers)
+    assert not any(m.disable_adapters for m in layers)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # still frozen
+
+    lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_b[0, 0] = 0.5  # a trained adapter changes the output: it must stay on
+    assert common.disable_inert_lora(model.llm) == []
+    with torch.no_grad():
+        lora_b.zero_()
+    common.set_trainable(model, ["*lora_*"])  # adapters that train must stay on too
+    assert common.disable_inert_lora(model.llm) == []
+
+
+def test_sft_fit_leaves_the_adapters_on_and_frozen():
+    stage = tiny_sft_stage()
+    stage.on_train_start()
+    assert stage._inert_lora  # the tiny recipe's SFT keeps its LoRA adapters frozen at zero
+    stage.on_train_end()
+    lora = [p for n, p in stage.model.named_parameters() if "lora_" in n]
+    assert lora and not any(p.requires_grad for p in lora)
+    assert not any(m.disable_adapters for m in stage.model.llm.modules() if hasattr(m, "lora_A"))

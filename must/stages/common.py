@@ -41,6 +41,35 @@ def build_model(ctx: Any) -> MusicLALM:
     return MusicLALM.from_config(ctx.recipe.model)
 
 
+def disable_inert_lora(model: torch.nn.Module) -> list:
+    """Switch off LoRA adapters that cannot change anything: all their weights frozen and every ``lora_B``
+    exactly zero, so each adds exactly 0.0 (the tiny recipe's SFT and captions keep the LLM's adapters at
+    zero for GRPO). Skipping them saves two matmuls per adapted linear layer, forward and backward, and
+    changes no number. Returns the layers switched off (none if any adapter weight trains or is non-zero),
+    for :func:`enable_lora`."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.disable_adapters]
+    weights = [(n, p) for m in layers for n, p in m.named_parameters() if "lora_" in n]
+    if not weights or any(p.requires_grad for _, p in weights):
+        return []
+    if any(bool(p.detach().ne(0).any()) for n, p in weights if "lora_B" in n):
+        return []
+    for m in layers:
+        m.enable_adapters(False)
+    return layers
+
+
+def enable_lora(layers: list) -> None:
+    """Switch adapters off by :func:`disable_inert_lora` back on, still frozen (peft's ``enable_adapters``
+    marks them trainable)."""
+    for m in layers:
+        frozen = [p for n, p in m.named_parameters() if "lora_" in n and not p.requires_grad]
+        m.enable_adapters(True)
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def set_trainable(model: torch.nn.Module, train: Sequence[str], freeze: Sequence[str] = ()) -> int:
     """Train exactly the parameters matching a glob of ``train``, minus those matching ``freeze``; returns how many train."""
     params.trainable(model, list(train))

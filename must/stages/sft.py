@@ -275,6 +275,15 @@ class SFTStage(L.LightningModule):
             self.log("train/broken_audio_files", float(self._train_set.broken), batch_size=bs)
         return loss
 
+    def on_train_start(self) -> None:
+        # Frozen all-zero LoRA adapters (the tiny recipe trains the whole LLM and keeps them at zero for
+        # GRPO) add exactly 0.0: switched off for the fit, ~10 % of the LLM's time, same numbers.
+        self._inert_lora = common.disable_inert_lora(self.model.llm)
+
+    def on_train_end(self) -> None:
+        common.enable_lora(getattr(self, "_inert_lora", []))
+        self._inert_lora = []
+
     def on_validation_epoch_start(self) -> None:
         self._preds: Dict[str, str] = {}
         self._refs: List[dict] = []
