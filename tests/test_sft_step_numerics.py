@@ -93,3 +93,22 @@ def test_sft_fit_leaves_the_adapters_on_and_frozen():
     lora = [p for n, p in stage.model.named_parameters() if "lora_" in n]
     assert lora and not any(p.requires_grad for p in lora)
     assert not any(m.disable_adapters for m in stage.model.llm.modules() if hasattr(m, "lora_A"))
+
+
+def test_loss_from_the_answer_logits_only_equals_the_full_one():
+    from must.stages import common
+
+    torch.manual_seed(0)
+    model = MusicLALM.from_config({"encoder": {"width": 32, "layers": 1, "heads": 2, "n_mels": 16},
+                                   "llm": {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1,
+                                           "intermediate_size": 64}}).eval()
+    waves = [torch.randn(16000 * (5 + i)).numpy() * 0.1 for i in range(2)]
+    enc = model.encode_audio(waves, 16000)
+    packed = common.pack_questions(model, enc, [["When does the bass enter?", "Which change is at 0:03?"],
+                                                ["When is it calmest?"]], [["0:02", "B"], ["0:01-0:04"]])
+    logits, positions = common.answer_logits(model.llm, packed)
+    assert positions is not None and logits.shape[1] == len(positions) < packed["labels"].shape[1] / 2
+    full = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
+                     position_ids=packed["position_ids"], use_cache=False).logits
+    args = (packed["labels"], packed["block"], packed["n_blocks"])
+    torch.testing.assert_close(common.per_block_loss(logits, *args, positions), common.per_block_loss(full, *args))

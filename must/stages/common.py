@@ -394,11 +394,21 @@ def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return allowed
 
 
-def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """Answer-only loss normalised per question: (B, L, V) logits -> (n_blocks,) mean token CE of each block."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    shift_block = block[:, 1:]
+def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Answer-only loss normalised per question: (B, L, V) logits -> (n_blocks,) mean token CE of each block.
+
+    With ``positions`` (K,) (see :func:`answer_positions`) the logits are (B, K, V), those of the
+    positions ``positions`` only (each predicting the token after it); the result is the same.
+    """
+    if positions is None:
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:]
+        shift_block = block[:, 1:]
+    else:
+        shift_logits = logits.float()
+        shift_labels = labels[:, positions + 1]
+        shift_block = block[:, positions + 1]
     ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                          ignore_index=-100, reduction="none")
     valid = (shift_labels.reshape(-1) != -100)
@@ -406,6 +416,32 @@ def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tens
     sums = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], ce[valid])
     counts = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], torch.ones_like(ce[valid]))
     return sums / counts.clamp_min(1)
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) labels -> (K,) sorted positions whose next token is a label in some row: the only logits the
+    answer-only loss reads (a tenth of a packed SFT row), for the LM head's ``logits_to_keep``."""
+    return torch.nonzero((labels[:, 1:] != -100).any(0)).squeeze(1)
+
+
+@lru_cache(maxsize=16)
+def _takes_logits_to_keep(cls: type) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def answer_logits(llm: torch.nn.Module, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LLM on a packed batch (:func:`pack_questions`), returning ``(logits, positions)`` for
+    :func:`per_block_loss`: the LM head runs on the :func:`answer_positions` only when the model's forward
+    takes ``logits_to_keep`` (HF causal LMs; saves most of the head's matmuls and the softmax over the
+    vocabulary), else on every position (``positions`` None)."""
+    inputs = {k: packed[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}
+    positions = None
+    if _takes_logits_to_keep(type(llm)):
+        positions = answer_positions(packed["labels"])
+        inputs["logits_to_keep"] = positions
+    return llm(**inputs, use_cache=False).logits, positions
 
 
 def balanced_loss(losses: torch.Tensor, tasks: Sequence[str],

@@ -193,9 +193,8 @@ def qa_losses(model: MusicLALM, encoding, groups: List[List[QA]]) -> torch.Tenso
     """(Q,) answer-only loss of each question (flattened over clips), one packed sequence per clip."""
     packed = common.pack_questions(model, encoding, [[q.question for q in g] for g in groups],
                                    [[q.answer for q in g] for g in groups])
-    logits = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
-                       position_ids=packed["position_ids"], use_cache=False).logits
-    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
+    logits, positions = common.answer_logits(model.llm, packed)
+    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"], positions)
 
 
 class SFTStage(L.LightningModule):
