@@ -192,11 +192,12 @@ def main() -> None:
     stage = build_stage(recipe)
     opt = stage.configure_optimizers()["optimizer"]
     stage.on_train_start()  # what Trainer.fit calls before the first step
-    loader = iter(stage.train_dataloader())
     n = args.warmup + args.steps
-    if not args.cold:  # the recipe's stages 1-2 render every training track before SFT
-        for i in range(recipe.data.train_tracks):
-            common.cached_track(recipe.data, "train", i)
+    if not args.cold:  # the recipe's stages 1-2 render every training track before SFT: render those read
+        dry = iter(stage.train_dataloader())
+        for _ in range(n + (args.warmup + args.steps if args.lightning else 0)):
+            next(dry)
+    loader = iter(stage.train_dataloader())
     timers = Timers(stage)
     batches: list = []
     first = run_steps(stage, batches, opt, timers, loader, n)[args.warmup:]

@@ -95,7 +95,7 @@ def test_sft_fit_leaves_the_adapters_on_and_frozen():
     assert not any(m.disable_adapters for m in stage.model.llm.modules() if hasattr(m, "lora_A"))
 
 
-def test_loss_from_the_answer_logits_only_equals_the_full_one():
+def test_loss_from_the_answer_logits_only_and_row_by_row_equals_the_full_one():
     from must.stages import common
 
     torch.manual_seed(0)
@@ -111,4 +111,8 @@ def test_loss_from_the_answer_logits_only_equals_the_full_one():
     full = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
                      position_ids=packed["position_ids"], use_cache=False).logits
     args = (packed["labels"], packed["block"], packed["n_blocks"])
-    torch.testing.assert_close(common.per_block_loss(logits, *args, positions), common.per_block_loss(full, *args))
+    expected = common.per_block_loss(full, *args)
+    torch.testing.assert_close(common.per_block_loss(logits, *args, positions), expected)
+    assert packed["lengths"].tolist()[1] < packed["inputs_embeds"].shape[1]  # the second row is padded
+    torch.testing.assert_close(common.block_losses(model.llm, packed, by_row=True), expected)  # no padding
+    torch.testing.assert_close(common.block_losses(model.llm, packed), expected)

@@ -193,8 +193,7 @@ def qa_losses(model: MusicLALM, encoding, groups: List[List[QA]]) -> torch.Tenso
     """(Q,) answer-only loss of each question (flattened over clips), one packed sequence per clip."""
     packed = common.pack_questions(model, encoding, [[q.question for q in g] for g in groups],
                                    [[q.answer for q in g] for g in groups])
-    logits, positions = common.answer_logits(model.llm, packed)
-    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"], positions)
+    return common.block_losses(model.llm, packed, by_row=model.device.type == "cpu")
 
 
 class SFTStage(L.LightningModule):
