@@ -38,6 +38,7 @@ from must.models.sampling import frame_probs, sample_tokens
 from must.models.time_embedding import TimeEmbedding
 
 FORMAT, VERSION = "must-lalm", 1
+PROMPT_MEMO_SIZE = 65536  # rendered prompts kept per model (about 200 bytes each)
 
 
 @dataclass
@@ -165,6 +166,7 @@ class MusicLALM(nn.Module):
         self.hidden_size = hidden
         if cfg.time_embedding.kind == "tokens":  # not saved: re-tied on every build and load
             self._tie_handle = time_tokens.tie_head(llm, self.time_embedding.first, self.time_embedding.count)
+        self._prompt_memo: dict[tuple, tuple[str, str]] = {}  # see prompt_parts
 
     # --- construction ------------------------------------------------------------------------
 
@@ -243,8 +245,20 @@ class MusicLALM(nn.Module):
     # --- prompts -----------------------------------------------------------------------------
 
     def prompt_parts(self, question: str) -> tuple[str, str]:
-        """The chat-templated prompt text before and after the music tokens (ends with the assistant header)."""
-        return self._prompt_text(question)
+        """The chat-templated prompt text before and after the music tokens (ends with the assistant header).
+
+        Rendered once per question text and kept (a training step asks up to a few dozen questions, and
+        every epoch asks them again); the key holds everything else the text depends on.
+        """
+        tok = self.tokenizer
+        key = (question, self.cfg.question_position, self.cfg.system_prompt, self.cfg.music_placeholder,
+               tok.chat_template, id(tok), len(tok))
+        parts = self._prompt_memo.get(key)
+        if parts is None:
+            parts = self._prompt_memo[key] = self._prompt_text(question)
+            if len(self._prompt_memo) > PROMPT_MEMO_SIZE:
+                self._prompt_memo.pop(next(iter(self._prompt_memo)))  # the oldest
+        return parts
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens added."""
@@ -252,10 +266,7 @@ class MusicLALM(nn.Module):
 
     def _prompt_text(self, question: str) -> tuple[str, str]:
         ph = self.cfg.music_placeholder
-        vocab = self.tokenizer.get_vocab()
-        audio = (
-            f"<|audio_bos|>{ph}<|audio_eos|>" if "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab else ph
-        )
+        audio = f"<|audio_bos|>{ph}<|audio_eos|>" if self._has_audio_tags() else ph
         content = {
             "after": f"{audio}\n{question}",
             "before": f"{question}\n{audio}",
@@ -269,6 +280,15 @@ class MusicLALM(nn.Module):
             raise MustError(f"the chat template must keep exactly one music placeholder {ph!r}; got {text!r}")
         before, after = text.split(ph)
         return before, after
+
+    def _has_audio_tags(self) -> bool:
+        """Whether the vocabulary has ``<|audio_bos|>`` and ``<|audio_eos|>`` (asked once per tokenizer:
+        ``get_vocab`` builds the whole vocabulary dict, 0.7 ms for the tiny one)."""
+        key = (id(self.tokenizer), len(self.tokenizer))
+        if getattr(self, "_audio_tags", (None,))[0] != key:
+            vocab = self.tokenizer.get_vocab()
+            self._audio_tags = (key, "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab)
+        return self._audio_tags[1]
 
     def _ids(self, text: str) -> list[int]:
         te = self.cfg.time_embedding
@@ -308,7 +328,7 @@ class MusicLALM(nn.Module):
         eos = self.tokenizer.eos_token_id
         rows, label_rows = [], []
         for i, q in enumerate(questions):
-            before, after = self._prompt_text(q)
+            before, after = self.prompt_parts(q)
             parts = [embed(torch.tensor(self._ids(before), device=self.device))]
             if encoding.host_embeds is not None:
                 parts.append(encoding.host_embeds[i][encoding.host_mask[i]].to(self.device, audio.dtype))

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -46,6 +47,35 @@ def trusted_parts(model_cfg: Any) -> list[str]:
     """The model parts whose shipped code the recipe allows to run (``model.<part>.trust_remote_code``): an
     ``init_from`` folder gets only what the user's recipe grants, never what its own config asks for."""
     return [part for part in ("encoder", "llm") if getattr(model_cfg, part).trust_remote_code]
+
+
+def disable_inert_lora(model: torch.nn.Module) -> list:
+    """Switch off LoRA adapters that cannot change anything: all their weights frozen and every ``lora_B``
+    exactly zero, so each adds exactly 0.0 (the tiny recipe's SFT and captions keep the LLM's adapters at
+    zero for GRPO). Skipping them saves two matmuls per adapted linear layer, forward and backward, and
+    changes no number. Returns the layers switched off (none if any adapter weight trains or is non-zero),
+    for :func:`enable_lora`."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.disable_adapters]
+    weights = [(n, p) for m in layers for n, p in m.named_parameters() if "lora_" in n]
+    if not weights or any(p.requires_grad for _, p in weights):
+        return []
+    if any(bool(p.detach().ne(0).any()) for n, p in weights if "lora_B" in n):
+        return []
+    for m in layers:
+        m.enable_adapters(False)
+    return layers
+
+
+def enable_lora(layers: list) -> None:
+    """Switch adapters off by :func:`disable_inert_lora` back on, still frozen (peft's ``enable_adapters``
+    marks them trainable)."""
+    for m in layers:
+        frozen = [p for n, p in m.named_parameters() if "lora_" in n and not p.requires_grad]
+        m.enable_adapters(True)
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def set_trainable(model: torch.nn.Module, train: Sequence[str], freeze: Sequence[str] = ()) -> int:
@@ -249,56 +279,98 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
 
     Returns ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, 1, L, L) additive float (0 = attend),
     ``position_ids`` (B, L), ``labels`` (B, L) (-100 but on answers + EOS), ``block`` (B, L) long
-    (-1 on the shared part and padding, else the question's index in the flattened list), and
-    ``n_blocks`` (total questions). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``).
+    (-1 on the shared part and padding, else the question's index in the flattened list),
+    ``lengths`` (B,) long (each row's real tokens; the rest is right padding) and ``n_blocks`` (total questions). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``).
     """
-    embed = model.llm.get_input_embeddings()
     dev = model.device
     cut = max_answer_tokens or model.cfg.max_answer_tokens
     audio = model.project(encoding)
     eos = model.tokenizer.eos_token_id
-    rows, labels, blocks, positions = [], [], [], []
+    ids_of = _text_ids_memo(model)
+    # Lay every row out first (token ids and where they go, audio spans), then fill one padded tensor:
+    # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
+    text_ids, text_at, audio_at, rows = [], [], [], []
     flat = 0
     for b, qs, ans in _shared_groups(model, questions, answers):
+        r = len(rows)
         before, first_after = model.prompt_parts(qs[0])
-        parts = [embed(torch.tensor(model.text_ids(before), device=dev))]
+        ids = ids_of(before)
+        text_ids += ids
+        text_at += [(r, i) for i in range(len(ids))]
+        n = len(ids)
+        pieces = []
         if encoding.host_embeds is not None:
-            parts.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
-        parts.append(audio[b][encoding.mask[b].to(dev)])
-        n_shared = sum(len(p) for p in parts)
+            pieces.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
+        pieces.append(audio[b][encoding.mask[b].to(dev)])
+        for piece in pieces:
+            audio_at.append((r, n, piece))
+            n += len(piece)
+        n_shared = n
         lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
         for j, q in enumerate(qs):
             after = first_after if j == 0 else model.prompt_parts(q)[1]
-            ids = model.text_ids(after)
-            a_ids = [] if ans is None else model.text_ids(ans[j])[:cut] + [eos]
-            parts.append(embed(torch.tensor(ids + a_ids, device=dev)))
+            ids = ids_of(after)
+            a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
+            m = len(ids) + len(a_ids)
+            text_ids += ids + a_ids
+            text_at += [(r, i) for i in range(n, n + m)]
+            n += m
             lab += [-100] * len(ids) + a_ids
-            blk += [flat] * (len(ids) + len(a_ids))
-            pos += list(range(n_shared, n_shared + len(ids) + len(a_ids)))
+            blk += [flat] * m
+            pos += list(range(n_shared, n_shared + m))
             flat += 1
-        rows.append(torch.cat([p.to(audio.dtype) for p in parts]))
-        labels.append(lab)
-        blocks.append(blk)
-        positions.append(pos)
-    length = max(len(r) for r in rows)
+        rows.append((lab, blk, pos))
+    length = max(len(lab) for lab, _, _ in rows)
     bsz = len(rows)
     inputs = audio.new_zeros(bsz, length, model.hidden_size)
-    lab_t = torch.full((bsz, length), -100, dtype=torch.long, device=dev)
-    blk_t = torch.full((bsz, length), -1, dtype=torch.long, device=dev)
-    pos_t = torch.zeros(bsz, length, dtype=torch.long, device=dev)
-    real = torch.zeros(bsz, length, dtype=torch.bool, device=dev)
-    for i, (r, la, bl, po) in enumerate(zip(rows, labels, blocks, positions)):
-        n = len(r)
-        inputs[i, :n] = r
-        lab_t[i, :n] = torch.tensor(la, device=dev)
-        blk_t[i, :n] = torch.tensor(bl, device=dev)
-        pos_t[i, :n] = torch.tensor(po, device=dev)
+    at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
+    emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
+    inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(audio.dtype))
+    for r, lo, piece in audio_at:
+        inputs[r, lo: lo + len(piece)] = piece
+    lab_t = torch.full((bsz, length), -100, dtype=torch.long)
+    blk_t = torch.full((bsz, length), -1, dtype=torch.long)
+    pos_t = torch.zeros(bsz, length, dtype=torch.long)
+    real = torch.zeros(bsz, length, dtype=torch.bool)
+    for i, (la, bl, po) in enumerate(rows):
+        n = len(la)
+        lab_t[i, :n] = torch.tensor(la)
+        blk_t[i, :n] = torch.tensor(bl)
+        pos_t[i, :n] = torch.tensor(po)
         real[i, :n] = True
+    lab_t, blk_t, pos_t, real = (t.to(dev) for t in (lab_t, blk_t, pos_t, real))
     allowed = block_mask(blk_t, real)
-    mask = torch.zeros(allowed.shape, dtype=inputs.dtype, device=dev)
-    mask = mask.masked_fill(~allowed, torch.finfo(inputs.dtype).min)[:, None]
+    mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
-            "block": blk_t, "n_blocks": flat}
+            "block": blk_t, "lengths": real.sum(1), "n_blocks": flat}
+
+
+#: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
+#: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
+#: the memo starts afresh when the tokenizer object or its size changes.
+_IDS_MEMO: "weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]]" = weakref.WeakKeyDictionary()
+IDS_MEMO_SIZE = 65536
+
+
+def _text_ids_memo(model: MusicLALM):
+    """``model.text_ids``, memoised per model (least recently used texts dropped past ``IDS_MEMO_SIZE``)."""
+    key = (id(model.tokenizer), len(model.tokenizer))
+    held = _IDS_MEMO.get(model)
+    if held is None or held[0] != key:
+        held = _IDS_MEMO[model] = (key, OrderedDict())
+    memo = held[1]
+
+    def ids_of(text: str) -> list[int]:
+        ids = memo.get(text)
+        if ids is None:
+            ids = memo[text] = model.text_ids(text)
+            if len(memo) > IDS_MEMO_SIZE:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(text)
+        return list(ids)
+
+    return ids_of
 
 
 def _shared_groups(model: MusicLALM, questions: Sequence[Sequence[str]],
@@ -322,19 +394,29 @@ def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     Padding queries see themselves only (no all-masked rows, so no NaN).
     """
     n = block.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
-    same = block[:, :, None] == block[:, None, :]
-    shared_key = (block == -1)[:, None, :] & real[:, None, :]
-    allowed = causal & (same | shared_key) & real[:, None, :] & real[:, :, None]
-    eye = torch.eye(n, dtype=torch.bool, device=block.device)
-    return allowed | (eye & ~real[:, :, None])
+    allowed = block[:, :, None] == block[:, None, :]  # same block (the shared part is block -1 too)
+    allowed |= ((block == -1) & real)[:, None, :]  # the shared part is seen by every block
+    allowed &= torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
+    allowed &= real[:, None, :] & real[:, :, None]
+    allowed.diagonal(dim1=1, dim2=2)[~real] = True
+    return allowed
 
 
-def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """Answer-only loss normalised per question: (B, L, V) logits -> (n_blocks,) mean token CE of each block."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    shift_block = block[:, 1:]
+def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Answer-only loss normalised per question: (B, L, V) logits -> (n_blocks,) mean token CE of each block.
+
+    With ``positions`` (K,) (see :func:`answer_positions`) the logits are (B, K, V), those of the
+    positions ``positions`` only (each predicting the token after it); the result is the same.
+    """
+    if positions is None:
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:]
+        shift_block = block[:, 1:]
+    else:
+        shift_logits = logits.float()
+        shift_labels = labels[:, positions + 1]
+        shift_block = block[:, positions + 1]
     ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                          ignore_index=-100, reduction="none")
     valid = (shift_labels.reshape(-1) != -100)
@@ -342,6 +424,54 @@ def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tens
     sums = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], ce[valid])
     counts = torch.zeros(n_blocks, device=logits.device).index_add(0, idx[valid], torch.ones_like(ce[valid]))
     return sums / counts.clamp_min(1)
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) labels -> (K,) sorted positions whose next token is a label in some row: the only logits the
+    answer-only loss reads (a tenth of a packed SFT row), for the LM head's ``logits_to_keep``."""
+    return torch.nonzero((labels[:, 1:] != -100).any(0)).squeeze(1)
+
+
+@lru_cache(maxsize=16)
+def _takes_logits_to_keep(cls: type) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def answer_logits(llm: torch.nn.Module, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LLM on a packed batch (:func:`pack_questions`), returning ``(logits, positions)`` for
+    :func:`per_block_loss`: the LM head runs on the :func:`answer_positions` only when the model's forward
+    takes ``logits_to_keep`` (HF causal LMs; saves most of the head's matmuls and the softmax over the
+    vocabulary), else on every position (``positions`` None)."""
+    inputs = {k: packed[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}
+    positions = None
+    if _takes_logits_to_keep(type(llm)):
+        positions = answer_positions(packed["labels"])
+        inputs["logits_to_keep"] = positions
+    return llm(**inputs, use_cache=False).logits, positions
+
+
+def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: bool = False) -> torch.Tensor:
+    """(n_blocks,) answer-only loss of each question of a packed batch (:func:`pack_questions`).
+
+    ``by_row``: one LLM call per row, cut to its own length, instead of one call on the padded batch.
+    On a CPU, where the batch is computed row after row anyway, this skips the padding (a quarter of the
+    tokens of the tiny recipe's SFT batches, more of the quadratic attention); the losses are the same.
+    """
+    if not by_row or packed["inputs_embeds"].shape[0] == 1:
+        logits, positions = answer_logits(llm, packed)
+        return per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"], positions)
+    total = None
+    for b, n in enumerate(packed["lengths"].tolist()):
+        row = {"inputs_embeds": packed["inputs_embeds"][b: b + 1, :n],
+               "attention_mask": packed["attention_mask"][b: b + 1, :, :n, :n],
+               "position_ids": packed["position_ids"][b: b + 1, :n], "labels": packed["labels"][b: b + 1, :n]}
+        logits, positions = answer_logits(llm, row)
+        # A block lies in one row: the other rows add exactly 0 to its loss.
+        losses = per_block_loss(logits, row["labels"], packed["block"][b: b + 1, :n], packed["n_blocks"], positions)
+        total = losses if total is None else total + losses
+    return total
 
 
 def balanced_loss(losses: torch.Tensor, tasks: Sequence[str],
