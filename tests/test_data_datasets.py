@@ -135,7 +135,7 @@ def test_qa_dataset_reads_the_real_fixture():
 
     from must.data.datasets import eval_qas, qa_dataset
 
-    parquet = Path("/work/shared/fixtures/mustbench_demo/mustbench_demo.parquet")
+    parquet = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "mustbench_demo.parquet"
     if not parquet.is_file():
         pytest.skip("fixture not found")
     cfg = DataConfig(source="mustbench", parquet=str(parquet))

@@ -11,8 +11,6 @@ from must.data.real import MustBenchDataset, load_audio, load_mustbench, resampl
 from must.errors import MustError
 
 FIXTURE = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "mustbench_demo"
-if not FIXTURE.is_dir():
-    FIXTURE = Path("/work/shared/fixtures/mustbench_demo")
 PARQUET = FIXTURE / "mustbench_demo.parquet"
 
 

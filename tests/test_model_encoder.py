@@ -12,7 +12,7 @@ from must.models.encoder import MusTEncoder, plan_windows
 from must.models.lalm import MusicLALM, _guard_coverage
 
 SR = 16000
-FIXTURE = Path("/work/shared/fixtures/mustbench_demo/1023323.mp3")
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "1023323.mp3"
 
 
 def _noise(seconds, seed=0):

@@ -21,9 +21,7 @@ from must.data.real import SkipBroken, load_audio, load_mustbench
 from must.data.types import MUSTBENCH_COLUMNS
 from must.errors import MustError
 
-FIXTURE = Path("/work/shared/fixtures/mustbench_demo")
-if not FIXTURE.is_dir():
-    FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo"
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo"
 MP3 = FIXTURE / "1023323.mp3"
 
 STAGES = """
