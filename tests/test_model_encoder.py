@@ -193,3 +193,35 @@ def test_a_lost_window_trips_the_guard(model, monkeypatch):
     monkeypatch.setattr(model.encoder, "encode_frames", drop_middle)
     with pytest.raises(MustError, match="cover only 60.00 s of a 90.00 s track"):
         model.encode_audio([_noise(90.0)], SR)
+
+
+def test_mel_statistics_hand_computed():
+    from must.models.encoder import mel_statistics
+
+    # one mel bin, 30 mel frames = 3 encoder frames of 10: values 0..9, then all 4, then all 10
+    mel = torch.cat([torch.arange(10.0), torch.full((10,), 4.0), torch.full((10,), 10.0)])[None, None]
+    out = mel_statistics(mel, stride=10, context=1, contrast=1)[0]  # (3 frames, 5 features)
+    mean = torch.tensor([4.5, 4.0, 10.0])
+    assert torch.allclose(out[:, 0], mean)
+    assert torch.allclose(out[:, 1], torch.tensor([float(np.std(np.arange(10.0))), 0.0, 0.0]), atol=1e-5)
+    assert torch.allclose(out[:, 2], torch.tensor([(4.5 + 4) / 2, (4.5 + 4 + 10) / 3, (4 + 10) / 2]))
+    # after minus before, one frame each side, edges repeated: (4 - 4.5), (10 - 4.5), (10 - 4)
+    change = torch.tensor([-0.5, 5.5, 6.0])
+    assert torch.allclose(out[:, 3], change) and torch.allclose(out[:, 4], change.abs())
+
+
+def test_frame_stats_shortcut_reaches_the_heads_and_trains():
+    torch.manual_seed(0)
+    enc = MusTEncoder(EncoderConfig(frame_stats=True, layers=0, num_sources=4))
+    waves = torch.from_numpy(np.stack([_noise(4.0, 0), _noise(4.0, 1) * 3]))
+    out = enc(waves)
+    assert out["features"].shape == (2, 40, 128)
+    out["source_logits"].sum().backward()
+    grad = enc.backbone.stats[1].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    # the shortcut is what tells a loud track from a quiet one here: without it the features differ less
+    with torch.no_grad():
+        enc.backbone.stats[-1].weight.zero_()
+        enc.backbone.stats[-1].bias.zero_()
+        plain = enc(waves)["features"]
+    assert not torch.allclose(plain, out["features"].detach())

@@ -46,6 +46,15 @@ class EncoderConfig:
     """Built-in backbone: attention heads."""
     conv_strides: List[int] = field(default_factory=lambda: [2, 5])
     """Built-in backbone: strides of the conv subsampler over 100 Hz mel frames (product 10 -> 10 Hz)."""
+    frame_stats: bool = False
+    """Built-in backbone: add an MLP of per-frame log-mel statistics (mean and spread in the frame, the
+    ``stats_context_seconds`` average, the change from the ``stats_contrast_seconds`` before to those after)
+    to the transformer's output, so timbre and section changes reach the heads and the LLM from the first
+    step (benchmarks/results/encoder_probe.md)."""
+    stats_context_seconds: float = 1.0
+    """``frame_stats``: half-width of the context average, seconds."""
+    stats_contrast_seconds: float = 2.0
+    """``frame_stats``: length of the windows before and after a frame whose mean difference is a feature, seconds."""
     frame_pool: int = 1
     """Average-pool backbone frames by this factor (e.g. 5 turns a 50 Hz HF backbone into 10 Hz)."""
     window_seconds: float = 30.0

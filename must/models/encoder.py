@@ -65,6 +65,9 @@ class BuiltinBackbone(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         self.hidden_size = cfg.width
         self.samples_per_frame = MEL_HOP * math.prod(cfg.conv_strides) * cfg.sample_rate // 16000
+        if cfg.frame_stats:
+            k = 5 * cfg.n_mels
+            self.stats = nn.Sequential(nn.LayerNorm(k), nn.Linear(k, cfg.width), nn.GELU(), nn.Linear(cfg.width, cfg.width))
 
     @property
     def frame_rate(self) -> float:
@@ -74,7 +77,7 @@ class BuiltinBackbone(nn.Module):
         pad = (-waves.shape[1]) % self.samples_per_frame
         waves = F.pad(waves, (0, pad))
         hop = MEL_HOP * self.cfg.sample_rate // 16000
-        x = log_mel(waves, self.cfg.sample_rate, self.cfg.n_mels, hop=hop, n_fft=hop * 5 // 2)
+        mel = x = log_mel(waves, self.cfg.sample_rate, self.cfg.n_mels, hop=hop, n_fft=hop * 5 // 2)
         for conv in self.convs:
             x = F.gelu(conv(x))
         x = x.transpose(1, 2)  # (N, F, D)
@@ -85,7 +88,35 @@ class BuiltinBackbone(nn.Module):
         x = x + _sinusoid(torch.arange(x.shape[1], device=x.device).float(), x.shape[-1], 10000.0)[None]
         for block in self.blocks:
             x = block(x, keep)
-        return self.norm(x), n_frames
+        x = self.norm(x)
+        if self.cfg.frame_stats:
+            # A shortcut past the transformer: from scratch it learns frame-level timbre slowly, an MLP on
+            # these statistics learns it in a few hundred steps (benchmarks/results/encoder_probe.md).
+            stride = math.prod(self.cfg.conv_strides)
+            rate = 100.0 / stride
+            stats = mel_statistics(mel, stride, round(self.cfg.stats_context_seconds * rate),
+                                   max(1, round(self.cfg.stats_contrast_seconds * rate)))
+            x = x + self.stats(stats[:, : x.shape[1]])
+        return x, n_frames
+
+
+def mel_statistics(mel: torch.Tensor, stride: int, context: int, contrast: int) -> torch.Tensor:
+    """Per-frame statistics of a log-mel, (N, M, T) at 100 Hz -> (N, ceil(T / stride), 5 M).
+
+    For each frame of ``stride`` mel frames: the mean and the standard deviation of each mel bin, the mean
+    over ``context`` frames either side, and the difference (signed and absolute) between the mean of the
+    ``contrast`` frames after it and of those before it (edges repeat the first or last frame). Padding
+    frames at the end of a shorter track in a batch enter only its last frames' context.
+    """
+    mu = F.avg_pool1d(mel, stride, stride, ceil_mode=True)  # (N, M, F)
+    sd = (F.avg_pool1d(mel.square(), stride, stride, ceil_mode=True) - mu.square()).clamp_min(0).sqrt()
+    ctx = F.avg_pool1d(mu, 2 * context + 1, 1, padding=context, count_include_pad=False)
+    csum = F.pad(F.pad(mu, (contrast, contrast), mode="replicate").cumsum(-1), (1, 0))  # csum[j] = sum of [:j]
+    i = torch.arange(mu.shape[-1], device=mu.device) + contrast
+    before = (csum[..., i] - csum[..., i - contrast]) / contrast
+    after = (csum[..., i + contrast + 1] - csum[..., i + 1]) / contrast
+    change = after - before
+    return torch.cat([mu, sd, ctx, change, change.abs()], 1).transpose(1, 2)
 
 
 class HFBackbone(nn.Module):
