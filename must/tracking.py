@@ -240,11 +240,18 @@ def media_dir(stage_dir: str | Path, key: str, step: int) -> Path:
 # ------------------------------------------------------------------------------------------ tables
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters as spaces: an untrained model samples them, and matplotlib warns once
+    per missing glyph for each one it is asked to draw."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+
+
 def _timeline(row: RolloutRow, path: Path) -> Path:
     if row.timeline:
         return Path(row.timeline)
-    return viz.plot_answers(path, row.task, row.length(), row.reference, row.answers, row.totals(), row.question,
-                            row.boundaries, title=f"{row.task} {row.track_id}: {row.question}")
+    question = _printable(row.question)
+    return viz.plot_answers(path, row.task, row.length(), row.reference, [_printable(a) for a in row.answers],
+                            row.totals(), question, row.boundaries, title=f"{row.task} {row.track_id}: {question}")
 
 
 def _component_names(rows: Sequence[RolloutRow]) -> list[str]:
