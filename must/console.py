@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 from lightning.pytorch.callbacks import Callback
 
@@ -99,7 +99,7 @@ class LibraryNoise:
         if self._file is not None:
             self._file.write(text.rstrip("\n") + "\n")
 
-    def __enter__(self) -> LibraryNoise:
+    def __enter__(self) -> Self:
         import lightning.pytorch  # noqa: F401  imported first: its import adds a terminal handler
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ class LibraryNoise:
         self.warnings += 1
         self.write(f"{filename}:{lineno}: {category.__name__}: {message}")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for lg, handlers, propagate in self._saved:
             lg.handlers = handlers
             lg.propagate = propagate
@@ -188,7 +188,7 @@ def clock_text(seconds: float | None) -> str:
     """``75.0 -> "1:15"``, ``3725 -> "1:02:05"``; ``--`` when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "--"
-    s = int(round(seconds))
+    s = round(seconds)
     h, m, s = s // 3600, s // 60 % 60, s % 60
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 

@@ -390,7 +390,8 @@ def log_reward_histograms(
 ) -> Path | None:
     """Histograms of rewards per task: ``wandb.Histogram`` under ``key/<task>`` on W&B, else a PNG (one panel
     per task) and the values as JSON in ``STAGE_DIR/media/<key>/``. Each task's mean goes to every scalar
-    logger as ``key/<task>_mean``. Returns the PNG path (None under W&B or without ``stage_dir``)."""
+    logger as ``key/<task>_mean`` (W&B's and the others beside it in a list of loggers). Returns the PNG path
+    (None under W&B or without ``stage_dir``)."""
     values = {str(t): [float(v) for v in vs if v is not None and math.isfinite(float(v))]
               for t, vs in rewards_by_task.items()}
     means = {f"{key}/{t}_mean": sum(vs) / len(vs) for t, vs in values.items() if vs}
@@ -403,10 +404,12 @@ def log_reward_histograms(
         payload: dict[str, Any] = {f"{key}/{t}": wandb.Histogram(vs) for t, vs in values.items() if vs}
         for target in targets:
             _wandb_log(target, {**payload, **means}, step)
+        for lg in _scalar_loggers(logger):  # e.g. the CSV logger beside W&B (pass the trainer's ``loggers``)
+            if lg not in targets:
+                lg.log_metrics(means, step=step)
         return None
     for lg in _scalar_loggers(logger):
-        if means:
-            lg.log_metrics(means, step=step)
+        lg.log_metrics(means, step=step)
     if stage_dir is None:
         return None
     out = media_dir(stage_dir, key, step)
