@@ -41,15 +41,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the recipe; the runner prints a status line (or bar) per stage and the closing summary."""
     from must.config import load_recipe
-    from must.runner import RunOptions, _is_main_process, log, run_recipe
+    from must.runner import RunOptions, run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     opts = RunOptions(resume=args.resume, only=args.only, from_stage=args.from_stage, restart=args.restart)
-    records = run_recipe(recipe, opts)
-    log(f"recipe '{recipe.name}' done; outputs in {recipe.output_dir}")
-    for name, record in records.items() if _is_main_process() else ():
-        print(f"  {name:<16} {record.get('status', '?'):<9} step {record.get('global_step')}  {record.get('model_dir')}")
+    run_recipe(recipe, opts)
     return 0
 
 

@@ -34,6 +34,7 @@ from must.files import TMP_SUFFIX, ensure_dir, remove_quietly, write_atomic, wri
 from must.lock import OutputLock, describe_stale
 
 RECORD = "record.json"
+RUN_LOG = "run.log"
 LAST_CKPT = "last.ckpt"
 
 
@@ -63,16 +64,50 @@ def run_recipe(recipe: RecipeConfig, opts: RunOptions | None = None) -> dict[str
     for flag, value in (("--only", opts.only), ("--from", opts.from_stage), ("--restart", opts.restart)):
         if value is not None and value not in names:
             raise MustError(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    from must.console import LibraryNoise
+
     if not _is_main_process():  # a DDP worker Lightning launched: rank 0 holds the lock and decides
-        return _run_stages(recipe, opts, out)
+        with LibraryNoise(out / f"run.rank{_global_rank()}.log"):
+            return _run_stages(recipe, opts, out)
     ensure_dir(out, "key 'output_dir':")
     with OutputLock(out) as lock:
         if lock.stale is not None:
             log(f"output_dir {out}: {describe_stale(lock.stale)}")
-        return _run_stages(recipe, opts, out)
+        seen: dict[str, list[str]] = {"skipped": [], "started": []}
+        t0 = time.time()
+        noise = LibraryNoise(out / RUN_LOG)
+        try:
+            with noise:
+                return _run_stages(recipe, opts, out, seen)
+        finally:  # also after a failure: what finished, what stopped and where everything is
+            _print_summary(recipe, out, seen, noise, time.time() - t0)
 
 
-def _run_stages(recipe: RecipeConfig, opts: RunOptions, out: Path) -> dict[str, dict]:
+def _print_summary(recipe: RecipeConfig, out: Path, seen: dict[str, list[str]], noise: Any, seconds: float) -> None:
+    """The closing summary (:func:`must.console.summary_lines`) from the records on disk; only the hidden
+    messages' line when no stage was reached (a recipe refused before any work)."""
+    from must.console import summary_lines
+
+    if not seen["skipped"] and not seen["started"]:
+        if noise.summary():
+            log(noise.summary())
+        return
+    names = [s.name for s in recipe.stages]
+    records = {}
+    for name in names:
+        try:
+            records[name] = read_record(out / name)
+        except MustError:  # an unreadable record is reported where it is read; the summary just says "not run"
+            records[name] = None
+    lines = summary_lines({k: v for k, v in records.items() if v}, out, names, seen["skipped"], noise.summary(),
+                          seconds)
+    print("\n" + "\n".join(lines), flush=True)
+
+
+def _run_stages(recipe: RecipeConfig, opts: RunOptions, out: Path, seen: dict[str, list[str]] | None = None,
+                ) -> dict[str, dict]:
+    """Run the selected stages; ``seen`` collects the names of the stages skipped and started."""
+    seen = seen if seen is not None else {"skipped": [], "started": []}
     names = [s.name for s in recipe.stages]
     selected = _selected(names, opts)
     for stage in recipe.stages:  # before any stage runs: a GPU-only strategy on the CPU fails now, not at stage 3
@@ -107,8 +142,10 @@ def _run_stages(recipe: RecipeConfig, opts: RunOptions, out: Path) -> dict[str, 
             log(plan.note)
         if plan.skip:
             records[stage.name] = plan.record
+            seen["skipped"].append(stage.name)
             continue
         init_dir = _init_dir(recipe, stage, out, records)
+        seen["started"].append(stage.name)
         records[stage.name] = run_stage(recipe, stage, stage_dir, init_dir, hashes[stage.name], group, plan.ckpt)
     return records
 
@@ -251,6 +288,10 @@ def run_stage(
         module = cls.from_context(ctx)
         resume_step = checkpoint_step(Path(ckpt_path)) if ckpt_path else None
         trainer = build_trainer(recipe, stage, stage_dir, group, resume_step)
+        record["wandb"] = wandb_location(trainer, group)
+        if record["wandb"]:
+            where = record["wandb"]["url"] or f"offline run in {record['wandb']['dir']}"
+            log(f"stage '{stage.name}': W&B {where}")
         if stage.trainer.activation_checkpointing:
             enable_activation_checkpointing(module)
         if _is_fsdp2(stage.trainer.strategy):
@@ -346,8 +387,9 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
     """The ``lightning.Trainer`` for a stage: its trainer block, checkpointing and logger (``resume_step``: the
     step of the checkpoint a resumed stage continues from, so its logs continue too)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 
+    from must.console import StageProgress
     from must.resume import FiniteLossCallback, RNGStateCallback
 
     t = stage.trainer
@@ -360,6 +402,12 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         save_on_train_epoch_end=False,
     )
     plugins = [AtomicCheckpointIO()] if _plain_checkpoints(t.strategy) else None
+    # Lightning's plain ModelSummary logs its table (to the run log, see must.console.LibraryNoise); the Rich
+    # one it picks by default prints straight to the terminal. Our StageProgress replaces Lightning's bar
+    # unless the recipe asks for that bar (enable_progress_bar: true).
+    callbacks = [checkpoint, RNGStateCallback(), FiniteLossCallback(), ModelSummary(max_depth=1)]
+    if not t.enable_progress_bar:
+        callbacks.append(StageProgress(stage.name))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -380,7 +428,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         # Stages shard their own data (must.resume.step_sampler: rank r reads every world-th sample,
         # resumable by global step); Lightning's wrapper would try to list an endless sampler.
         use_distributed_sampler=False,
-        callbacks=[checkpoint, RNGStateCallback(), FiniteLossCallback()],
+        callbacks=callbacks,
         logger=build_logger(recipe, stage, stage_dir, group, resume_step),
         plugins=plugins,
         default_root_dir=stage_dir,
@@ -498,9 +546,13 @@ def _plain_checkpoints(strategy: str) -> bool:
 
 
 def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None):
-    """A Lightning logger for the stage: W&B (one run per stage, grouped by recipe run), CSV, or none.
+    """The stage's Lightning loggers: ``wandb`` (one W&B run per stage, grouped by recipe run, *and* the CSV
+    metrics file), ``csv`` or ``none``.
 
-    ``resume_step``: the stage resumes from a checkpoint at that step, so its CSV log continues the earlier one.
+    With ``wandb`` the W&B logger comes first, so a stage's ``self.logger`` (its rollout tables, audio and
+    plots, :mod:`must.tracking`) is the W&B run; every scalar also goes to ``<stage>/logs/metrics.csv``.
+    ``WANDB_MODE=disabled`` leaves the CSV file only. ``resume_step``: the stage resumes from a checkpoint at
+    that step, so its CSV log continues the earlier one.
     """
     kind = recipe.logger.kind
     if kind == "none":
@@ -508,7 +560,11 @@ def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, grou
     if kind == "csv":
         return _csv_logger(stage_dir, resume_step)
     if kind == "wandb":
-        return _wandb_logger(recipe, stage, stage_dir, group)
+        csv_logger = _csv_logger(stage_dir, resume_step)
+        if wandb_mode(recipe.logger.mode) == "disabled":
+            log(f"stage '{stage.name}': WANDB_MODE=disabled, so no W&B run; metrics in {stage_dir / 'logs'}")
+            return csv_logger
+        return [_wandb_logger(recipe, stage, stage_dir, group), csv_logger]
     raise MustError(f"logger.kind '{kind}': expected wandb, csv or none")
 
 
@@ -563,7 +619,6 @@ def _wandb_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(recipe.logger.mode)
-    os.environ.setdefault("WANDB_SILENT", "true")
     # A stable id per (recipe run, stage) so --resume appends to the same W&B run.
     run_id = f"{group}-{stage.name}".replace("/", "-")[:120]
     logger = WandbLogger(
@@ -579,23 +634,59 @@ def _wandb_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         resume="allow",
         config={"recipe": to_dict(recipe), "stage": stage.name},
     )
+    # Lightning always passes anonymous=None, which wandb (>= 0.19) warns about on stderr on every run,
+    # before WANDB_SILENT applies; None is wandb's default anyway.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     return logger
 
 
+def wandb_location(trainer: Any, group: str) -> dict | None:
+    """Where the stage's W&B run is: ``{"dir": its run folder, "url": its page or None offline, "group"}``;
+    None without a W&B logger. Starts the run (Lightning would at fit start). Rank 0 only."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            folder = getattr(run, "dir", None)
+            if not folder:
+                return None
+            return {"dir": str(Path(folder).parent), "url": getattr(run, "url", None), "group": group}
+    return None
+
+
 def wandb_mode(mode: str) -> str:
-    """Resolve ``auto``: online only when an API key is configured, so a run never prompts or needs network."""
-    if mode in ("online", "offline"):
-        return mode
-    if mode != "auto":
+    """Resolve ``auto``: online only when W&B is configured on this machine (an API key in ``WANDB_API_KEY``
+    or from ``wandb login``), so a run never prompts and never needs the network otherwise.
+
+    ``WANDB_MODE`` wins over the recipe: ``offline``/``dryrun`` -> offline, ``disabled`` -> disabled (the runner
+    then keeps the CSV metrics only).
+    """
+    if mode not in ("auto", "online", "offline"):
         raise MustError(f"logger.mode '{mode}': expected auto, online or offline")
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env == "disabled":
+        return "disabled"
+    if env in ("offline", "dryrun"):
         return "offline"
+    if mode != "auto":
+        return mode
+    return "online" if wandb_configured() else "offline"
+
+
+def wandb_configured() -> bool:
+    """Whether W&B has an API key here without asking: ``WANDB_API_KEY``, or a ``wandb login`` entry for its
+    host (``WANDB_BASE_URL``, default api.wandb.ai) in the netrc file (``NETRC``, default ``~/.netrc``)."""
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
+        return True
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    try:
+        return netrc.is_file() and f"machine {host}" in " ".join(netrc.read_text(errors="ignore").split())
+    except OSError:
+        return False
 
 
 def _finish_logger(trainer: Any, quiet: bool = False) -> None:
@@ -733,6 +824,14 @@ def _run_group(out: Path, name: str) -> str:
 def stage_seed(seed: int, stage_name: str) -> int:
     """A stage's own seed: the recipe seed mixed with the stage name, the same on every run and rank."""
     return (seed * 1_000_003 + zlib.crc32(stage_name.encode())) % (2**31 - 1)
+
+
+def _global_rank() -> str:
+    """This process's global rank as the launcher set it (torchrun, SLURM, Lightning), for per-rank file names."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return os.environ[var]
+    return f"{os.environ.get('NODE_RANK', '0')}-{os.environ.get('LOCAL_RANK', '0')}"
 
 
 def _is_main_process() -> bool:

@@ -240,11 +240,18 @@ def media_dir(stage_dir: str | Path, key: str, step: int) -> Path:
 # ------------------------------------------------------------------------------------------ tables
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters as spaces: an untrained model samples them, and matplotlib warns once
+    per missing glyph for each one it is asked to draw."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+
+
 def _timeline(row: RolloutRow, path: Path) -> Path:
     if row.timeline:
         return Path(row.timeline)
-    return viz.plot_answers(path, row.task, row.length(), row.reference, row.answers, row.totals(), row.question,
-                            row.boundaries, title=f"{row.task} {row.track_id}: {row.question}")
+    question = _printable(row.question)
+    return viz.plot_answers(path, row.task, row.length(), row.reference, [_printable(a) for a in row.answers],
+                            row.totals(), question, row.boundaries, title=f"{row.task} {row.track_id}: {question}")
 
 
 def _component_names(rows: Sequence[RolloutRow]) -> list[str]:
@@ -383,7 +390,8 @@ def log_reward_histograms(
 ) -> Path | None:
     """Histograms of rewards per task: ``wandb.Histogram`` under ``key/<task>`` on W&B, else a PNG (one panel
     per task) and the values as JSON in ``STAGE_DIR/media/<key>/``. Each task's mean goes to every scalar
-    logger as ``key/<task>_mean``. Returns the PNG path (None under W&B or without ``stage_dir``)."""
+    logger as ``key/<task>_mean`` (W&B's and the others beside it in a list of loggers). Returns the PNG path
+    (None under W&B or without ``stage_dir``)."""
     values = {str(t): [float(v) for v in vs if v is not None and math.isfinite(float(v))]
               for t, vs in rewards_by_task.items()}
     means = {f"{key}/{t}_mean": sum(vs) / len(vs) for t, vs in values.items() if vs}
@@ -396,10 +404,12 @@ def log_reward_histograms(
         payload: dict[str, Any] = {f"{key}/{t}": wandb.Histogram(vs) for t, vs in values.items() if vs}
         for target in targets:
             _wandb_log(target, {**payload, **means}, step)
+        for lg in _scalar_loggers(logger):  # e.g. the CSV logger beside W&B (pass the trainer's ``loggers``)
+            if lg not in targets:
+                lg.log_metrics(means, step=step)
         return None
     for lg in _scalar_loggers(logger):
-        if means:
-            lg.log_metrics(means, step=step)
+        lg.log_metrics(means, step=step)
     if stage_dir is None:
         return None
     out = media_dir(stage_dir, key, step)

@@ -140,3 +140,20 @@ def test_resolved_config_goes_to_the_csv_hparams(tmp_path):
     logger.save()
     text = (tmp_path / "logs" / "hparams.yaml").read_text()
     assert "name: tiny" in text and "seed: 3" in text and "stages: []" in text
+
+
+def test_histogram_means_reach_the_csv_logger_beside_wandb(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    wandb_logger = WandbLogger(project="must-test", save_dir=str(tmp_path), offline=True)
+    csv_logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    assert tracking.log_reward_histograms([wandb_logger, csv_logger], {"TSG": [0.2, 0.6]}, 4, tmp_path) is None
+    wandb_logger.experiment.finish()
+    csv_logger.save()
+    (row,) = csv.DictReader((tmp_path / "logs" / "metrics.csv").open())
+    assert float(row["rewards/by_task/TSG_mean"]) == pytest.approx(0.4) and row["step"] == "4"
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert b"rewards/by_task/TSG" in next(run.glob("*.wandb")).read_bytes()
+    assert not (tmp_path / "media").exists()  # the histogram itself went to W&B

@@ -549,6 +549,8 @@ def evaluate_split(model: MusicLALM, data: DataConfig, out_dir: Path, split: str
     n = split_size(data, split) if max_tracks is None else min(max_tracks, split_size(data, split))
     tracks = [cached_track(data, split, i) for i in range(n)]
     qas = split_questions(data, tracks, split)
+    if not quiet:  # answering can take minutes: say what is running before the table comes
+        print(f"[must] {name}: answering {len(qas)} questions on {len(tracks)} {split} tracks …", flush=True)
     outputs = generate_answers(model, tracks, qas, max_new_tokens)
     parts = {k: model.split_answer(v) for k, v in outputs.items()}
     preds = {k: v[0] for k, v in parts.items()}
