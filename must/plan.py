@@ -276,6 +276,9 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
         smollm2_folder,
     )
 
+    from must.hub import resolve_model_config
+
+    cfg = resolve_model_config(cfg)  # Hub ids -> their cached snapshots (only config and tokenizer are read)
     # A preset is converted (real weights, real device) before the meta context: only once per machine.
     folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
     with torch.device("meta"):
