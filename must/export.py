@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 

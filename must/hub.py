@@ -47,7 +47,8 @@ def missing_message(repo_id: str, key: str) -> str:
         f"cache at {hub_cache()} (must reads Hub models from that cache only, it never downloads them). "
         f"On a machine with internet, fetch it with `hf download {repo_id}` (older huggingface_hub: "
         f"`huggingface-cli download {repo_id}`) and copy the cache here, pointing HF_HUB_CACHE (or HF_HOME) at it; "
-        f"or download it to a folder (`hf download {repo_id} --local-dir DIR`) and set {key}=DIR"
+        f"or download it to a folder (`hf download {repo_id} --local-dir DIR`) and "
+        + (f"set {key}=DIR" if "." in key else f"give DIR as {key}")
     )
 
 
