@@ -88,6 +88,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "score": _lazy("must.eval", "add_score_arguments", "score_handler"),
     "eval": _lazy("must.eval", "add_eval_arguments", "eval_handler"),
     "plan": _lazy("must.plan", "add_arguments", "handler"),
+    "export": _lazy("must.export", "add_arguments", "handler"),
 }
 
 _HELP = {
@@ -97,6 +98,7 @@ _HELP = {
     "score": "score a predictions file against a MusTBench parquet",
     "eval": "run a saved model on a MusTBench parquet and score it",
     "plan": "estimate parameters, audio tokens and memory per stage",
+    "export": "write a saved model as a folder transformers/peft load, with a model card (and push it to the Hub)",
 }
 
 

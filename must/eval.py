@@ -376,19 +376,22 @@ def evaluate_model(
     """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet.
 
     ``trust_remote_code`` lets the folder run the modelling code shipped in it (only for a folder you trust)."""
-    from must.models.folder import load_model
+    from must.eval_hf import load_for_eval
+    from must.hub import resolve_folder
 
     model_dir = Path(model_dir)
     audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
     references = load_references(data, audio_dir)
-    model = load_model(model_dir, trust_remote_code=trust_remote_code)
+    # a must model folder, or a stock HF audio LLM (a folder or a cached Hub id) through its own processor
+    model = load_for_eval(resolve_folder(model_dir, "MODEL_DIR"), trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
                            clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``must eval``."""
-    parser.add_argument("model_dir", help="a saved MusicLALM folder (a stage's model/)")
+    parser.add_argument("model_dir", help="a saved MusicLALM folder (a stage's model/), or a stock Qwen2-Audio / "
+                        "Qwen2.5-Omni folder or cached Hub id (e.g. Qwen/Qwen2-Audio-7B-Instruct)")
     parser.add_argument("--data", required=True, help="MusTBench-format parquet")
     parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's folder)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -404,8 +407,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_handler(args: argparse.Namespace) -> int:
     """``must eval``: predictions, scores, report and plots in ``--out``."""
     from must.files import ensure_dir
+    from must.hub import resolve_folder
 
-    if not Path(args.model_dir).is_dir():
+    if not resolve_folder(args.model_dir, "MODEL_DIR").is_dir():  # a Hub id: its cached snapshot, or a MustError
         raise MustError(f"model folder not found: {args.model_dir}")
     ensure_dir(args.out, "--out")  # before the model loads: a folder that cannot be made is said at once
     scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,

@@ -265,6 +265,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
 
     Local folders contribute only their ``config.json`` and tokenizer; no weights are read.
     """
+    from must.hub import resolve_model_config
     from must.models.encoder import MusTEncoder, wrap_hf_backbone
     from must.models.lalm import MusicLALM
     from must.models.llm import (
@@ -276,6 +277,7 @@ def skeleton(cfg: ModelConfig) -> torch.nn.Module:
         smollm2_folder,
     )
 
+    cfg = resolve_model_config(cfg)  # Hub ids -> their cached snapshots (only config and tokenizer are read)
     # A preset is converted (real weights, real device) before the meta context: only once per machine.
     folder = smollm2_folder(cfg.llm.cache_dir) if cfg.llm.source == "smollm2-135m" else Path(cfg.llm.source)
     with torch.device("meta"):

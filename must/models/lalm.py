@@ -27,6 +27,7 @@ from torch import nn
 
 from must.data.traces import final_answer
 from must.errors import ConfigError, MustError
+from must.hub import resolve_model_config
 from must.models import params, time_tokens
 from must.models.audio import resample, to_mono_float
 from must.models.config import ModelConfig
@@ -175,8 +176,9 @@ class MusicLALM(nn.Module):
         """Build from the recipe's ``model`` block (tiny presets from config, LLM folders with their weights)."""
         cfg = _as_config(cfg)
         check_config(cfg)
-        llm, tok = build_llm(cfg.llm, cfg.host)
-        model = cls(cfg, MusTEncoder(cfg.encoder), llm, tok)
+        local = resolve_model_config(cfg)  # Hub ids -> their cached snapshots; cfg keeps the ids for saving
+        llm, tok = build_llm(local.llm, local.host)
+        model = cls(cfg, MusTEncoder(local.encoder), llm, tok)
         model._add_adapters()
         return model
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from must.errors import MustError
+from must.hub import resolve_folder
 from must.models.config import HostConfig, LLMConfig
 from must.models.tokenizer import CHAT_TEMPLATE, build_tiny_tokenizer
 
@@ -191,7 +192,7 @@ def build_llm(cfg: LLMConfig, host: HostConfig, folder: str | Path | None = None
         return model.to(_dtype(cfg.dtype)), tok
     if source == "smollm2-135m":
         source = str(smollm2_folder(cfg.cache_dir))
-    path = Path(source)
+    path = resolve_folder(source, "model.llm.source")  # a local folder, or a Hub id's cached snapshot
     check_model_folder(path, "LLM")
     check_architecture(path, host.kind, cfg.trust_remote_code)
     try:
