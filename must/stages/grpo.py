@@ -590,7 +590,7 @@ class GRPOStage(L.LightningModule):
         rows = rollout_rows(roll.rows, completions, G, sample_rate, limit=4, components=components)
         log_rollout_table(self.logger, rows, self.global_step, self.stage_dir)
         tasks = [r["task"] for r in roll.rows for _ in range(G)]
-        log_reward_histograms(self.logger, group_by_task(tasks, roll.rewards.tolist()), self.global_step,
+        log_reward_histograms(self.loggers, group_by_task(tasks, roll.rewards.tolist()), self.global_step,
                               self.stage_dir)
 
     # -- rollouts ---------------------------------------------------------------------------------
