@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from must.errors import MustError
-from must.metrics.mustbench import MusTBenchMetric, score_rows, trivial_baseline_scores
-from must.parsing import parse_answer
 
-#: The published leaderboard shipped with the demo fixture (percent, the leaderboard's keys).
-PUBLISHED_LEADERBOARD = Path(__file__).resolve().parents[2] / "shared/fixtures/mustbench_demo/published_leaderboard.json"
+#: The paper's published leaderboard (percent, the leaderboard's keys), shipped as package data.
+PUBLISHED_LEADERBOARD = "published_leaderboard.json"
 
 _COLUMNS = (
     ("TSG on", "TSG", "onset", "tsg_onset"),
@@ -117,6 +115,8 @@ def score_predictions(
     clap_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The full ``scores.json`` dict for id -> prediction text against reference rows."""
+    from must.metrics.mustbench import MusTBenchMetric, score_rows, trivial_baseline_scores
+
     # One process scores the whole file: no sync (under DDP only rank 0 evaluates; syncing would hang).
     metric = MusTBenchMetric(k=k, clap_dir=clap_dir, sync_on_compute=False)
     preds = [predictions.get(str(r["id"])) for r in references]
@@ -185,7 +185,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help='JSONL, one {"id": ..., "prediction": "..."} a line')
     parser.add_argument("--references", required=True, help="MusTBench-format parquet")
     parser.add_argument("--out", help="write the scores JSON here")
-    parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds (default 3)")
+    parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
 
 
@@ -209,10 +209,23 @@ def score_handler(args: argparse.Namespace) -> int:
 
 
 def _load_leaderboard(path: str | Path | None) -> list[dict[str, Any]]:
-    path = Path(path) if path else PUBLISHED_LEADERBOARD
+    """Published rows from ``path``, or the packaged ``must/data/published_leaderboard.json`` (importlib.resources,
+    so an installed wheel has it too); a ``--leaderboard`` file that does not exist is a MustError."""
+    if path is None:
+        from importlib.resources import files
+
+        return json.loads(files("must.data").joinpath(PUBLISHED_LEADERBOARD).read_text(encoding="utf-8"))
+    path = Path(path)
     if not path.is_file():
-        return []
+        raise MustError(f"leaderboard file not found: {path}")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def default_audio_dir(data: str | Path) -> Path:
+    """Where a parquet's audio is by default: its sibling ``audio/`` folder when there is one (``must synth``'s
+    layout: ``DIR/mustbench.parquet`` + ``DIR/audio/``), else the parquet's own folder (MusTBench's layout)."""
+    folder = Path(data).parent
+    return folder / "audio" if (folder / "audio").is_dir() else folder
 
 
 def write_report(
@@ -267,6 +280,7 @@ def predict(
     from tqdm.auto import tqdm
 
     from must.data.real import find_audio, load_audio
+    from must.parsing import parse_answer
 
     sr = int(model.cfg.encoder.sample_rate)
     records: list[dict[str, Any]] = []
@@ -379,7 +393,7 @@ def evaluate_model(
     from must.models.folder import load_model
 
     model_dir = Path(model_dir)
-    audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
+    audio_dir = Path(audio_dir) if audio_dir else default_audio_dir(data)
     references = load_references(data, audio_dir)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
@@ -390,13 +404,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``must eval``."""
     parser.add_argument("model_dir", help="a saved MusicLALM folder (a stage's model/)")
     parser.add_argument("--data", required=True, help="MusTBench-format parquet")
-    parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's folder)")
+    parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's sibling audio/ folder, "
+                        "as must synth writes it, when it exists, else the parquet's own folder)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (one track at a time)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated, in tokens (greedy)")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
     parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")
-    parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the demo fixture's)")
+    parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the paper's table, shipped with must)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let the model folder run the modelling code shipped in it (only a folder you trust)")
 
