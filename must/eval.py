@@ -101,6 +101,28 @@ def _refuse_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
         raise MustError(f"{path}: {len(dups)} id(s) predicted more than once: {shown}{more}; keep one line per id")
 
 
+def select_rows(references: Sequence[dict[str, Any]], split: str = "auto", limit: int | None = None
+                ) -> tuple[list[dict[str, Any]], str]:
+    """The rows to score and a line saying which: ``split`` ``auto`` keeps the ``test`` rows when the parquet
+    has any (a ``must synth`` parquet's train rows are not questions to answer), else every row; ``all`` keeps
+    every row; any other name keeps that split (MustError when it has no rows). ``limit``: the first N after."""
+    splits = sorted({str(r.get("split")) for r in references})
+    if split == "auto":
+        split = "test" if "test" in splits else "all"
+    rows = list(references) if split == "all" else [r for r in references if str(r.get("split")) == split]
+    if not rows:
+        raise MustError(f"no rows in split {split!r}; the parquet's splits: {', '.join(splits)} (or --split all)")
+    n_split = len(rows)
+    rows = rows[:limit] if limit else rows
+    what = "every row" if split == "all" else f"split {split!r}"
+    cut = f", the first {len(rows)} (--limit)" if len(rows) < n_split else ""
+    return rows, f"scoring {what}: {n_split} of {len(references)} row(s){cut}"
+
+
+def _ids(ids: Sequence[str], n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f" … ({len(ids) - n} more)" if len(ids) > n else "")
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
 
@@ -124,6 +146,8 @@ def score_predictions(
     metric.update(rows=rows)
     out = metric.compute()
     out["missing_predictions"] = [str(r["id"]) for r, p in zip(references, preds, strict=True) if p is None]
+    known = {str(r["id"]) for r in references}
+    out["unknown_predictions"] = [key for key in predictions if key not in known]
     out["baseline"] = trivial_baseline_scores(references, _durations(references), k)
     out["rows"] = [row.to_json() for row in rows]
     return out
@@ -171,6 +195,9 @@ def print_scores(scores: Mapping[str, Any], name: str = "this run", file: Any = 
         ids = scores["missing_predictions"]
         shown = ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
         print(f"{len(ids)} row(s) without a prediction, counted wrong: {shown}", file=file)
+    if scores.get("unknown_predictions"):
+        ids = scores["unknown_predictions"]
+        print(f"{len(ids)} prediction id(s) not among the scored rows, ignored: {_ids(ids)}", file=file)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -187,13 +214,21 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the scores JSON here")
     parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
+    _add_selection_arguments(parser)
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="auto",
+                        help="rows to score: a split name (test, val, train), 'all', or 'auto' = the test rows "
+                        "when the parquet has a test split, else all rows")
+    parser.add_argument("--limit", type=int, help="score only the first N rows after the split filter")
 
 
 def score_handler(args: argparse.Namespace) -> int:
     """``must score``: print the table, write the JSON."""
-    scores = score_predictions(
-        load_predictions(args.predictions), load_references(args.references), args.tolerance, args.clap_dir
-    )
+    references, what = select_rows(load_references(args.references), args.split, args.limit)
+    print(what)
+    scores = score_predictions(load_predictions(args.predictions), references, args.tolerance, args.clap_dir)
     print_scores(scores, Path(args.predictions).stem)
     if scores.get("TAD"):
         from must.metrics.text import meteor_mode
@@ -252,6 +287,13 @@ def write_report(
         lines.append(f"Not measured: {', '.join(scores['missing'])}.")
     if scores.get("missing_predictions"):
         lines.append(f"Rows without a prediction (counted wrong): {', '.join(scores['missing_predictions'])}.")
+    if scores.get("errors"):
+        ids = [e["id"] for e in scores["errors"]]
+        lines.append(f"{len(ids)} of {n_rows} row(s) could not be run (counted wrong): {_ids(ids)}.")
+    zero = [r["id"] for r in scores.get("rows", [])
+            if not any(isinstance(v, (int, float)) and v > 0 for k, v in r.items() if k not in ("parsed",))]
+    if zero and n_rows:
+        lines.append(f"{len(zero)} of {n_rows} row(s) scored zero on every metric: {_ids(zero)}.")
     lines += [f"- {n}" for n in notes]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -386,6 +428,8 @@ def evaluate_model(
     leaderboard: str | Path | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    split: str = "auto",
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet.
 
@@ -394,10 +438,23 @@ def evaluate_model(
 
     model_dir = Path(model_dir)
     audio_dir = Path(audio_dir) if audio_dir else default_audio_dir(data)
-    references = load_references(data, audio_dir)
+    references, what = select_rows(load_references(data, audio_dir), split, limit)
+    print(what)
+    _refuse_no_audio(references, audio_dir, data)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
-                           clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
+                           clap_dir, n_plots, leaderboard, progress,
+                           notes=[f"model: {model_dir}", f"data: {data}", what])
+
+
+def _refuse_no_audio(references: Sequence[Mapping[str, Any]], audio_dir: Path, data: str | Path) -> None:
+    """Stop before the model loads when not one track has audio in ``audio_dir`` (a wrong folder, not a bad file)."""
+    from must.data.real import AUDIO_EXTENSIONS, find_audio
+
+    tracks = sorted(_tracks(references))
+    if not any(find_audio(audio_dir, t) for t in tracks):
+        raise MustError(f"{data}: no audio in {audio_dir} for any of its {len(tracks)} track(s) (looked for "
+                        f"<track_id>{'|'.join(AUDIO_EXTENSIONS)}, e.g. {tracks[0]}); pass --audio-dir")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -414,6 +471,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the paper's table, shipped with must)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let the model folder run the modelling code shipped in it (only a folder you trust)")
+    _add_selection_arguments(parser)
 
 
 def eval_handler(args: argparse.Namespace) -> int:
@@ -424,9 +482,16 @@ def eval_handler(args: argparse.Namespace) -> int:
         raise MustError(f"model folder not found: {args.model_dir}")
     ensure_dir(args.out, "--out")  # before the model loads: a folder that cannot be made is said at once
     scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,
-                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code)
+                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code,
+                            split=args.split, limit=args.limit)
     print_scores(scores, Path(args.model_dir).name)
-    if scores.get("errors"):
-        print(f"{len(scores['errors'])} row(s) could not be run (see {args.out}/predictions.jsonl)")
+    errors, n_rows = scores.get("errors", []), len(scores.get("rows", []))
+    first = "; ".join(f"{e['id']}: {e['error']}" for e in errors[:3])
+    if errors and len(errors) == n_rows:
+        raise MustError(f"all {n_rows} row(s) could not be run, nothing was scored (first: {first}); "
+                        f"outputs in {args.out}")
+    if errors:
+        print(f"{len(errors)} of {n_rows} row(s) could not be run, counted wrong: {_ids([e['id'] for e in errors])} "
+              f"(first: {first}; see {args.out}/predictions.jsonl)")
     print(f"wrote {args.out}/predictions.jsonl, scores.json, report.md, plots/")
     return 0

@@ -36,7 +36,7 @@ def test_subcommand_help_shows_defaults():
 
 
 def test_python_m_must_version():
-    out = subprocess.run([sys.executable, "-m", "must", "--version"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "must", "--version"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0
     assert out.stdout.strip() == f"must {__version__}"
 
@@ -44,7 +44,7 @@ def test_python_m_must_version():
 def test_parser_does_not_import_torch():
     code = ("import sys, must.cli; must.cli.build_parser(); "
             "print(','.join(m for m in ('torch', 'transformers', 'lightning', 'pandas') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
 
@@ -91,3 +91,44 @@ def test_rerun_removes_only_own_files(tmp_path):
     remove_earlier_synth(tmp_path)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["audio/mine.wav", "notes.txt"]
+
+
+def _parquet(path, splits):
+    import pandas as pd
+
+    rows = [{"id": f"q{i}", "track_id": f"t{i}", "task": "LTR", "category": "c", "qa_type": "change",
+             "question": "?", "answer": "A", "answers": ["A"], "split": s, "duration": 30.0}
+            for i, s in enumerate(splits)]
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+def test_score_split_limit_and_unknown_ids(tmp_path, capsys):
+    from must.cli import main
+
+    ref = _parquet(tmp_path / "ref.parquet", ["train", "train", "test", "test", "test"])
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"id": f"q{i}", "prediction": "A"}) + "\n" for i in range(5)))
+    assert main(["score", "--predictions", str(pred), "--references", str(ref), "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "scoring split 'test': 3 of 5 row(s)" in out
+    assert "2 prediction id(s) not among the scored rows, ignored: q0, q1" in out
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["LTR"]["accuracy"] == 100.0 and [r["id"] for r in scores["rows"]] == ["q2", "q3", "q4"]
+    assert scores["unknown_predictions"] == ["q0", "q1"]
+    assert main(["score", "--predictions", str(pred), "--references", str(ref), "--split", "all", "--limit", "2",
+                 "--out", str(tmp_path / "s2.json")]) == 0
+    assert "the first 2 (--limit)" in capsys.readouterr().out
+    assert [r["id"] for r in json.loads((tmp_path / "s2.json").read_text())["rows"]] == ["q0", "q1"]
+    assert main(["score", "--predictions", str(pred), "--references", str(ref), "--split", "val"]) == 2
+    assert "no rows in split 'val'" in capsys.readouterr().err
+
+
+def test_eval_without_any_audio_exits_2(tmp_path, capsys):
+    from must.cli import main
+
+    ref = _parquet(tmp_path / "mustbench.parquet", ["test", "test"])
+    (tmp_path / "model").mkdir()
+    rc = main(["eval", str(tmp_path / "model"), "--data", str(ref), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "no audio in" in capsys.readouterr().err
