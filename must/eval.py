@@ -5,7 +5,7 @@ every row, then score, report and plot).
 
     {"TSG": {"onset", "offset", "score"}, "LTR": {"accuracy", "score"}, "TAD": {"meteor", "clap", "score"},
      "GTO": {"accuracy", "score"}, "MTR": {"iou", "f1", "score"}, "overall", "missing": [sub-metrics],
-     "missing_predictions": [row ids], "baseline": {same shape, trivial answers}, "rows": [...]}
+     "missing_predictions": [row ids], "unknown_predictions": [ids not among the rows], "baseline": {same shape, trivial answers}, "rows": [...]}
 
 A task absent from the references is null; ``overall`` is the mean of the available sub-metrics.
 """
