@@ -263,6 +263,13 @@ def default_audio_dir(data: str | Path) -> Path:
     return folder / "audio" if (folder / "audio").is_dir() else folder
 
 
+def zero_rows(scores: Mapping[str, Any]) -> list[str]:
+    """Ids of scored rows that got nothing on any metric (a wrong answer, an unparsable one or no answer)."""
+    skip = {"id", "task", "qa_type", "prediction", "parsed", "reason"}
+    return [r["id"] for r in scores.get("rows", [])
+            if not any(isinstance(v, (int, float)) and v > 0 for k, v in r.items() if k not in skip)]
+
+
 def write_report(
     out_dir: Path, scores: Mapping[str, Any], model_name: str, leaderboard: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()
 ) -> Path:
@@ -290,8 +297,7 @@ def write_report(
     if scores.get("errors"):
         ids = [e["id"] for e in scores["errors"]]
         lines.append(f"{len(ids)} of {n_rows} row(s) could not be run (counted wrong): {_ids(ids)}.")
-    zero = [r["id"] for r in scores.get("rows", [])
-            if not any(isinstance(v, (int, float)) and v > 0 for k, v in r.items() if k not in ("parsed",))]
+    zero = zero_rows(scores)
     if zero and n_rows:
         lines.append(f"{len(zero)} of {n_rows} row(s) scored zero on every metric: {_ids(zero)}.")
     lines += [f"- {n}" for n in notes]
@@ -493,5 +499,8 @@ def eval_handler(args: argparse.Namespace) -> int:
     if errors:
         print(f"{len(errors)} of {n_rows} row(s) could not be run, counted wrong: {_ids([e['id'] for e in errors])} "
               f"(first: {first}; see {args.out}/predictions.jsonl)")
+    zero = zero_rows(scores)
+    if zero:
+        print(f"{len(zero)} of {n_rows} row(s) scored zero on every metric: {_ids(zero)}")
     print(f"wrote {args.out}/predictions.jsonl, scores.json, report.md, plots/")
     return 0

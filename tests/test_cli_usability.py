@@ -132,3 +132,12 @@ def test_eval_without_any_audio_exits_2(tmp_path, capsys):
     rc = main(["eval", str(tmp_path / "model"), "--data", str(ref), "--out", str(tmp_path / "out")])
     assert rc == 2
     assert "no audio in" in capsys.readouterr().err
+
+
+def test_zero_rows_lists_rows_with_nothing_right():
+    from must.eval import zero_rows
+
+    rows = [{"id": "a", "task": "LTR", "parsed": "A", "ltr": 1.0, "reason": None},
+            {"id": "b", "task": "LTR", "parsed": "B", "ltr": 0.0, "reason": None},
+            {"id": "c", "task": "TSG", "parsed": 12.0, "tsg_onset": 0.0, "reason": "no prediction"}]
+    assert zero_rows({"rows": rows}) == ["b", "c"]
