@@ -87,7 +87,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "synth": _lazy("must.data.cli", "add_arguments", "handler"),
     "score": _lazy("must.eval", "add_score_arguments", "score_handler"),
     "eval": _lazy("must.eval", "add_eval_arguments", "eval_handler"),
-    "plan": _lazy("must.plan", "add_arguments", "handler"),
+    # plan takes validate's arguments; its module imports torch, so only its handler is imported lazily
+    "plan": (add_validate_arguments, _lazy("must.plan", "add_arguments", "handler")[1]),
     "export": _lazy("must.export", "add_arguments", "handler"),
 }
 
@@ -102,11 +103,27 @@ _HELP = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version (package metadata), else the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("must")
+    except PackageNotFoundError:
+        from must import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="must", description="Teach audio-language models when things happen in music.")
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's default shown in its help
+    parser = argparse.ArgumentParser(prog="must", description="Teach audio-language models when things happen in music.",
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"must {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=_HELP.get(name, ""), description=_HELP.get(name, "")))
+        add_arguments(sub.add_parser(name, help=_HELP.get(name, ""), description=_HELP.get(name, ""),
+                                     formatter_class=fmt))
     return parser
 
 

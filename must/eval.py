@@ -5,7 +5,7 @@ every row, then score, report and plot).
 
     {"TSG": {"onset", "offset", "score"}, "LTR": {"accuracy", "score"}, "TAD": {"meteor", "clap", "score"},
      "GTO": {"accuracy", "score"}, "MTR": {"iou", "f1", "score"}, "overall", "missing": [sub-metrics],
-     "missing_predictions": [row ids], "baseline": {same shape, trivial answers}, "rows": [...]}
+     "missing_predictions": [row ids], "unknown_predictions": [ids not among the rows], "baseline": {same shape, trivial answers}, "rows": [...]}
 
 A task absent from the references is null; ``overall`` is the mean of the available sub-metrics.
 """
@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from must.errors import MustError
-from must.metrics.mustbench import MusTBenchMetric, score_rows, trivial_baseline_scores
-from must.parsing import parse_answer
 
-#: The published leaderboard shipped with the demo fixture (percent, the leaderboard's keys).
-PUBLISHED_LEADERBOARD = Path(__file__).resolve().parents[2] / "shared/fixtures/mustbench_demo/published_leaderboard.json"
+#: The paper's published leaderboard (percent, the leaderboard's keys), shipped as package data.
+PUBLISHED_LEADERBOARD = "published_leaderboard.json"
 
 _COLUMNS = (
     ("TSG on", "TSG", "onset", "tsg_onset"),
@@ -103,6 +101,28 @@ def _refuse_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
         raise MustError(f"{path}: {len(dups)} id(s) predicted more than once: {shown}{more}; keep one line per id")
 
 
+def select_rows(references: Sequence[dict[str, Any]], split: str = "auto", limit: int | None = None
+                ) -> tuple[list[dict[str, Any]], str]:
+    """The rows to score and a line saying which: ``split`` ``auto`` keeps the ``test`` rows when the parquet
+    has any (a ``must synth`` parquet's train rows are not questions to answer), else every row; ``all`` keeps
+    every row; any other name keeps that split (MustError when it has no rows). ``limit``: the first N after."""
+    splits = sorted({str(r.get("split")) for r in references})
+    if split == "auto":
+        split = "test" if "test" in splits else "all"
+    rows = list(references) if split == "all" else [r for r in references if str(r.get("split")) == split]
+    if not rows:
+        raise MustError(f"no rows in split {split!r}; the parquet's splits: {', '.join(splits)} (or --split all)")
+    n_split = len(rows)
+    rows = rows[:limit] if limit else rows
+    what = "every row" if split == "all" else f"split {split!r}"
+    cut = f", the first {len(rows)} (--limit)" if len(rows) < n_split else ""
+    return rows, f"scoring {what}: {n_split} of {len(references)} row(s){cut}"
+
+
+def _ids(ids: Sequence[str], n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f" … ({len(ids) - n} more)" if len(ids) > n else "")
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
 
@@ -117,6 +137,8 @@ def score_predictions(
     clap_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The full ``scores.json`` dict for id -> prediction text against reference rows."""
+    from must.metrics.mustbench import MusTBenchMetric, score_rows, trivial_baseline_scores
+
     # One process scores the whole file: no sync (under DDP only rank 0 evaluates; syncing would hang).
     metric = MusTBenchMetric(k=k, clap_dir=clap_dir, sync_on_compute=False)
     preds = [predictions.get(str(r["id"])) for r in references]
@@ -124,6 +146,8 @@ def score_predictions(
     metric.update(rows=rows)
     out = metric.compute()
     out["missing_predictions"] = [str(r["id"]) for r, p in zip(references, preds, strict=True) if p is None]
+    known = {str(r["id"]) for r in references}
+    out["unknown_predictions"] = [key for key in predictions if key not in known]
     out["baseline"] = trivial_baseline_scores(references, _durations(references), k)
     out["rows"] = [row.to_json() for row in rows]
     return out
@@ -171,6 +195,9 @@ def print_scores(scores: Mapping[str, Any], name: str = "this run", file: Any = 
         ids = scores["missing_predictions"]
         shown = ", ".join(ids[:10]) + (" …" if len(ids) > 10 else "")
         print(f"{len(ids)} row(s) without a prediction, counted wrong: {shown}", file=file)
+    if scores.get("unknown_predictions"):
+        ids = scores["unknown_predictions"]
+        print(f"{len(ids)} prediction id(s) not among the scored rows, ignored: {_ids(ids)}", file=file)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -185,15 +212,23 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help='JSONL, one {"id": ..., "prediction": "..."} a line')
     parser.add_argument("--references", required=True, help="MusTBench-format parquet")
     parser.add_argument("--out", help="write the scores JSON here")
-    parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds (default 3)")
+    parser.add_argument("--tolerance", type=float, default=3.0, help="Hit@K tolerance for TSG, seconds")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
+    _add_selection_arguments(parser)
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="auto",
+                        help="rows to score: a split name (test, val, train), 'all', or 'auto' = the test rows "
+                        "when the parquet has a test split, else all rows")
+    parser.add_argument("--limit", type=int, help="score only the first N rows after the split filter")
 
 
 def score_handler(args: argparse.Namespace) -> int:
     """``must score``: print the table, write the JSON."""
-    scores = score_predictions(
-        load_predictions(args.predictions), load_references(args.references), args.tolerance, args.clap_dir
-    )
+    references, what = select_rows(load_references(args.references), args.split, args.limit)
+    print(what)
+    scores = score_predictions(load_predictions(args.predictions), references, args.tolerance, args.clap_dir)
     print_scores(scores, Path(args.predictions).stem)
     if scores.get("TAD"):
         from must.metrics.text import meteor_mode
@@ -209,10 +244,30 @@ def score_handler(args: argparse.Namespace) -> int:
 
 
 def _load_leaderboard(path: str | Path | None) -> list[dict[str, Any]]:
-    path = Path(path) if path else PUBLISHED_LEADERBOARD
+    """Published rows from ``path``, or the packaged ``must/data/published_leaderboard.json`` (importlib.resources,
+    so an installed wheel has it too); a ``--leaderboard`` file that does not exist is a MustError."""
+    if path is None:
+        from importlib.resources import files
+
+        return json.loads(files("must.data").joinpath(PUBLISHED_LEADERBOARD).read_text(encoding="utf-8"))
+    path = Path(path)
     if not path.is_file():
-        return []
+        raise MustError(f"leaderboard file not found: {path}")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def default_audio_dir(data: str | Path) -> Path:
+    """Where a parquet's audio is by default: its sibling ``audio/`` folder when there is one (``must synth``'s
+    layout: ``DIR/mustbench.parquet`` + ``DIR/audio/``), else the parquet's own folder (MusTBench's layout)."""
+    folder = Path(data).parent
+    return folder / "audio" if (folder / "audio").is_dir() else folder
+
+
+def zero_rows(scores: Mapping[str, Any]) -> list[str]:
+    """Ids of scored rows that got nothing on any metric (a wrong answer, an unparsable one or no answer)."""
+    skip = {"id", "task", "qa_type", "prediction", "parsed", "reason"}
+    return [r["id"] for r in scores.get("rows", [])
+            if not any(isinstance(v, (int, float)) and v > 0 for k, v in r.items() if k not in skip)]
 
 
 def write_report(
@@ -239,6 +294,12 @@ def write_report(
         lines.append(f"Not measured: {', '.join(scores['missing'])}.")
     if scores.get("missing_predictions"):
         lines.append(f"Rows without a prediction (counted wrong): {', '.join(scores['missing_predictions'])}.")
+    if scores.get("errors"):
+        ids = [e["id"] for e in scores["errors"]]
+        lines.append(f"{len(ids)} of {n_rows} row(s) could not be run (counted wrong): {_ids(ids)}.")
+    zero = zero_rows(scores)
+    if zero and n_rows:
+        lines.append(f"{len(zero)} of {n_rows} row(s) scored zero on every metric: {_ids(zero)}.")
     lines += [f"- {n}" for n in notes]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -267,6 +328,7 @@ def predict(
     from tqdm.auto import tqdm
 
     from must.data.real import find_audio, load_audio
+    from must.parsing import parse_answer
 
     sr = int(model.cfg.encoder.sample_rate)
     records: list[dict[str, Any]] = []
@@ -372,6 +434,8 @@ def evaluate_model(
     leaderboard: str | Path | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    split: str = "auto",
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """``must eval``: load a saved model folder and :func:`evaluate_loaded` it on a MusTBench parquet.
 
@@ -380,12 +444,25 @@ def evaluate_model(
     from must.hub import resolve_folder
 
     model_dir = Path(model_dir)
-    audio_dir = Path(audio_dir) if audio_dir else Path(data).parent
-    references = load_references(data, audio_dir)
+    audio_dir = Path(audio_dir) if audio_dir else default_audio_dir(data)
+    references, what = select_rows(load_references(data, audio_dir), split, limit)
+    print(what)
+    _refuse_no_audio(references, audio_dir, data)
     # a must model folder, or a stock HF audio LLM (a folder or a cached Hub id) through its own processor
     model = load_for_eval(resolve_folder(model_dir, "MODEL_DIR"), trust_remote_code=trust_remote_code)
     return evaluate_loaded(model, references, audio_dir, out_dir, model_dir.name, batch_size, max_new_tokens,
-                           clap_dir, n_plots, leaderboard, progress, notes=[f"model: {model_dir}", f"data: {data}"])
+                           clap_dir, n_plots, leaderboard, progress,
+                           notes=[f"model: {model_dir}", f"data: {data}", what])
+
+
+def _refuse_no_audio(references: Sequence[Mapping[str, Any]], audio_dir: Path, data: str | Path) -> None:
+    """Stop before the model loads when not one track has audio in ``audio_dir`` (a wrong folder, not a bad file)."""
+    from must.data.real import AUDIO_EXTENSIONS, find_audio
+
+    tracks = sorted(_tracks(references))
+    if not any(find_audio(audio_dir, t) for t in tracks):
+        raise MustError(f"{data}: no audio in {audio_dir} for any of its {len(tracks)} track(s) (looked for "
+                        f"<track_id>{'|'.join(AUDIO_EXTENSIONS)}, e.g. {tracks[0]}); pass --audio-dir")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -393,15 +470,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="a saved MusicLALM folder (a stage's model/), or a stock Qwen2-Audio / "
                         "Qwen2.5-Omni folder or cached Hub id (e.g. Qwen/Qwen2-Audio-7B-Instruct)")
     parser.add_argument("--data", required=True, help="MusTBench-format parquet")
-    parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's folder)")
+    parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's sibling audio/ folder, "
+                        "as must synth writes it, when it exists, else the parquet's own folder)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (one track at a time)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated, in tokens (greedy)")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
     parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")
-    parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the demo fixture's)")
+    parser.add_argument("--leaderboard", help="published results JSON to compare with (default: the paper's table, shipped with must)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let the model folder run the modelling code shipped in it (only a folder you trust)")
+    _add_selection_arguments(parser)
 
 
 def eval_handler(args: argparse.Namespace) -> int:
@@ -413,9 +492,19 @@ def eval_handler(args: argparse.Namespace) -> int:
         raise MustError(f"model folder not found: {args.model_dir}")
     ensure_dir(args.out, "--out")  # before the model loads: a folder that cannot be made is said at once
     scores = evaluate_model(args.model_dir, args.data, args.audio_dir, args.out, args.batch_size, args.max_new_tokens,
-                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code)
+                            args.clap_dir, args.plots, args.leaderboard, trust_remote_code=args.trust_remote_code,
+                            split=args.split, limit=args.limit)
     print_scores(scores, Path(args.model_dir).name)
-    if scores.get("errors"):
-        print(f"{len(scores['errors'])} row(s) could not be run (see {args.out}/predictions.jsonl)")
+    errors, n_rows = scores.get("errors", []), len(scores.get("rows", []))
+    first = "; ".join(f"{e['id']}: {e['error']}" for e in errors[:3])
+    if errors and len(errors) == n_rows:
+        raise MustError(f"all {n_rows} row(s) could not be run, nothing was scored (first: {first}); "
+                        f"outputs in {args.out}")
+    if errors:
+        print(f"{len(errors)} of {n_rows} row(s) could not be run, counted wrong: {_ids([e['id'] for e in errors])} "
+              f"(first: {first}; see {args.out}/predictions.jsonl)")
+    zero = zero_rows(scores)
+    if zero:
+        print(f"{len(zero)} of {n_rows} row(s) scored zero on every metric: {_ids(zero)}")
     print(f"wrote {args.out}/predictions.jsonl, scores.json, report.md, plots/")
     return 0

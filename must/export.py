@@ -23,8 +23,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from must.errors import MustError
 
 ADAPTER = Path("adapters") / "llm"
@@ -49,10 +47,16 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
     return out
 
 
-@torch.no_grad()
 def _time_rows_into_head(model) -> None:
     """Make the LM head's time-token rows the time tokens' input embeddings, which is what must's hook computes
     (``h @ E[time]^T``), so a plain transformers load gives the same logits. Changes nothing must computes."""
+    import torch  # here, not at the top: `must --help` builds this module's arguments without torch
+
+    with torch.no_grad():
+        _copy_time_rows(model)
+
+
+def _copy_time_rows(model) -> None:
     te = model.cfg.time_embedding
     head, embed = model.llm.get_output_embeddings(), model.llm.get_input_embeddings()
     if te.kind != "tokens" or head is None or head.weight is embed.weight:

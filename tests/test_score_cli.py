@@ -45,6 +45,7 @@ EXPECTED = {
     "overall": 64.02,
     "missing": ["tad_clap"],
     "missing_predictions": ["l2"],
+    "unknown_predictions": [],
     "baseline": {
         # 0:00 misses both onsets; 1:40 (track end) is 10 s from 1:30
         "TSG": {"onset": 0.0, "offset": 0.0, "score": 0.0},

@@ -9,9 +9,9 @@ from must.errors import MustError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tracks", type=int, required=True, help="number of tracks (split 80/10/10 by track)"
+        "--tracks", type=int, required=True, help="number of tracks (split 80/10/10 train/val/test by track; with fewer than 10: 1 train, then 1 test, then 1 val, the rest train)"
     )
-    parser.add_argument("--out", required=True, help="output folder (audio/, labels/, mustbench.parquet)")
+    parser.add_argument("--out", required=True, help="output folder (audio/, labels/, mustbench.parquet); what an earlier must synth wrote there is replaced, other files are kept")
     parser.add_argument("--seed", type=int, default=0, help="seed offset; same seed, same tracks")
     parser.add_argument("--min-seconds", type=float, default=20.0, help="shortest track, seconds")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longest track, seconds")

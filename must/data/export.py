@@ -13,13 +13,26 @@ from must.data.types import MUSTBENCH_COLUMNS, Track
 
 
 def split_counts(n_tracks: int) -> dict[str, int]:
-    """Tracks per split: 80/10/10 from 10 tracks on; with fewer, one test and one val track first."""
+    """Tracks per split: 80/10/10 from 10 tracks on; with fewer, training gets the first track (so any
+    ``n_tracks >= 1`` has one to train on), test the second, val the third, training the rest."""
     if n_tracks >= 10:
         n_test = n_val = round(0.1 * n_tracks)
     else:
-        n_test = 1 if n_tracks >= 1 else 0
+        n_test = 1 if n_tracks >= 2 else 0
         n_val = 1 if n_tracks >= 3 else 0
     return {"train": n_tracks - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def remove_earlier_synth(out: Path) -> list[Path]:
+    """Delete what an earlier :func:`write_synthetic` wrote in ``out`` (each ``labels/<id>.json``, its
+    ``audio/<id>.flac``, ``mustbench.parquet``), so a smaller rerun leaves no stale tracks; other files stay."""
+    removed = [p for p in sorted((out / "labels").glob("*.json"))]
+    removed += [out / "audio" / f"{p.stem}.flac" for p in removed]
+    removed += [out / "mustbench.parquet"]
+    removed = [p for p in removed if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def track_labels(track: Track) -> dict[str, Any]:
@@ -60,6 +73,7 @@ def write_synthetic(
         questions_per_track=(cfg.questions_per_track if cfg else 0),
     )
     out = Path(out_dir)
+    remove_earlier_synth(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
