@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from must import __version__
-from must.cli import build_parser
+from must.cli import COMMANDS, build_parser
 from must.data.export import remove_earlier_synth, split_counts
 from must.eval import _load_leaderboard, default_audio_dir
 
@@ -27,7 +27,7 @@ def test_every_option_of_every_subcommand_has_help():
     missing = [f"{name} {a.dest}" for name, sub in _subparsers(parser).items() for a in sub._actions
                if not a.help]
     assert missing == []
-    assert len(_subparsers(parser)) == 6
+    assert len(_subparsers(parser)) == len(COMMANDS) == 7  # run validate synth score eval plan export
 
 
 def test_subcommand_help_shows_defaults():
