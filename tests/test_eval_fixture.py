@@ -62,3 +62,22 @@ def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
     assert plots == ["MTR_mtr-1023323.png", "TSG_tsg-broken.png", "TSG_tsg-real.png"]
     assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
     assert "## Timelines" in report and "![TSG_tsg-real](plots/TSG_tsg-real.png)" in report
+
+
+def test_must_eval_where_every_row_failed_exits_2_and_keeps_its_outputs(tmp_path, tiny_model, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "broken.mp3").write_bytes(b"this is not an mp3")
+    rows = pd.DataFrame([
+        {"id": f"tsg-broken-{k}", "track_id": "broken", "task": "TSG", "category": "drums", "qa_type": "offset",
+         "question": "When do the drums finally disappear?", "answer": "0:40", "answers": ["0:40"], "split": "test"}
+        for k in range(2)])
+    data = tmp_path / "bench.parquet"
+    rows.to_parquet(data)
+    out = tmp_path / "out"
+    code = main(["eval", str(tiny_model), "--data", str(data), "--out", str(out), "--max-new-tokens", "4"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "all 2 row(s) could not be run" in err and "tsg-broken-0" in err
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prediction"] for p in preds] == [None, None] and all("broken" in p["error"] for p in preds)
