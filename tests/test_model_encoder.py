@@ -225,3 +225,8 @@ def test_frame_stats_shortcut_reaches_the_heads_and_trains():
         enc.backbone.stats[-1].bias.zero_()
         plain = enc(waves)["features"]
     assert not torch.allclose(plain, out["features"].detach())
+
+
+def test_frame_stats_with_an_hf_backbone_is_refused_by_name():
+    with pytest.raises(MustError, match="frame_stats needs the built-in backbone"):
+        MusTEncoder(EncoderConfig(backbone="hubert", frame_stats=True))

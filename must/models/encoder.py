@@ -179,6 +179,8 @@ def build_backbone(cfg: EncoderConfig) -> nn.Module:
     """The backbone named by ``cfg.backbone``: built-in, an HF model type built from config, or a local folder."""
     if cfg.backbone == "builtin":
         return BuiltinBackbone(cfg)
+    if cfg.frame_stats:  # the shortcut lives in the built-in backbone; an HF one would silently ignore it
+        raise MustError(f"model.encoder.frame_stats needs the built-in backbone, not {cfg.backbone!r}")
     from transformers import AutoConfig, AutoModel
 
     path = Path(cfg.backbone)
