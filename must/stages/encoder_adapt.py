@@ -76,6 +76,9 @@ class Options:
     """Length of each ``source_crops`` crop, seconds."""
     peak_threshold: float = 0.3
     """Validation: a transition-curve peak above this probability is a predicted boundary."""
+    peak_min_gap_seconds: float = 2.0
+    """Validation: predicted boundaries are at least this far apart, seconds (the higher peak wins); sections
+    of the synthetic tracks last 7 s or more, so up to ~6 s only removes doubled peaks."""
     eval_untrained: bool = False
     """Before training, evaluate the model as built (the untrained model) on the test split, written
     to ``<stage>/eval_untrained/scores.json`` and printed with the baselines."""
@@ -198,6 +201,8 @@ class EncoderAdaptation(L.LightningModule):
         if o.source_crops < 0 or o.source_crop_seconds <= 0:
             raise ConfigError(f"options.source_crops must be >= 0 and options.source_crop_seconds > 0, got "
                               f"{o.source_crops} and {o.source_crop_seconds}")
+        if o.peak_min_gap_seconds < 0:
+            raise ConfigError(f"options.peak_min_gap_seconds must be >= 0, got {o.peak_min_gap_seconds}")
         if o.source_crops and model.encoder.source_head is None:
             raise ConfigError("options.source_crops needs the source-activity head: set model.encoder.num_sources")
         enc = model.encoder
@@ -328,16 +333,16 @@ class EncoderAdaptation(L.LightningModule):
         parts, raw = self.losses(batch)
         bs = len(batch["waveform"])
         self.log("val/loss", self._total(parts), batch_size=bs)
-        v, frames = self._val, raw["frames"]
+        v, frames, o = self._val, raw["frames"], self.options
         probs = torch.sigmoid(frames.transition_logits.detach()).masked_fill(~raw["mask"], 0).cpu().numpy()
         times = frames.times.cpu().numpy()
         for i, true in enumerate(batch["boundaries"]):
             n = int(raw["mask"][i].sum())
-            peaks = pick_peaks(probs[i, :n], times[i, :n], self.options.peak_threshold)
+            peaks = pick_peaks(probs[i, :n], times[i, :n], o.peak_threshold, o.peak_min_gap_seconds)
             if len(self._curves) < 4:
                 self._curves.append(TransitionCurve(
                     times[i, :n], probs[i, :n], list(true), f"val-{len(self._curves)}",
-                    target=batch["transition"][i][:n], peaks=peaks, threshold=self.options.peak_threshold))
+                    target=batch["transition"][i][:n], peaks=peaks, threshold=o.peak_threshold))
             for tol, key in ((1.0, "tp1"), (3.0, "tp3")):
                 v[key] += boundary_hits(peaks, true, tol)[0]
             v["pred"] += len(peaks)
