@@ -15,9 +15,7 @@ mood MAE, frame-level source-activity F1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import lightning as L
 import numpy as np
@@ -31,59 +29,8 @@ from must.errors import ConfigError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
 from must.stages import common
+from must.stages.options.encoder_adapt import Options
 from must.tracking import TransitionCurve, log_transition_plot
-
-
-@dataclass
-class Options:
-    """The ``options:`` block of an ``encoder_adapt`` stage."""
-
-    batch_size: int = 4
-    """Whole tracks per step."""
-    lr: float = 1e-3
-    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
-    lrs: Dict[str, float] = field(default_factory=dict)
-    """Learning rate per parameter-name glob, first match wins (e.g. ``{"encoder.backbone.*": 3e-4}``)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    warmup_steps: int = 10
-    """Linear learning-rate warm-up, steps (then cosine decay to 10 %)."""
-    train: Optional[List[str]] = None
-    """Parameter globs to train; None: the backbone's LoRA if it has one, else the whole encoder."""
-    freeze: List[str] = field(default_factory=list)
-    """Parameter globs kept frozen even if ``train`` matches them."""
-    transition_loss: str = "bce"
-    """``bce`` or ``focal`` on the transition curve."""
-    focal_gamma: float = 2.0
-    """Focal loss exponent."""
-    dice_weight: float = 0.0
-    """Weight of the soft Dice loss added to the transition loss (0 = off)."""
-    pos_weight: float = 4.0
-    """BCE weight of the positive side of the transition target (boundaries are rare)."""
-    mood_loss: str = "mse"
-    """``mse`` or ``ccc`` (1 - concordance correlation) on the arousal change."""
-    transition_weight: float = 1.0
-    """Weight of the transition loss."""
-    mood_weight: float = 1.0
-    """Weight of the mood loss."""
-    source_weight: float = 1.0
-    """Weight of the source-activity loss (needs ``model.encoder.num_sources`` > 0; 0 = off)."""
-    source_crops: int = 0
-    """Extra crops a step, each from a random training track, for the source-activity loss only (0 = off):
-    source activity needs many tracks a step, which whole tracks cannot give (benchmarks/results/encoder_probe.md:
-    64 crops of 2 s reach source F1 0.86 where 4 whole tracks stay at 0.75)."""
-    source_crop_seconds: float = 2.0
-    """Length of each ``source_crops`` crop, seconds."""
-    peak_threshold: float = 0.3
-    """Validation: a transition-curve peak above this probability is a predicted boundary."""
-    peak_min_gap_seconds: float = 2.0
-    """Validation: predicted boundaries are at least this far apart, seconds (the higher peak wins); sections
-    of the synthetic tracks last 7 s or more, so up to ~6 s only removes doubled peaks."""
-    eval_untrained: bool = False
-    """Before training, evaluate the model as built (the untrained model) on the test split, written
-    to ``<stage>/eval_untrained/scores.json`` and printed with the baselines."""
-    eval_max_new_tokens: int = 40
-    """Generated tokens per answer in that evaluation."""
 
 
 class Stage1Tracks(Dataset):

@@ -43,7 +43,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,67 +56,10 @@ from trl.trainer.utils import entropy_from_logits, nanstd, selective_log_softmax
 
 from must.errors import ConfigError, MustError
 from must.sampling import completion_logits, sample
+from must.stages.options.grpo import Options
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
-
-
-@dataclass
-class Options:
-    """The ``options:`` block of a ``grpo`` stage."""
-
-    prompts_per_step: int = 4
-    """Dataset items per optimisation step; each brings ``questions_per_track`` prompts (text rows: one)."""
-    questions_per_track: int = 1
-    """Audio data: questions asked of each track in a step (they share one audio encoding)."""
-    trainable: list[str] = field(default_factory=list)
-    """Parameter globs to train (empty: the projector, the time embedding, and the LLM's LoRA if it has one, else the LLM)."""
-    num_generations: int = 8
-    """G, completions sampled per prompt."""
-    max_completion_length: int = 16
-    """Longest completion, tokens (temporal answers are short)."""
-    temperature: float = 1.0
-    """Sampling temperature; the log-probs of the loss use the same one, as TRL does."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1.0 = off)."""
-    learning_rate: float = 1e-5
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (0 = off)."""
-    loss_type: str = "dapo"
-    """Loss aggregation: ``grpo`` (per-sequence mean), ``dr_grpo`` (over B * max length), ``dapo`` / ``bnpo`` (per token)."""
-    epsilon_low: float = 0.2
-    """Lower clip: the ratio is clipped at 1 - epsilon_low."""
-    epsilon_high: float = 0.28
-    """Upper clip: the ratio is clipped at 1 + epsilon_high (DAPO's clip-higher; TRL's default is 0.2)."""
-    beta: float = 0.0
-    """KL weight to the reference (the policy with its adapters off); 0 runs no reference pass."""
-    num_iterations: int = 1
-    """Optimisation passes over one batch of rollouts (mu in the GRPO paper)."""
-    scale_rewards: str = "group"
-    """Divide advantages by the group std (``group``), the batch std (``batch``), or not (``none``, Dr. GRPO)."""
-    dynamic_sampling: bool = True
-    """Drop groups whose rewards all agree and refill the batch with fresh prompts (DAPO)."""
-    max_refills: int = 2
-    """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
-    mask_truncated_completions: bool = False
-    """Leave completions that hit the length limit without EOS out of the loss."""
-    rewards: list[str] = field(default_factory=lambda: ["must_reward"])
-    """Reward functions by name (``must.rewards.REWARDS``): ``must_reward`` scores the final answer;
-    ``trace_step_reward`` / ``trace_format_reward`` credit a grounded trace's steps and shape."""
-    reward_weights: dict[str, float] = field(default_factory=dict)
-    """Weight of each reward function by name (missing names weigh 1.0)."""
-    share_prefix: bool = True
-    """Run each prompt once per group in sampling and in the loss (off: the plain path, for comparison)."""
-    kl_importance_correction: bool = True
-    """Multiply the KL estimate by the importance ratio (TRL's ``use_bias_correction_kl``)."""
-    disable_dropout: bool = True
-    """Zero every dropout so the first pass's log-probs are the old policy's."""
-    log_rollouts_every_n_steps: int = 10
-    """Log a rollout table (audio, question, reference, each answer with its reward components, a
-    timeline) and reward histograms per task every N rollout batches; 0 turns it off."""
 
 
 # ----------------------------------------------------------------------------------------- pure functions
