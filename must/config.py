@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from must.data.config import DataConfig
 from must.errors import ConfigError, MustError
 from must.models.config import ModelConfig
+from must.stages.options import encoder_adapt, grpo, lm_adapt, sft
 
 #: The four MusT stage kinds -> the class that implements each (imported only when used).
 STAGE_KINDS: dict[str, str] = {
@@ -29,6 +30,15 @@ STAGE_KINDS: dict[str, str] = {
     "lm_adapt": "must.stages.lm_adapt:LMAdaptation",
     "sft": "must.stages.sft:SFTStage",
     "grpo": "must.stages.grpo:GRPOStage",
+}
+
+#: The four kinds' ``Options`` dataclasses (each stage class's ``Options``), from modules that import neither
+#: torch nor lightning: a recipe of built-in kinds is checked without importing its stages (seconds).
+STAGE_OPTIONS: dict[str, type] = {
+    "encoder_adapt": encoder_adapt.Options,
+    "lm_adapt": lm_adapt.Options,
+    "sft": sft.Options,
+    "grpo": grpo.Options,
 }
 
 
@@ -273,8 +283,11 @@ def _check_stages(recipe: RecipeConfig, path: Path) -> None:
                 )
             if stage.kind in STAGE_KINDS:  # a dotted kind loads its own folders: its format is its own
                 _check_init_folder(stage.init_from, f"{path}: key '{key}.init_from'")
-        cls = stage_class(stage.kind, f"{path}: key '{key}.kind'")
-        stage_options(cls, stage.options, f"{path}: key '{key}.options")
+        where = f"{path}: key '{key}.options"
+        if stage.kind in STAGE_OPTIONS:
+            options_instance(STAGE_OPTIONS[stage.kind], stage.options, where)
+        else:  # a dotted kind is checked by importing it: it names its class and the class its Options
+            stage_options(stage_class(stage.kind, f"{path}: key '{key}.kind'"), stage.options, where)
         seen.append(stage.name)
 
 
@@ -316,7 +329,11 @@ def stage_class(kind: str, where: str = "stage kind") -> type:
 
 def stage_options(cls: type, options: dict, where: str) -> Any:
     """Validate a stage's ``options`` dict against ``cls.Options`` (a dataclass); returns the instance."""
-    schema = getattr(cls, "Options", None)
+    return options_instance(getattr(cls, "Options", None), options, where)
+
+
+def options_instance(schema: type | None, options: dict, where: str) -> Any:
+    """Validate ``options`` against the dataclass ``schema``; returns the instance (a plain dict without one)."""
     if schema is None or not is_dataclass(schema):
         return dict(options)
     try:

@@ -49,6 +49,15 @@ def test_parser_does_not_import_torch():
     assert out.stdout.strip() == ""
 
 
+def test_validate_does_not_import_torch():
+    """Built-in stage kinds are checked against their light ``Options`` modules, not the stage modules."""
+    code = ("import sys; from must.cli import main; rc = main(['validate', 'recipes/tiny.yaml']); "
+            "print(rc, ','.join(m for m in ('torch', 'lightning', 'transformers', 'must.stages.sft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "0 "
+
+
 def test_leaderboard_is_package_data():
     rows = _load_leaderboard(None)
     must7b = next(r for r in rows if r["model"] == "MusT")

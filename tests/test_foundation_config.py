@@ -93,6 +93,20 @@ def test_stage_options_are_typed(tmp_path, capsys):
     assert "stages[0].options.lrr" in err and "did you mean 'lr'" in err
 
 
+def test_builtin_stage_options_are_typed(capsys):
+    tiny = str(Path(__file__).resolve().parents[1] / "recipes/tiny.yaml")
+    err = validate_error(capsys, tiny, "stages.sft.options.questions_per_clipp=3")
+    assert "key 'stages[2].options.questions_per_clipp': unknown key; did you mean 'questions_per_clip'?" in err
+    err = validate_error(capsys, tiny, "stages.grpo.options.num_generations=lots")
+    assert "key 'stages[3].options.num_generations'" in err and "'lots'" in err
+
+
+def test_validate_checks_the_options_each_stage_class_runs_with():
+    from must.config import STAGE_KINDS, STAGE_OPTIONS, stage_class
+
+    assert {kind: stage_class(kind).Options for kind in STAGE_KINDS} == STAGE_OPTIONS
+
+
 def test_overrides_by_stage_name_and_index(tmp_path):
     path = write(tmp_path, base())
     recipe = load_recipe(path, ["seed=7", "stages.b.trainer.max_steps=9", "stages.0.options.lr=0.5"])
