@@ -147,14 +147,24 @@ def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
     return 100.0 * hits / len(out[0])
 
 
-def must_model(overrides: list[str]):
+def must_model(overrides: list[str], time_logit_scale: float = 1.0):
     """must's own tiny MusicLALM (default model config plus ``key=value`` overrides): its tokenizer,
-    chat template, projector, ``digits`` time embedding and LLM; only the encoder is bypassed."""
+    chat template, projector, ``digits`` time embedding and LLM; only the encoder is bypassed.
+    ``time_logit_scale`` multiplies the tied time-token logits (time tokens only)."""
     from omegaconf import OmegaConf
 
+    from must.models import time_tokens
     from must.models.lalm import MusicLALM
 
-    return MusicLALM.from_config(OmegaConf.from_dotlist(overrides))
+    model = MusicLALM.from_config(OmegaConf.from_dotlist(overrides))
+    if time_logit_scale != 1.0:
+        if model.cfg.time_embedding.kind != "tokens":
+            raise SystemExit("--time-logit-scale needs --set time_embedding.kind=tokens")
+        if model._tie_handle is not None:
+            model._tie_handle.remove()
+        te = model.time_embedding
+        model._tie_handle = time_tokens.tie_head(model.llm, te.first, te.count, time_logit_scale)
+    return model
 
 
 def must_encoding(batch: dict, model):
@@ -225,6 +235,8 @@ def main(argv=None) -> None:
                    help="--model must: the task builder's phrasings, or the source's name alone")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="--model must: model config overrides, e.g. system_prompt= projector_layers=1")
+    p.add_argument("--time-logit-scale", type=float, default=1.0,
+                   help="--model must: multiply the tied time-token logits (is their scale what holds the lookup back?)")
     p.add_argument("--layers", type=int, help="--model abstract: decoder layers (default: the tiny recipe's)")
     p.add_argument("--hidden", type=int, help="--model abstract: hidden size (default: the tiny recipe's)")
     p.add_argument("--heads", type=int, help="--model abstract: attention heads (default: the tiny recipe's)")
@@ -235,7 +247,7 @@ def main(argv=None) -> None:
     if args.model == "must":
         if args.sources > 8:
             raise SystemExit("--model must names the 8 synthetic sources: --sources must be at most 8")
-        model = must_model(args.set)
+        model = must_model(args.set, args.time_logit_scale)
         model.cfg.question_position = args.layout
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]

@@ -59,6 +59,19 @@ def test_time_logits_are_the_input_embeddings_one_parameter(model):
     emb.requires_grad_(False)
 
 
+def test_a_time_logit_scale_multiplies_the_time_logits_only():
+    torch.manual_seed(0)
+    m = MusicLALM.from_config(TOKENS)
+    first, n = m.time_embedding.first, m.time_embedding.count
+    h = torch.randn(1, 2, m.hidden_size)
+    before = m.llm.get_output_embeddings()(h).detach()
+    m._tie_handle.remove()
+    m._tie_handle = time_tokens.tie_head(m.llm, first, n, scale=3.0)
+    after = m.llm.get_output_embeddings()(h).detach()
+    torch.testing.assert_close(after[..., first:first + n], 3.0 * before[..., first:first + n])
+    torch.testing.assert_close(after[..., :first], before[..., :first], rtol=0, atol=0)
+
+
 def test_audio_tokens_carry_their_seconds_token_embedding(model):
     enc = model.encode_audio([_noise(9.0)], SR)
     te = model.time_embedding(enc.times, model.llm.get_input_embeddings())

@@ -101,23 +101,24 @@ def init_rows(embedding: nn.Embedding, first: int, count: int, resolution: float
     w[first : first + count] = (base + noise + ramp).to(w.dtype)
 
 
-def tie_head(llm: nn.Module, first: int, count: int):
+def tie_head(llm: nn.Module, first: int, count: int, scale: float = 1.0):
     """Make the LM head's logits of the time tokens ``h @ E[time]^T`` with ``E`` the input embedding.
 
     Models that tie all output rows to the input embeddings (SmolLM2, ``tie_word_embeddings``) need
     nothing; for the others a forward hook overwrites those logits, so the time tokens' output and
     input rows are one parameter (the head's own rows for them are left unused). Returns the hook
-    handle, or None when the weights are already shared.
+    handle, or None when the weights are already shared. ``scale`` multiplies those logits (a diagnostic of
+    ``benchmarks/tsg_probe.py --time-logit-scale``: a larger scale did not make the lookup form sooner).
     """
     head, embed = llm.get_output_embeddings(), llm.get_input_embeddings()
-    if head is None or head.weight is embed.weight:
+    if head is None or (head.weight is embed.weight and scale == 1.0):
         return None
 
     def hook(module, inputs, logits):
         h = inputs[0]
         rows = embed.weight[first : first + count].to(h.dtype)
         logits = logits.clone()
-        logits[..., first : first + count] = h @ rows.T
+        logits[..., first : first + count] = (h @ rows.T) if scale == 1.0 else scale * (h @ rows.T)
         return logits
 
     return head.register_forward_hook(hook)
