@@ -70,6 +70,10 @@ class EncoderConfig:
     """Mood head: a window this long, centred on a time, predicts the arousal change there."""
     num_sources: int = 0
     """Source-activity head outputs per frame (e.g. ``len(SOURCE_NAMES)``); 0 disables the head."""
+    head_features: bool = False
+    """Append the heads' per-frame outputs (the ``num_sources`` source-activity probabilities and the
+    transition probability) to each audio token's features before the projector, so what stage 1 learned
+    to detect reaches the LLM as it is, not only entangled in the backbone's features (needs the source head)."""
     lora: LoraConfig = field(
         default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj"])
     )

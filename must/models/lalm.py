@@ -31,7 +31,7 @@ from must.hub import resolve_model_config
 from must.models import params, time_tokens
 from must.models.audio import resample, to_mono_float
 from must.models.config import ModelConfig
-from must.models.encoder import MusTEncoder
+from must.models.encoder import EncoderFrames, MusTEncoder
 from must.models.host import HOST_SAMPLE_RATE, audio_tower, host_audio_embeds
 from must.models.llm import build_llm
 from must.models.lora import add_lora, base_state_dict, load_adapter, merged_state_dict, save_adapter
@@ -147,6 +147,8 @@ def check_config(cfg: ModelConfig) -> None:
             raise ConfigError(f"{key} = {value} is out of range [{lo}, {hi}]")
     if cfg.sampling.min_tokens > cfg.sampling.max_tokens:
         raise ConfigError("model.sampling.min_tokens must not exceed model.sampling.max_tokens")
+    if cfg.encoder.head_features and cfg.encoder.num_sources < 1:
+        raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
 
 
 class MusicLALM(nn.Module):
@@ -158,7 +160,7 @@ class MusicLALM(nn.Module):
         if cfg.time_embedding.kind == "tokens":  # a fresh LLM gets them; a saved one has them already
             time_tokens.add_to(llm, tokenizer, cfg.time_embedding.resolution, cfg.time_embedding.max_seconds)
         hidden = llm.get_input_embeddings().embedding_dim
-        d = encoder.hidden_size
+        d = encoder.hidden_size + (cfg.encoder.num_sources + 1 if cfg.encoder.head_features else 0)
         layers = [nn.Linear(d, hidden)]
         if cfg.projector_layers >= 2:
             layers += [nn.GELU(), nn.Linear(hidden, hidden)]
@@ -213,6 +215,8 @@ class MusicLALM(nn.Module):
             waveforms = [waveforms]
         waves = [to_mono_float(w) for w in waveforms]
         frames = self.encoder.encode_frames(waves, sample_rate)
+        if self.cfg.encoder.head_features:
+            frames = with_head_features(frames)
         features, times, mask, covered = sample_tokens(frames, self.cfg.sampling, stochastic, generator)
         _guard_coverage(covered, frames.durations.tolist(), frames.frame_rate)
         host_embeds = host_mask = None
@@ -581,6 +585,13 @@ def _encoder_from_config_folder(cfg: ModelConfig, cfg_folder: Path) -> MusTEncod
     model = AutoModel.from_config(AutoConfig.from_pretrained(str(cfg_folder), trust_remote_code=remote),
                                   trust_remote_code=remote)
     return MusTEncoder(cfg.encoder, backbone=wrap_hf_backbone(model, cfg.encoder))
+
+
+def with_head_features(frames: EncoderFrames) -> EncoderFrames:
+    """``frames`` with (B, F, D) features widened to (B, F, D + S + 1): the S source-activity and the
+    transition probabilities appended (``model.encoder.head_features``)."""
+    probs = [torch.sigmoid(frames.source_logits), torch.sigmoid(frames.transition_logits)[..., None]]
+    return replace(frames, features=torch.cat([frames.features, *probs], -1))
 
 
 def _guard_coverage(covered: list[float], durations: list[float], frame_rate: float) -> None:
