@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
 
 from must.data.config import DataConfig
 from must.errors import ConfigError, MustError
@@ -257,7 +257,12 @@ def _merge_schema(raw: DictConfig, path: Path) -> DictConfig:
 
 
 def _check_missing(cfg: DictConfig, path: Path) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except InterpolationToMissingValueError as exc:
+        # omegaconf 2.3 stops at the first key that interpolates a missing one (output_dir: runs/${name});
+        # 2.4 lists both, so name the same two
+        missing = sorted({exc.msg.splitlines()[0].rsplit("Missing mandatory value: ", 1)[-1], exc.full_key})
     if missing:
         raise ConfigError(f"{path}: missing required value for key(s): {', '.join(missing)}")
 
