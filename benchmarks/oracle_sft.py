@@ -9,6 +9,7 @@ code. If the LLM cannot answer TSG from *perfect* features, a better encoder wil
     python benchmarks/oracle_sft.py                                  # SFT of recipes/tiny.yaml, all tasks
     python benchmarks/oracle_sft.py 'stages.0.options.tasks=[TSG]'   # TSG only
     python benchmarks/oracle_sft.py stages.0.trainer.max_steps=1500 --out /tmp/oracle_long
+    python benchmarks/oracle_sft.py --part transitions stages.0.init_from=runs/tiny/captions/model  # true token placement only
 
 Runs the tiny recipe's ``sft`` stage alone, from the model as built (no ``init_from``); extra
 arguments are recipe overrides (``key=value``) applied to that one-stage recipe. Results and the
@@ -41,8 +42,11 @@ def _key(wave) -> tuple:
     return len(w), hashlib.md5(w[:4000].tobytes()).hexdigest()
 
 
-def install_oracle() -> None:
-    """Patch the track cache (to remember each rendered track) and the encoder (to return its labels)."""
+def install_oracle(part: str = "all") -> None:
+    """Patch the track cache (to remember each rendered track) and the encoder (to return its labels):
+    ``part`` ``all`` (features and transition logits), ``activity`` (the features only: the encoder's own
+    transition logits place the tokens) or ``transitions`` (the transition logits only: the encoder's
+    features, tokens placed at the true boundaries)."""
     cached, encode = common.cached_track, enc_mod.MusTEncoder.encode_frames
 
     def cached_track(cfg, split, index):
@@ -62,7 +66,10 @@ def install_oracle() -> None:
             feats[i, :n, : act.shape[1]] = 3 * act[:n]
             feats[i, :n, act.shape[1]] = 3 * curve[:n]
             logits[i, :n] = torch.logit(curve[:n].clamp(1e-4, 1 - 1e-4))
-        frames.features, frames.transition_logits = feats, logits
+        if part in ("all", "activity"):
+            frames.features = feats
+        if part in ("all", "transitions"):
+            frames.transition_logits = logits
         return frames
 
     common.cached_track = cached_track
@@ -83,10 +90,12 @@ def sft_recipe(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="output folder (default: a fresh temporary one)")
+    parser.add_argument("--part", choices=("all", "activity", "transitions"), default="all",
+                        help="what the truth replaces: features and transition logits, or one of them")
     args, overrides = parser.parse_known_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="oracle_sft_")) / "run"
     out.parent.mkdir(parents=True, exist_ok=True)
-    install_oracle()
+    install_oracle(args.part)
     from must.cli import main as must_main
 
     return must_main(["run", str(sft_recipe(out)), *overrides])
