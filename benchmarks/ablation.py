@@ -68,6 +68,9 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
         recipe.model.sampling.mode = "uniform"
     elif variant == "no_source":
         recipe.model.encoder.num_sources = 0
+        for stage in recipe.stages:  # the extra crops train the source head alone: none without it
+            if stage.kind == "encoder_adapt":
+                stage.options["source_crops"] = 0
     elif variant == "plain":
         recipe.model.answer_format = "plain"
     elif variant == "digits":

@@ -43,6 +43,21 @@ def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
     assert BASE.stages[0].options.get("eval_untrained") is True  # the base recipe is not modified
 
 
+def test_every_variants_stage_one_builds(tmp_path):
+    """A variant that drops the source head must drop what needs it (tiny.yaml's source crops)."""
+    from must.config import stage_options
+    from must.models.lalm import MusicLALM
+    from must.stages.encoder_adapt import EncoderAdaptation
+
+    assert BASE.stages[0].options["source_crops"] > 0
+    for name in ("all", "no_source"):
+        recipe = ablation.variant_recipe(BASE, name, tmp_path, 1.0)
+        spec = next(s for s in recipe.stages if s.kind == "encoder_adapt")
+        stage = EncoderAdaptation(MusicLALM.from_config(recipe.model), recipe.data,
+                                  stage_options(EncoderAdaptation, spec.options, f"{name} encoder options"))
+        assert stage.options.source_crops == (0 if name == "no_source" else BASE.stages[0].options["source_crops"])
+
+
 def test_every_evaluated_stage_is_reported_in_recipe_order(tmp_path):
     recipe = ablation.variant_recipe(BASE, "all", tmp_path, 1.0)
     for stage, overall in (("grpo", 40.0), ("sft", 30.0)):
