@@ -45,8 +45,10 @@ def _key(wave) -> tuple:
 def install_oracle(part: str = "all") -> None:
     """Patch the track cache (to remember each rendered track) and the encoder (to return its labels):
     ``part`` ``all`` (features and transition logits), ``activity`` (the features only: the encoder's own
-    transition logits place the tokens) or ``transitions`` (the transition logits only: the encoder's
-    features, tokens placed at the true boundaries)."""
+    transition logits place the tokens), ``transitions`` (the transition logits only: the encoder's
+    features, tokens placed at the true boundaries) or ``heads`` (no truth at all: the features laid out as
+    the oracle's, from the encoder's own heads — source activity thresholded at 0.5 — so the question is
+    whether its predictions, made as clean, serve as well as the truth)."""
     cached, encode = common.cached_track, enc_mod.MusTEncoder.encode_frames
 
     def cached_track(cfg, split, index):
@@ -66,6 +68,11 @@ def install_oracle(part: str = "all") -> None:
             feats[i, :n, : act.shape[1]] = 3 * act[:n]
             feats[i, :n, act.shape[1]] = 3 * curve[:n]
             logits[i, :n] = torch.logit(curve[:n].clamp(1e-4, 1 - 1e-4))
+        if part == "heads":  # the oracle's layout, the encoder's own predictions in it
+            act = (frames.source_logits > 0).float()
+            feats[..., : act.shape[-1]] = 3 * act
+            feats[..., act.shape[-1]] = 3 * torch.sigmoid(frames.transition_logits)
+            frames.features = feats * frames.mask[..., None]
         if part in ("all", "activity"):
             frames.features = feats
         if part in ("all", "transitions"):
@@ -90,8 +97,9 @@ def sft_recipe(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="output folder (default: a fresh temporary one)")
-    parser.add_argument("--part", choices=("all", "activity", "transitions"), default="all",
-                        help="what the truth replaces: features and transition logits, or one of them")
+    parser.add_argument("--part", choices=("all", "activity", "transitions", "heads"), default="all",
+                        help="what the truth replaces: features and transition logits, or one of them; "
+                             "heads: no truth, the encoder's own head predictions in the oracle's layout")
     args, overrides = parser.parse_known_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="oracle_sft_")) / "run"
     out.parent.mkdir(parents=True, exist_ok=True)
