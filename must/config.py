@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from must.data.config import DataConfig
 from must.errors import ConfigError, MustError
@@ -256,13 +256,23 @@ def _merge_schema(raw: DictConfig, path: Path) -> DictConfig:
     return cfg
 
 
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Sorted dotted keys whose value is ``???``. Not ``OmegaConf.missing_keys``: omegaconf 2.3 raises on a key
+    that interpolates a missing one (``output_dir: runs/${name}``) where 2.4 lists it, so read the unresolved
+    values instead (the same answer on every version: the keys a user must set)."""
+
+    def walk(node, key: str):
+        if node == MISSING:
+            yield key
+        elif isinstance(node, (dict, list)):
+            for k, v in node.items() if isinstance(node, dict) else enumerate(node):
+                yield from walk(v, f"{key}[{k}]" if isinstance(node, list) else f"{key}.{k}" if key else str(k))
+
+    return sorted(walk(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False), ""))
+
+
 def _check_missing(cfg: DictConfig, path: Path) -> None:
-    try:
-        missing = sorted(OmegaConf.missing_keys(cfg))
-    except InterpolationToMissingValueError as exc:
-        # omegaconf 2.3 stops at the first key that interpolates a missing one (output_dir: runs/${name});
-        # 2.4 lists both, so name the same two
-        missing = sorted({exc.msg.splitlines()[0].rsplit("Missing mandatory value: ", 1)[-1], exc.full_key})
+    missing = missing_keys(cfg)
     if missing:
         raise ConfigError(f"{path}: missing required value for key(s): {', '.join(missing)}")
 
@@ -343,7 +353,7 @@ def options_instance(schema: type | None, options: dict, where: str) -> Any:
         return dict(options)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(options)))
-        missing = sorted(OmegaConf.missing_keys(merged))
+        missing = missing_keys(merged)
         if missing:
             raise ConfigError(f"{where}.{missing[0]}': missing required value")
         return OmegaConf.to_object(merged)

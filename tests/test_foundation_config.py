@@ -66,6 +66,17 @@ def test_missing_required_value(tmp_path, capsys):
     assert "missing required value" in err and "name" in err
 
 
+def test_missing_keys_are_the_keys_to_set_not_those_that_interpolate_them():
+    from omegaconf import OmegaConf
+
+    from must.config import missing_keys
+
+    cfg = OmegaConf.create({"name": "???", "output_dir": "runs/${name}", "stages": [{"a": "???"}, {"b": 1}],
+                            "m": {"x": {"y": "???"}, "z": 2}})
+    assert missing_keys(cfg) == ["m.x.y", "name", "stages[0].a"]  # the same on omegaconf 2.2-2.4
+    assert missing_keys(OmegaConf.create({"name": "toy", "output_dir": "runs/${name}"})) == []
+
+
 def test_init_from_must_name_an_earlier_stage(tmp_path, capsys):
     err = validate_error(capsys, write(tmp_path, base(stage_b_init="nowhere")))
     assert "stages[1].init_from" in err and "'nowhere' names no earlier stage" in err

@@ -117,8 +117,10 @@ def tie_head(llm: nn.Module, first: int, count: int, scale: float = 1.0):
     def hook(module, inputs, logits):
         h = inputs[0]
         rows = embed.weight[first : first + count].to(h.dtype)
+        if scale != 1.0:  # on the (count, H) rows, not the (B, L, count) logits
+            rows = rows * scale
         logits = logits.clone()
-        logits[..., first : first + count] = (h @ rows.T) if scale == 1.0 else scale * (h @ rows.T)
+        logits[..., first : first + count] = h @ rows.T
         return logits
 
     return head.register_forward_hook(hook)
