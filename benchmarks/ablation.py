@@ -85,7 +85,7 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
         stage.trainer.max_steps = max(1, round(stage.trainer.max_steps * scale))
         stage.trainer.enable_progress_bar = False
         if stage.kind == "encoder_adapt":
-            stage.options["eval_untrained"] = False  # measured once, in the recipe run itself
+            stage.options["eval_init"] = False  # measured once, in the recipe run itself
     return recipe
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -88,7 +89,7 @@ def main() -> None:
     rate = model.encoder.frame_rate
     train = Stage1Tracks(recipe.data, "train", rate, recipe.data.train_tracks)
     val = Stage1Tracks(recipe.data, "val", rate, a.val)
-    oc = common.optimizer_config(model, opts.lr, {}, opts.weight_decay, opts.warmup_steps, a.steps)
+    oc = common.optimizer_config(model, replace(opts, lrs={}), a.steps)
     opt, sched = oc["optimizer"], oc["lr_scheduler"]["scheduler"]
     gen = torch.Generator().manual_seed(0)
     start = time.time()

@@ -127,16 +127,16 @@ def run_ours(model, tok, data, args, share_prefix: bool = True) -> dict:
     from must.stages.grpo import GRPOStage, Options, TextPolicy
 
     opts = Options(
-        prompts_per_step=args.prompts,
+        batch_size=args.prompts,
         num_generations=args.G,
         max_completion_length=args.T,
-        learning_rate=args.lr,
+        lr=args.lr,
         loss_type=args.loss_type,
         epsilon_low=0.2,
         epsilon_high=0.28,
         beta=0.0,
         num_iterations=1,
-        dynamic_sampling=False,
+        refill_groups=False,
         max_grad_norm=1.0,
         share_prefix=share_prefix,
     )
@@ -257,15 +257,15 @@ def audio_row(args, model_cfg, data_cfg, tracks, share: bool) -> str:
 
     from must.models.lalm import MusicLALM
     from must.rewards import must_reward
-    from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, set_trainable
+    from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, set_trainable, train_globs
 
     torch.manual_seed(args.seed)
     model = MusicLALM.from_config(model_cfg)
-    set_trainable(model, [])
+    set_trainable(model, *train_globs(model, Options()))
     policy = MusicPolicy(model, data_cfg.sample_rate)  # no cross-step cache: every step encodes its tracks
-    opts = Options(prompts_per_step=args.audio_tracks, questions_per_track=args.audio_questions,
-                   num_generations=args.G, max_completion_length=args.T, learning_rate=args.lr,
-                   loss_type=args.loss_type, dynamic_sampling=False, share_prefix=share)
+    opts = Options(batch_size=args.audio_tracks, questions_per_clip=args.audio_questions,
+                   num_generations=args.G, max_completion_length=args.T, lr=args.lr,
+                   loss_type=args.loss_type, refill_groups=False, share_prefix=share)
     stage = GRPOStage(policy, [must_reward], QAPrompts(tracks, args.audio_questions, args.seed), opts, seed=args.seed)
     stamps, marks = [], {}
 

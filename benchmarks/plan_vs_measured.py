@@ -75,7 +75,7 @@ def prerender(recipe) -> None:
 def measure(recipe, stage, out: Path, steps: int) -> dict:
     cls = stage_class(stage.kind)
     options = stage_options(cls, stage.options, stage.name)
-    for flag in ("eval_untrained", "eval_init"):  # evaluations before training are not training memory
+    for flag in ("eval_init", "eval_final"):  # evaluations before training are not training memory
         if hasattr(options, flag):
             options = replace(options, **{flag: False})
     trainer_cfg = replace(stage.trainer, max_steps=steps, checkpoint_every_n_steps=10**6, limit_val_batches=0,

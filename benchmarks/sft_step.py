@@ -47,12 +47,16 @@ clock = time.thread_time
 PARTS = ("data", "encoder", "pack", "llm fwd", "loss+log", "backward", "optimizer")
 
 
+def sft_spec(recipe):
+    """The recipe's sft stage block."""
+    return next(s for s in recipe.stages if s.kind == "sft")
+
+
 def build_stage(recipe, seed: int = 0) -> SFTStage:
     spec = next(s for s in recipe.stages if s.kind == "sft")
     torch.manual_seed(seed)
     stage = SFTStage(MusicLALM.from_config(recipe.model), recipe.data,
                      stage_options(SFTStage, spec.options, "sft options"), recipe.seed)
-    stage.max_steps = spec.trainer.max_steps
     return stage
 
 
@@ -190,7 +194,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
     stage = build_stage(recipe)
-    opt = stage.configure_optimizers()["optimizer"]
+    opt = common.optimizer_config(stage.model, stage.options, sft_spec(recipe).trainer.max_steps)["optimizer"]
     stage.on_train_start()  # what Trainer.fit calls before the first step
     n = args.warmup + args.steps
     if not args.cold:  # the recipe's stages 1-2 render every training track before SFT: render those read

@@ -337,9 +337,9 @@ def stage_class(kind: str, where: str = "stage kind") -> type:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigError(f"{where}: module '{module_name}' has no class '{class_name}'")
-    if not hasattr(cls, "from_context") or not hasattr(cls, "save_model"):
-        raise ConfigError(f"{where}: '{target}' must define from_context(ctx) and save_model(path)")
-    return cls
+    from must.stages.protocol import check_stage
+
+    return check_stage(cls, where)
 
 
 def stage_options(cls: type, options: dict, where: str) -> Any:

@@ -13,7 +13,6 @@ measured peaks in ``benchmarks/results/plan_vs_measured.md``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     audio = audio_tokens(recipe.model, recipe.data.max_seconds)
-    questions = max(1, int(getattr(options, "questions_per_clip", getattr(options, "questions_per_track", 1)) or 1))
+    questions = max(1, int(getattr(options, "questions_per_clip", 1) or 1))
     answer = int(getattr(options, "max_completion_length", 0) or 0)
     # Stage 1 never runs the LLM: no LLM activations (its encoder activations are counted instead).
     encoder_only = stage.kind == "encoder_adapt"
@@ -86,7 +85,7 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
     if stage.kind == "lm_adapt":  # the answer is the whole timestamped caption, ~10 tokens per second of music
         cap = int(getattr(options, "max_caption_tokens", 1024) or 1024)
         sequence += min(cap, math.ceil(CAPTION_TOKENS_PER_SECOND * recipe.data.max_seconds))
-    batch = int(getattr(options, "batch_size", getattr(options, "prompts_per_step", 1)) or 1)
+    batch = int(getattr(options, "batch_size", 1) or 1)
     logit_tokens = None
     if stage.kind == "grpo":
         # GRPO runs each prompt once and its G completions after it (shared prefix): count tokens, not rows.
@@ -101,22 +100,17 @@ def plan_stage(recipe: RecipeConfig, stage: StageConfig, model: torch.nn.Module)
 
 
 def apply_freezing(cls: type, model: torch.nn.Module, recipe: RecipeConfig, options) -> None:
-    """Set ``requires_grad`` on ``model`` exactly as the stage will.
+    """Set ``requires_grad`` on ``model`` exactly as the stage will: through the stage's own pure
+    ``train_globs(model, options)`` (the stage protocol, :mod:`must.stages.protocol`). A user's stage without one
+    trains everything."""
+    from must.stages import common
 
-    A stage module's ``select_trainable(model, options)`` wins when it has one; GRPO's is its module-level
-    ``set_trainable(model, options.trainable)``; stages 1-3 apply their policy in ``__init__(model, data,
-    options)``, which is cheap on a meta-device model. A user's stage without either trains everything.
-    """
-    module = importlib.import_module(cls.__module__)
     for p in model.parameters():  # each stage starts from the model as built
         p.requires_grad_(True)
     _rebuilt_freezing(model)
-    if hasattr(module, "select_trainable"):
-        module.select_trainable(model, options)
-    elif cls.__module__ == "must.stages.grpo":
-        module.set_trainable(model, list(options.trainable))
-    elif cls.__module__.startswith("must.stages."):
-        cls(model, recipe.data, options)
+    globs = getattr(cls, "train_globs", None)
+    if globs is not None:
+        common.set_trainable(model, *globs(model, options))
 
 
 def _rebuilt_freezing(model: torch.nn.Module) -> None:

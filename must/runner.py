@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from must.config import (
     RecipeConfig,
@@ -287,7 +287,8 @@ def run_stage(
     try:
         module = cls.from_context(ctx)
         resume_step = checkpoint_step(Path(ckpt_path)) if ckpt_path else None
-        trainer = build_trainer(recipe, stage, stage_dir, group, resume_step)
+        evals = [initial_evaluation(stage, stage_dir, record)] if getattr(options, "eval_init", False) else []
+        trainer = build_trainer(recipe, stage, stage_dir, group, resume_step, evals)
         record["wandb"] = wandb_location(trainer, group)
         if record["wandb"]:
             where = record["wandb"]["url"] or f"offline run in {record['wandb']['dir']}"
@@ -307,8 +308,8 @@ def run_stage(
             module = _unsharded_module(cls, ctx, trainer, module)
         if trainer.is_global_zero:
             save_model_atomic(module, stage_dir / "model")
-            if hasattr(module, "evaluate"):
-                record["eval"] = module.evaluate(stage_dir / "eval")
+            if getattr(options, "eval_final", True) and hasattr(module, "evaluate"):
+                record.setdefault("eval", {})["test"] = module.evaluate(stage_dir / "eval", f"after {stage.name}")
         trainer.strategy.barrier()
         record.update(status="finished", ended_at=_now(), seconds=round(time.time() - t0, 2))
         if trainer.is_global_zero:
@@ -321,6 +322,20 @@ def run_stage(
     _finish_logger(trainer)
     log(f"stage '{stage.name}' finished at step {record['global_step']} in {record['seconds']} s")
     return record
+
+
+def initial_evaluation(stage: StageConfig, stage_dir: Path, record: dict) -> Any:
+    """The callback behind ``options.eval_init``: on rank 0, once the model is on its device and before the first
+    step, ``module.evaluate(<stage>/eval_init, ...)`` into ``record["eval"]["init"]``; not again on a resume."""
+    import lightning as L
+
+    class InitialEvaluation(L.Callback):
+        def on_fit_start(self, trainer: Any, module: Any) -> None:
+            out = stage_dir / "eval_init"
+            if trainer.is_global_zero and trainer.global_step == 0 and not (out / "scores.json").exists():
+                record.setdefault("eval", {})["init"] = module.evaluate(out, f"before {stage.name}")
+
+    return InitialEvaluation()
 
 
 def _stage_failed(stage: StageConfig, stage_dir: Path, record: dict, trainer: Any, exc: BaseException) -> BaseException | None:
@@ -383,7 +398,8 @@ def check_strategy(stage: StageConfig) -> None:
                           "with accelerator 'cpu'); on the CPU use strategy 'fsdp2' (sharded) or 'ddp'")
 
 
-def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None):
+def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None,
+                  extra_callbacks: Sequence[Any] = ()):
     """The ``lightning.Trainer`` for a stage: its trainer block, checkpointing and logger (``resume_step``: the
     step of the checkpoint a resumed stage continues from, so its logs continue too)."""
     import lightning as L
@@ -405,7 +421,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
     # Lightning's plain ModelSummary logs its table (to the run log, see must.console.LibraryNoise); the Rich
     # one it picks by default prints straight to the terminal. Our StageProgress replaces Lightning's bar
     # unless the recipe asks for that bar (enable_progress_bar: true).
-    callbacks = [checkpoint, RNGStateCallback(), FiniteLossCallback(), ModelSummary(max_depth=1)]
+    callbacks = [checkpoint, RNGStateCallback(), FiniteLossCallback(), ModelSummary(max_depth=1), *extra_callbacks]
     if not t.enable_progress_bar:
         callbacks.append(StageProgress(stage.name))
     return L.Trainer(

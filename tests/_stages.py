@@ -73,7 +73,7 @@ class Producer(L.LightningModule):
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.layer.state_dict(), path / "weights.pt")
 
-    def evaluate(self, out_dir: Path) -> dict:
+    def evaluate(self, out_dir: Path, name: str) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         result = {"loaded_sum": self.loaded_sum}
         (out_dir / "scores.json").write_text(json.dumps(result))

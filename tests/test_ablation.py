@@ -40,7 +40,7 @@ def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
         assert all(base_steps[k] == n for k, n in _steps(recipe).items())
     half = ablation.variant_recipe(BASE, "all", tmp_path, 0.5)
     assert _steps(half) == {k: max(1, round(n * 0.5)) for k, n in base_steps.items()}
-    assert BASE.stages[0].options.get("eval_untrained") is True  # the base recipe is not modified
+    assert BASE.stages[0].options.get("eval_init") is True  # the base recipe is not modified
 
 
 def test_every_variants_stage_one_builds(tmp_path):

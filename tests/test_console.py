@@ -214,8 +214,8 @@ data: {{min_seconds: 20, max_seconds: 22, train_tracks: 3, val_tracks: 1, test_t
 stages:
   - name: rl
     kind: grpo
-    options: {{prompts_per_step: 1, questions_per_track: 2, num_generations: 3, max_completion_length: 5,
-               num_iterations: 1, learning_rate: 0.01, dynamic_sampling: false}}
+    options: {{batch_size: 1, questions_per_clip: 2, num_generations: 3, max_completion_length: 5,
+               num_iterations: 1, lr: 0.01, refill_groups: false}}
     trainer: {{max_steps: 2, log_every_n_steps: 1, enable_progress_bar: false}}
 """
 

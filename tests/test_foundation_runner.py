@@ -41,7 +41,7 @@ def test_stages_chain_and_write_records(tmp_path):
     assert a["started_at"] and a["ended_at"] and a["metrics"]["train/loss"] >= 0
     # b really starts from a's saved weights: the sum it loaded equals the sum a saved.
     saved = torch.load(out / "a" / "model" / "weights.pt", weights_only=True)
-    assert records["b"]["eval"]["loaded_sum"] == pytest.approx(float(sum(v.sum() for v in saved.values())))
+    assert records["b"]["eval"]["test"]["loaded_sum"] == pytest.approx(float(sum(v.sum() for v in saved.values())))
     assert (out / "b" / "eval" / "scores.json").is_file()
     assert (out / "recipe.yaml").is_file()
 

@@ -9,7 +9,7 @@ from must.data.config import DataConfig
 from must.models.config import ModelConfig
 from must.models.lalm import MusicLALM
 from must.rewards import must_reward
-from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, SynthTracks, set_trainable
+from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, SynthTracks, set_trainable, train_globs
 
 
 def varied(prompts, completions, **kw):
@@ -21,7 +21,7 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
     torch.manual_seed(0)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"llm": {"lora": {"r": 4}}}))
     model = MusicLALM.from_config(cfg)
-    set_trainable(model, [])
+    set_trainable(model, *train_globs(model, Options()))
     calls = []
     encode = model.encode_audio
 
@@ -31,9 +31,9 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
 
     model.encode_audio = counted
     data_cfg = DataConfig(min_seconds=20, max_seconds=24, train_tracks=4)
-    data = QAPrompts(SynthTracks(data_cfg, "train"), questions_per_track=2, seed=0)
-    opts = Options(prompts_per_step=2, questions_per_track=2, num_generations=3, max_completion_length=6,
-                   num_iterations=2, beta=0.1, learning_rate=1e-2, dynamic_sampling=False)
+    data = QAPrompts(SynthTracks(data_cfg, "train"), questions_per_clip=2, seed=0)
+    opts = Options(batch_size=2, questions_per_clip=2, num_generations=3, max_completion_length=6,
+                   num_iterations=2, beta=0.1, lr=1e-2, refill_groups=False)
     policy = MusicPolicy(model, data_cfg.sample_rate)
     stage = GRPOStage(policy, [must_reward, varied], data, opts)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -29,8 +29,8 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
     torch.manual_seed(0)
     policy = lora_policy()
     start = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for _, p in sorted(policy.lm.named_parameters())))
-    opts = Options(prompts_per_step=2, num_generations=3, max_completion_length=5, num_iterations=2,
-                   learning_rate=5e-2, dynamic_sampling=True, max_refills=1)
+    opts = Options(batch_size=2, num_generations=3, max_completion_length=5, num_iterations=2,
+                   lr=5e-2, refill_groups=True, max_refills=1)
     stage = GRPOStage(policy, [varied], DATA, opts)
     trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=2, strategy="ddp_fork", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -85,8 +85,8 @@ def fit(stage, steps):
 
 def test_trains_lora_only_and_saves(tmp_path):
     policy = lora_policy()
-    opts = Options(prompts_per_step=2, num_generations=4, max_completion_length=6, learning_rate=5e-2,
-                   dynamic_sampling=False)
+    opts = Options(batch_size=2, num_generations=4, max_completion_length=6, lr=5e-2,
+                   refill_groups=False)
     stage = GRPOStage(policy, [varied], DATA, opts)
     before = {n: p.detach().clone() for n, p in policy.lm.named_parameters()}
     trainer = fit(stage, 3)
@@ -103,8 +103,8 @@ def test_trains_lora_only_and_saves(tmp_path):
 
 def test_prompts_encoded_once_and_no_reference_pass_at_beta_zero():
     policy = lora_policy()
-    opts = Options(prompts_per_step=2, num_generations=4, max_completion_length=5, num_iterations=3, beta=0.0,
-                   dynamic_sampling=False)
+    opts = Options(batch_size=2, num_generations=4, max_completion_length=5, num_iterations=3, beta=0.0,
+                   refill_groups=False)
     stage = GRPOStage(policy, [varied], DATA, opts)
     trainer = fit(stage, 6)  # 6 optimiser steps = 2 batches of rollouts x 3 passes
     assert trainer.global_step == 6
@@ -120,7 +120,7 @@ def test_reference_is_the_policy_with_adapters_off():
         for n, p in policy.lm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-    opts = Options(prompts_per_step=2, num_generations=3, max_completion_length=5, beta=0.1, dynamic_sampling=False)
+    opts = Options(batch_size=2, num_generations=3, max_completion_length=5, beta=0.1, refill_groups=False)
     stage = GRPOStage(policy, [varied], DATA, opts)
     roll, _ = stage.collect(DATA[:2])
     ref = stage._reference_logps(roll)
@@ -142,10 +142,10 @@ def embed_with(base, policy, roll):
     return base.get_input_embeddings()(ids)
 
 
-def test_dynamic_sampling_replaces_groups_whose_rewards_agree():
+def test_refill_groups_replaces_groups_whose_rewards_agree():
     policy = lora_policy()
     data = [{"prompt": f"flat {i}"} for i in range(4)] + [{"prompt": f"live {i}"} for i in range(4)]
-    opts = Options(prompts_per_step=4, num_generations=4, max_completion_length=6, max_refills=4)
+    opts = Options(batch_size=4, num_generations=4, max_completion_length=6, max_refills=4)
     stage = GRPOStage(policy, [flat_or_varied], data, opts)
     rows = [data[0], data[1], data[4], data[5]]
     roll, stats = stage.collect(rows)
@@ -154,7 +154,7 @@ def test_dynamic_sampling_replaces_groups_whose_rewards_agree():
     assert len(roll.rows) == 4 and all(r["prompt"].startswith("live") for r in roll.rows)
     assert roll.completion_ids.size(0) == 16 and roll.rewards.shape == (16,)
     # a batch with nothing to learn from keeps its size after the refills run out
-    flat = GRPOStage(lora_policy(), [flat_or_varied], data[:4], Options(prompts_per_step=2, num_generations=3,
+    flat = GRPOStage(lora_policy(), [flat_or_varied], data[:4], Options(batch_size=2, num_generations=3,
                                                                        max_completion_length=4, max_refills=2))
     roll, stats = flat.collect(data[:2])
     assert len(roll.rows) == 2 and stats["refills"] == 2 and stats["frac_reward_zero_std"] == 1.0
@@ -184,7 +184,7 @@ def digit_share(prompts, completions, **kw):
 def test_reward_rises_on_an_easy_task():
     tok = char_tokenizer()
     stage = GRPOStage(TextPolicy(tiny_lm(len(tok)), tok), [digit_share], DATA,
-                      Options(prompts_per_step=3, num_generations=8, max_completion_length=8, learning_rate=3e-3,
+                      Options(batch_size=3, num_generations=8, max_completion_length=8, lr=3e-3,
                               num_iterations=2))
     rewards = []
 
@@ -203,7 +203,7 @@ def test_refill_draws_depend_on_step_and_round_only():
     """A resumed run must refill exactly as the uninterrupted one: the draw of (step, round) is the same
     whatever was drawn before it, and differs between rounds and steps."""
     data = [{"prompt": f"p{i}"} for i in range(40)]
-    stage = GRPOStage(lora_policy(), [varied], data, Options(prompts_per_step=4, num_generations=2))
+    stage = GRPOStage(lora_policy(), [varied], data, Options(batch_size=4, num_generations=2))
 
     def draw(step: int, round_: int) -> list[str]:
         return [r["prompt"] for r in stage._refill_rows(round_, step)]

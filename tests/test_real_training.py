@@ -34,7 +34,7 @@ def _recipe(tmp_path: Path, folder: Path, steps: int = 2, **data) -> Path:
         "data": {"source": "mustbench", "parquet": str(folder / "mustbench.parquet"),
                  "audio_dir": str(folder / "audio"), **data},
         "stages": [{"name": "sft", "kind": "sft",
-                    "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "val_max_new_tokens": 4},
+                    "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "eval_max_new_tokens": 4},
                     "trainer": {**TRAINER, "max_steps": steps}}],
     }
     path = tmp_path / "real.yaml"
@@ -81,8 +81,8 @@ def test_grpo_trains_and_evaluates_on_a_parquet(folder, tmp_path):
     path = _recipe(tmp_path, folder)
     raw = yaml.safe_load(path.read_text())
     raw["stages"] = [{"name": "grpo", "kind": "grpo",
-                      "options": {"prompts_per_step": 2, "questions_per_track": 2, "num_generations": 3,
-                                  "max_completion_length": 4, "learning_rate": 1e-2},
+                      "options": {"batch_size": 2, "questions_per_clip": 2, "num_generations": 3,
+                                  "max_completion_length": 4, "lr": 1e-2},
                       "trainer": {"max_steps": 2, "log_every_n_steps": 1, "enable_progress_bar": False}}]
     path.write_text(yaml.safe_dump(raw))
     records = run_recipe(load_recipe(path))

@@ -35,13 +35,13 @@ FIRST = {"name": "cap", "kind": "lm_adapt", "options": {"batch_size": 1},
 STAGES = {
     "sft": {"name": "sft", "kind": "tests._scale_stages:ResumableSFT", "init_from": "cap",
             "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "warmup_steps": 2,
-                        "eval_max_tracks": 1, "val_max_new_tokens": 2,
+                        "eval_max_tracks": 1, "eval_max_new_tokens": 2,
                         "train": ["projector.*", "time_embedding.*", "llm.*"], "freeze": ["*lora_*"]},
             "trainer": TRAINER},
     "grpo": {"name": "grpo", "kind": "tests._scale_stages:PausingGRPO", "init_from": "cap",
-             "options": {"prompts_per_step": 1, "questions_per_track": 2, "num_generations": 3,
-                         "max_completion_length": 4, "num_iterations": 2, "learning_rate": 1e-2,
-                         "dynamic_sampling": True, "max_refills": 1},  # refill draws: test_grpo_stage
+             "options": {"batch_size": 1, "questions_per_clip": 2, "num_generations": 3,
+                         "max_completion_length": 4, "num_iterations": 2, "lr": 1e-2,
+                         "refill_groups": True, "max_refills": 1},  # refill draws: test_grpo_stage
              "trainer": {**TRAINER, "max_steps": 8, "checkpoint_every_n_steps": 4}},
 }
 

@@ -51,11 +51,11 @@ def test_all_four_stages_under_two_process_ddp(tmp_path):
         {"name": "cap", "kind": "lm_adapt", "init_from": "enc", "options": {"batch_size": 1},
          "trainer": _trainer("ddp")},
         {"name": "sft", "kind": "sft", "init_from": "cap",
-         "options": {"batch_size": 1, "questions_per_clip": 2, "eval_max_tracks": 1, "val_max_new_tokens": 4},
+         "options": {"batch_size": 1, "questions_per_clip": 2, "eval_max_tracks": 1, "eval_max_new_tokens": 4},
          "trainer": _trainer("ddp")},
         {"name": "rl", "kind": "grpo", "init_from": "sft",
-         "options": {"prompts_per_step": 1, "num_generations": 2, "max_completion_length": 4,
-                     "dynamic_sampling": False},
+         "options": {"batch_size": 1, "num_generations": 2, "max_completion_length": 4,
+                     "refill_groups": False},
          "trainer": _trainer("ddp")},
     ]
     out = _run(tmp_path, stages)
@@ -76,7 +76,7 @@ def test_all_four_stages_under_two_process_ddp(tmp_path):
 @pytest.mark.slow
 def test_sft_under_fsdp2_on_two_cpu_processes(tmp_path):
     stages = [{"name": "sft", "kind": "sft",
-               "options": {"batch_size": 1, "questions_per_clip": 2, "eval_max_tracks": 1, "val_max_new_tokens": 4,
+               "options": {"batch_size": 1, "questions_per_clip": 2, "eval_max_tracks": 1, "eval_max_new_tokens": 4,
                            "lr": 1e-2},
                "trainer": _trainer("fsdp2", max_steps=3, checkpoint_every_n_steps=2)}]
     _run(tmp_path, stages)

@@ -16,9 +16,11 @@ import torch
 
 from must.config import load_recipe, stage_options
 from must.models.lalm import MusicLALM
+from must.stages import common
 from must.stages.sft import SFTStage
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_SFT_STEPS = 450  # the tiny recipe's sft trainer.max_steps (the cosine schedule's length)
 GOLDEN = [7.533203125, 7.174849033355713, 7.0174736976623535]
 
 
@@ -39,13 +41,12 @@ def tiny_sft_stage() -> SFTStage:
     torch.manual_seed(0)
     stage = SFTStage(MusicLALM.from_config(recipe.model), recipe.data,
                      stage_options(SFTStage, spec.options, "sft options"), recipe.seed)
-    stage.max_steps = spec.trainer.max_steps
     return stage
 
 
 def test_tiny_sft_losses_match_the_recorded_ones(one_thread):
     stage = tiny_sft_stage()
-    opt = stage.configure_optimizers()["optimizer"]
+    opt = common.optimizer_config(stage.model, stage.options, TINY_SFT_STEPS)["optimizer"]
     batch = next(iter(stage.train_dataloader()))
     stage.on_train_start()  # as Trainer.fit does (it switches off the frozen, zero LoRA adapters)
     losses = []

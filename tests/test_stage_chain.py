@@ -31,7 +31,7 @@ def _recipe(tmp_path: Path) -> Path:
             {"name": "cap", "kind": "lm_adapt", "init_from": "enc", "options": {"batch_size": 2, "lr": 1e-2},
              "trainer": TRAINER},
             {"name": "sft", "kind": "sft", "init_from": "cap",
-             "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "val_max_new_tokens": 4},
+             "options": {"batch_size": 2, "questions_per_clip": 3, "lr": 1e-2, "eval_max_new_tokens": 4},
              "trainer": {**TRAINER, "val_check_interval": 2}},
         ],
     }

@@ -6,6 +6,7 @@ No base classes: each stage module is self-contained and calls these functions.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -89,22 +90,34 @@ def set_trainable(model: torch.nn.Module, train: Sequence[str], freeze: Sequence
     return n
 
 
-def optimizer_config(model: MusicLALM, lr: float, lrs: dict, weight_decay: float, warmup_steps: int,
-                     max_steps: int) -> dict:
-    """AdamW over the trainable parameters (learning rate per name glob in ``lrs``), linear warm-up then
-    cosine decay to 10 % over ``max_steps``; in Lightning's ``configure_optimizers`` format."""
-    groups = model.param_groups(dict(lrs), lr, weight_decay)
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    total = max(1, int(max_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def optimizer_config(model: MusicLALM, options: Any, max_steps: int) -> dict:
+    """AdamW over the trainable parameters as ``options`` (a stage's :class:`~must.stages.options.groups.Optimisation`
+    fields) say: learning rate per name glob in ``lrs``, linear warm-up, then cosine decay to 10 % over
+    ``max_steps`` or constant; in Lightning's ``configure_optimizers`` format."""
+    o = options
+    groups = model.param_groups(dict(o.lrs), o.lr, o.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, warmup_steps=o.warmup_steps,
+                                                                     max_steps=max_steps, schedule=o.schedule))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def total_steps(trainer: Any) -> int:
+    """Optimiser steps the fit will take (the schedule's length): ``trainer.max_steps``, or Lightning's
+    estimate when the run is bounded by epochs."""
+    return int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: str = "cosine") -> float:
+    """The learning rate at optimiser step ``step`` as a fraction of the peak: linear warm-up over
+    ``warmup_steps``, then 1 (``constant``) or a cosine from 1 down to 0.1 at ``max_steps`` (``cosine``)."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    if schedule == "constant":
+        return 1.0
+    total = max(1, int(max_steps))
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -130,17 +130,26 @@ def f1(tp: float, n_pred: float, n_true: float) -> float:
 # ----------------------------------------------------------------------------------------- the stage
 
 
+def train_globs(model: MusicLALM, options: Options) -> tuple[list[str], list[str]]:
+    """What stage 1 trains, as (train, freeze) parameter globs: ``options.train``, or by default the backbone's
+    LoRA if it has one (else the whole backbone) plus the heads. Pure; the stage and ``must plan`` call it."""
+    if options.train is not None:
+        return list(options.train), list(options.freeze)
+    backbone = ["encoder.backbone.*lora_*"] if model.cfg.encoder.lora.r > 0 else ["encoder.backbone.*"]
+    heads = ["encoder.transition_head.*", "encoder.mood_head.*"]
+    return backbone + heads + (["encoder.source_head.*"] if model.encoder.source_head is not None else []), list(options.freeze)
+
+
 class EncoderAdaptation(L.LightningModule):
     """Stage 1 (see the module docstring). Holds the whole MusicLALM so the next stage loads one folder."""
 
     Options = Options
 
-    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None,
+    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None, seed: int = 0,
                  stage_dir: Path | None = None):
         super().__init__()
-        self.model, self.data = model, data
+        self.model, self.data, self.seed, self.stage_dir = model, data, seed, stage_dir
         self.options = o = options or Options()
-        self.stage_dir = stage_dir
         if o.transition_loss not in ("bce", "focal"):
             raise ConfigError(f"options.transition_loss: bce or focal, got {o.transition_loss!r}")
         if o.mood_loss not in ("mse", "ccc"):
@@ -152,22 +161,15 @@ class EncoderAdaptation(L.LightningModule):
             raise ConfigError(f"options.peak_min_gap_seconds must be >= 0, got {o.peak_min_gap_seconds}")
         if o.source_crops and model.encoder.source_head is None:
             raise ConfigError("options.source_crops needs the source-activity head: set model.encoder.num_sources")
-        enc = model.encoder
-        train = o.train
-        if train is None:
-            backbone = ["encoder.backbone.*lora_*"] if model.cfg.encoder.lora.r > 0 else ["encoder.backbone.*"]
-            heads = ["encoder.transition_head.*", "encoder.mood_head.*"]
-            train = backbone + heads + (["encoder.source_head.*"] if enc.source_head is not None else [])
-        common.set_trainable(model, train, o.freeze)
-        self.use_source = enc.source_head is not None and o.source_weight > 0
+        common.set_trainable(model, *train_globs(model, o))
+        self.use_source = model.encoder.source_head is not None and o.source_weight > 0
+
+    train_globs = staticmethod(train_globs)
 
     @classmethod
     def from_context(cls, ctx) -> EncoderAdaptation:
         common.check_synthetic(ctx.recipe.data, ctx.stage.name)
-        module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.stage_dir)
-        module.max_steps = ctx.stage.trainer.max_steps
-        module.seed = ctx.seed
-        return module
+        return cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -317,18 +319,7 @@ class EncoderAdaptation(L.LightningModule):
             log_transition_plot(self.logger, self._curves, self.global_step, self.stage_dir)
 
     def configure_optimizers(self):
-        o = self.options
-        steps = getattr(self, "max_steps", None) or (self.trainer.max_steps if self._trainer else 1000)
-        return common.optimizer_config(self.model, o.lr, o.lrs, o.weight_decay, o.warmup_steps, steps)
-
-    def on_fit_start(self) -> None:
-        if not self.options.eval_untrained or self.stage_dir is None or not self.trainer.is_global_zero:
-            return
-        out = self.stage_dir / "eval_untrained"
-        if (out / "scores.json").exists() or self.global_step > 0:
-            return
-        self.untrained = common.evaluate_split(self.model, self.data, out, name="untrained",
-                                               max_new_tokens=self.options.eval_max_new_tokens)
+        return common.optimizer_config(self.model, self.options, common.total_steps(self.trainer))
 
     # -- hand-off -----------------------------------------------------------------------------
 
@@ -336,9 +327,12 @@ class EncoderAdaptation(L.LightningModule):
         """The whole MusicLALM folder (the next stage starts from it)."""
         self.model.save_pretrained(path)
 
-    def evaluate(self, out_dir: Path) -> dict:
-        """The untrained model's test scores when ``eval_untrained`` ran (stage 1 itself answers no questions)."""
-        return {"untrained": getattr(self, "untrained", None)} if self.options.eval_untrained else {}
+    def evaluate(self, out_dir: Path, name: str) -> dict:
+        """The model's MusTBench scores on the synthetic test split, into ``out_dir`` (stage 1 trains no answers:
+        the recipe runs this only before training, ``eval_init``, for the untrained model's table)."""
+        return common.evaluate_split(self.model, self.data, Path(out_dir), name=name,
+                                     max_new_tokens=self.options.eval_max_new_tokens,
+                                     max_tracks=self.options.eval_max_tracks)
 
 
 def _select_frames(frames, rows: list[int]):

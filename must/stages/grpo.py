@@ -2,7 +2,7 @@
 
 One training step:
 
-1. take ``prompts_per_step`` prompts; the policy *encodes* them once (for MusicLALM: the frozen audio
+1. take ``batch_size`` prompts; the policy *encodes* them once (for MusicLALM: the frozen audio
    encoder; the result is reused for the G samples and for every log-prob pass below);
 2. sample G completions per prompt with :func:`must.sampling.sample` (one prefill per prompt, its
    cache expanded to the G samples, rows stop at EOS);
@@ -366,10 +366,24 @@ def has_adapters(lm: nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------- the stage
 
 
+def train_globs(model: nn.Module, options: Options) -> tuple[list[str], list[str]]:
+    """What GRPO trains, as (train, freeze) parameter globs: ``options.train``, or by default what stage 3 trains:
+    projector, time embedding, the LLM's LoRA (the whole LLM when it has none). Pure; the stage and ``must plan``
+    call it."""
+    from must.models import params
+
+    if options.train is not None:
+        return list(options.train), list(options.freeze)
+    llm = "llm.*lora_*" if has_adapters(model.llm) else "llm.*"
+    names = [n for n, _ in model.named_parameters()]
+    return [p for p in ("projector.*", "time_embedding.*", llm) if any(params.matches(n, [p]) for n in names)], list(options.freeze)
+
+
 class GRPOStage(L.LightningModule):
     """Stage 4: GRPO on any policy with differentiable prompt embeddings (see the module docstring)."""
 
     Options = Options
+    train_globs = staticmethod(train_globs)
 
     def __init__(
         self,
@@ -377,8 +391,9 @@ class GRPOStage(L.LightningModule):
         reward_funcs: Sequence[Callable],
         train_data: Any,
         options: Options | None = None,
-        eval_fn: Callable[[nn.Module, Path], dict] | None = None,
+        eval_fn: Callable[[nn.Module, Path, str], dict] | None = None,
         seed: int = 0,
+        stage_dir: Path | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False  # several optimiser passes per batch of rollouts
@@ -386,7 +401,7 @@ class GRPOStage(L.LightningModule):
         self.reward_funcs = list(reward_funcs)
         self.train_data = train_data
         self.options = options or Options()
-        self.eval_fn, self.seed = eval_fn, seed
+        self.eval_fn, self.seed, self.stage_dir = eval_fn, seed, stage_dir
         o = self.options
         if o.loss_type not in LOSS_TYPES:
             raise ConfigError(f"options.loss_type: one of {LOSS_TYPES}, got {o.loss_type!r}")
@@ -394,7 +409,7 @@ class GRPOStage(L.LightningModule):
             raise ConfigError(f"options.scale_rewards: one of {SCALE_REWARDS}, got {o.scale_rewards!r}")
         for key, ok, need in (
             ("num_generations", o.num_generations >= 2, "at least 2 (advantages compare samples of one prompt)"),
-            ("prompts_per_step", o.prompts_per_step >= 1, "at least 1"),
+            ("batch_size", o.batch_size >= 1, "at least 1"),
             ("num_iterations", o.num_iterations >= 1, "at least 1"),
             ("max_completion_length", o.max_completion_length >= 1, "at least 1"),
             ("temperature", o.temperature > 0, "above 0"),
@@ -441,29 +456,29 @@ class GRPOStage(L.LightningModule):
         cfg = ctx.recipe.data
         common.check_data_source(cfg, ctx.stage.name)
         model = common.build_model(ctx)
-        set_trainable(model, o.trainable)
+        set_trainable(model, *train_globs(model, o))
         policy = MusicPolicy(model, cfg.sample_rate, common.EncodingCache())
         real = cfg.source == "mustbench"
         # A MusTBench parquet carries every reward column (task, answer, answers; duration from the audio).
         tracks = common.mustbench_tracks(cfg, cfg.train_split)[0] if real else SynthTracks(cfg, "train")
-        data = QAPrompts(tracks, o.questions_per_track, ctx.seed, model.cfg.answer_format)
+        data = QAPrompts(tracks, o.questions_per_clip, ctx.seed, model.cfg.answer_format)
 
-        def evaluate(policy: MusicPolicy, out_dir: Path) -> dict:
+        def evaluate(policy: MusicPolicy, out_dir: Path, name: str) -> dict:
             if real:
-                return {"test": common.evaluate_parquet(policy.model, cfg, out_dir, "after GRPO")}
-            return {"test": common.evaluate_split(policy.model, cfg, out_dir, name="after GRPO")}
+                return common.evaluate_parquet(policy.model, cfg, out_dir, name, o.eval_max_new_tokens)
+            return common.evaluate_split(policy.model, cfg, out_dir, name=name, max_new_tokens=o.eval_max_new_tokens,
+                                         max_tracks=o.eval_max_tracks)
 
-        module = cls(policy, [REWARDS[r] for r in o.rewards], data, o, eval_fn=evaluate, seed=ctx.seed)
-        module.stage_dir = ctx.stage_dir
-        return module
+        return cls(policy, [REWARDS[r] for r in o.rewards], data, o, eval_fn=evaluate, seed=ctx.seed,
+                   stage_dir=ctx.stage_dir)
 
     def save_model(self, path: Path) -> None:
         """Write the policy folder the next stage (or a user) loads."""
         self.policy.save_pretrained(Path(path))
 
-    def evaluate(self, out_dir: Path) -> dict:
-        """Score the trained policy (when the stage was given an evaluator)."""
-        return self.eval_fn(self.policy, Path(out_dir)) if self.eval_fn else {}
+    def evaluate(self, out_dir: Path, name: str) -> dict:
+        """Score the policy (when the stage was given an evaluator): ``eval_fn(policy, out_dir, name)``."""
+        return self.eval_fn(self.policy, Path(out_dir), name) if self.eval_fn else {}
 
     # -- Lightning --------------------------------------------------------------------------------
 
@@ -472,7 +487,7 @@ class GRPOStage(L.LightningModule):
         if not params:
             raise MustError("grpo: the policy has no trainable parameters")
         o = self.options
-        return torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
     def train_dataloader(self) -> DataLoader:
         """Endless, resumable order (:class:`must.resume.StepSampler`): a resumed stage reads the next prompts."""
@@ -480,9 +495,9 @@ class GRPOStage(L.LightningModule):
 
         o = self.options
         # Each batch of rollouts makes num_iterations optimizer steps.
-        sampler = step_sampler(self, len(self.train_data), o.prompts_per_step, self.seed,
+        sampler = step_sampler(self, len(self.train_data), o.batch_size, self.seed,
                                steps_per_batch=o.num_iterations)
-        return DataLoader(PromptBatches(self.train_data, sampler, o.prompts_per_step), batch_size=None)
+        return DataLoader(PromptBatches(self.train_data, sampler, o.batch_size), batch_size=None)
 
     def training_step(self, rows: list[dict], batch_idx: int) -> Tensor:
         o, G = self.options, self.options.num_generations
@@ -597,7 +612,7 @@ class GRPOStage(L.LightningModule):
         everything, comps = [roll], [components]
         keep = informative_groups(roll.rewards, G)
         stats = {"frac_reward_zero_std": 1.0 - keep.float().mean().item()}
-        if o.dynamic_sampling:
+        if o.refill_groups:
             kept = [roll.groups(keep.nonzero().squeeze(-1).tolist(), G)]
             have, refills = int(keep.sum()), 0
             while have < N and refills < o.max_refills:
@@ -618,7 +633,7 @@ class GRPOStage(L.LightningModule):
     def _refill_rows(self, round_: int, step: int) -> list[dict]:
         """A fresh batch for refill round ``round_`` of optimisation step ``step``: tracks drawn by a generator
         seeded by (rank, step, round) and nothing else, so a resumed run refills exactly as the uninterrupted one."""
-        n = self.options.prompts_per_step
+        n = self.options.batch_size
         gen = torch.Generator().manual_seed(1_000_003 * (self.global_rank + 1) + 7_919 * step + round_)
         idx = torch.randperm(len(self.train_data), generator=gen)[:n].tolist()
         return collate_rows([self.train_data[i] for i in idx])
@@ -755,19 +770,14 @@ class MusicPolicy(nn.Module):
         self.model.save_pretrained(path)
 
 
-def set_trainable(model: nn.Module, patterns: Sequence[str]) -> None:
-    """Train ``patterns`` (globs over parameter names), or by default what stage 3 trains: projector, time
-    embedding, the LLM's LoRA (the whole LLM when it has none). The music encoder stays frozen: its output
-    is computed once per prompt and cached without gradients."""
-    from must.models import params
+def set_trainable(model: nn.Module, train: Sequence[str], freeze: Sequence[str] = ()) -> None:
+    """Train ``train`` minus ``freeze`` (globs over parameter names). The music encoder must stay frozen: its
+    output is computed once per prompt and cached without gradients."""
+    from must.stages import common
 
-    if not patterns:
-        llm = "llm.*lora_*" if has_adapters(model.llm) else "llm.*"
-        names = [n for n, _ in model.named_parameters()]
-        patterns = [p for p in ("projector.*", "time_embedding.*", llm) if any(params.matches(n, [p]) for n in names)]
-    params.trainable(model, list(patterns))
+    common.set_trainable(model, train, freeze)
     if any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.")):
-        raise ConfigError("options.trainable: the music encoder cannot train in grpo (its output is cached per prompt)")
+        raise ConfigError("options.train: the music encoder cannot train in grpo (its output is cached per prompt)")
 
 
 class SynthTracks(torch.utils.data.Dataset):
@@ -793,13 +803,13 @@ class SynthTracks(torch.utils.data.Dataset):
 class QAPrompts(torch.utils.data.Dataset):
     """GRPO rows from a track dataset (items with ``waveform``, ``qas``, ``track_id``, ``duration``).
 
-    Item i is a list of ``questions_per_track`` rows of track i (a seeded choice among its questions);
+    Item i is a list of ``questions_per_clip`` rows of track i (a seeded choice among its questions);
     each row holds the waveform, the QA's columns (``task``, ``answer``, ``answers``, ...) for the reward
     router, and ``prompt`` = the question.
     """
 
-    def __init__(self, tracks: Any, questions_per_track: int = 1, seed: int = 0, answer_format: str = "plain"):
-        self.tracks, self.k, self.seed = tracks, max(1, questions_per_track), seed
+    def __init__(self, tracks: Any, questions_per_clip: int = 1, seed: int = 0, answer_format: str = "plain"):
+        self.tracks, self.k, self.seed = tracks, max(1, questions_per_clip), seed
         self.answer_format = answer_format  # a column for the rewards: grounded completions are traces
 
     def __len__(self) -> int:

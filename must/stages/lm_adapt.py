@@ -62,30 +62,37 @@ def caption_loss(model: MusicLALM, encoding, prompts: List[str], captions: List[
     return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
 
 
+def train_globs(model: MusicLALM, options: Options) -> tuple[list[str], list[str]]:
+    """What stage 2 trains, as (train, freeze) parameter globs: ``options.train``, or by default projector, time
+    embedding and the whole LLM with its LoRA adapters (if any) left for stage 3. Pure; the stage and ``must plan``
+    call it."""
+    if options.train is not None:
+        return list(options.train), list(options.freeze)
+    lora = any("lora_" in n for n, _ in model.named_parameters())
+    return ["projector.*", "time_embedding.*", "llm.*"], list(options.freeze) + (["*lora_*"] if lora else [])
+
+
 class LMAdaptation(L.LightningModule):
     """Stage 2 (see the module docstring)."""
 
     Options = Options
 
-    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None, seed: int = 0):
+    def __init__(self, model: MusicLALM, data: DataConfig, options: Options | None = None, seed: int = 0,
+                 stage_dir: Path | None = None):
         super().__init__()
-        self.model, self.data, self.seed = model, data, seed
+        self.model, self.data, self.seed, self.stage_dir = model, data, seed, stage_dir
         self.options = o = options or Options()
-        train = o.train if o.train is not None else ["projector.*", "time_embedding.*", "llm.*"]
-        freeze = list(o.freeze)
-        if o.train is None and any("lora_" in n for n, _ in model.named_parameters()):
-            freeze.append("*lora_*")
-        common.set_trainable(model, train, freeze)
+        common.set_trainable(model, *train_globs(model, o))
         self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
         self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
         self.max_tokens = o.max_caption_tokens
 
+    train_globs = staticmethod(train_globs)
+
     @classmethod
     def from_context(cls, ctx) -> LMAdaptation:
         common.check_synthetic(ctx.recipe.data, ctx.stage.name)
-        module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed)
-        module.max_steps = ctx.stage.trainer.max_steps
-        return module
+        return cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
 
     def train_dataloader(self) -> DataLoader:
         ds = CaptionTracks(self.data, "train", self.data.train_tracks, self.options.prompts, self.seed,
@@ -119,9 +126,13 @@ class LMAdaptation(L.LightningModule):
         self.log("val/caption_loss", losses.mean(), prog_bar=True, batch_size=len(losses))
 
     def configure_optimizers(self):
-        o = self.options
-        steps = getattr(self, "max_steps", None) or 1000
-        return common.optimizer_config(self.model, o.lr, o.lrs, o.weight_decay, o.warmup_steps, steps)
+        return common.optimizer_config(self.model, self.options, common.total_steps(self.trainer))
+
+    def evaluate(self, out_dir: Path, name: str) -> dict:
+        """The model's MusTBench scores on the synthetic test split, into ``out_dir``."""
+        return common.evaluate_split(self.model, self.data, Path(out_dir), name=name,
+                                     max_new_tokens=self.options.eval_max_new_tokens,
+                                     max_tracks=self.options.eval_max_tracks)
 
     def save_model(self, path: Path) -> None:
         """The whole MusicLALM folder (the next stage starts from it)."""

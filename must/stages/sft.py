@@ -160,6 +160,13 @@ def qa_losses(model: MusicLALM, encoding, groups: List[List[QA]]) -> torch.Tenso
     return common.block_losses(model.llm, packed, by_row=model.device.type == "cpu")
 
 
+def train_globs(model: MusicLALM, options: Options) -> tuple[list[str], list[str]]:
+    """What stage 3 trains, as (train, freeze) parameter globs: ``options.train`` (by default projector, time
+    embedding and LLM LoRA, as in the paper). Pure; the stage and ``must plan`` call it."""
+    train = options.train if options.train is not None else Options().train
+    return list(train), list(options.freeze)
+
+
 class SFTStage(L.LightningModule):
     """Stage 3 (see the module docstring)."""
 
@@ -173,16 +180,16 @@ class SFTStage(L.LightningModule):
         self.tasks = list(o.tasks) if o.tasks is not None else list(data.tasks)
         if o.questions_per_clip < 1:
             raise ConfigError(f"options.questions_per_clip must be at least 1, got {o.questions_per_clip}")
-        common.set_trainable(model, o.train, o.freeze)
+        common.set_trainable(model, *train_globs(model, o))
         self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
         self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+
+    train_globs = staticmethod(train_globs)
 
     @classmethod
     def from_context(cls, ctx) -> SFTStage:
         common.check_data_source(ctx.recipe.data, ctx.stage.name)
-        module = cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
-        module.max_steps = ctx.stage.trainer.max_steps
-        return module
+        return cls(common.build_model(ctx), ctx.recipe.data, ctx.options, ctx.seed, ctx.stage_dir)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -257,7 +264,7 @@ class SFTStage(L.LightningModule):
             return
         enc = self.model.encode_audio([batch["waveform"][0]], batch["sample_rate"][0], stochastic=False)
         answers = self.model.generate(enc.index_select([0] * len(qas)), [q.question for q in qas],
-                                      max_new_tokens=self.options.val_max_new_tokens)
+                                      max_new_tokens=self.options.eval_max_new_tokens)
         for q, a in zip(qas, answers):
             self._preds[q.id] = self.model.split_answer(a[0])[0]
             self._refs.append(q.to_row())
@@ -280,19 +287,7 @@ class SFTStage(L.LightningModule):
                        if v is not None and not k.startswith("baseline/") and k != "seconds"}, prog_bar=False)
 
     def configure_optimizers(self):
-        o = self.options
-        steps = getattr(self, "max_steps", None) or 1000
-        return common.optimizer_config(self.model, o.lr, o.lrs, o.weight_decay, o.warmup_steps, steps)
-
-    def on_fit_start(self) -> None:
-        if not self.options.eval_init or self.stage_dir is None or not self.trainer.is_global_zero:
-            return
-        out = self.stage_dir / "eval_init"
-        if (out / "scores.json").exists() or self.global_step > 0:
-            return
-        self.init_scores = common.evaluate_split(self.model, self.data, out, name="before SFT",
-                                                 max_new_tokens=self.options.val_max_new_tokens,
-                                                 max_tracks=self.options.eval_max_tracks)
+        return common.optimizer_config(self.model, self.options, common.total_steps(self.trainer))
 
     # -- hand-off -----------------------------------------------------------------------------
 
@@ -300,14 +295,12 @@ class SFTStage(L.LightningModule):
         """The whole MusicLALM folder (LoRA adapters included; the next stage starts from it)."""
         self.model.save_pretrained(path)
 
-    def evaluate(self, out_dir: Path) -> dict:
-        """MusTBench scores on the held-out test split: ``out_dir/scores.json`` (+ predictions)."""
+    def evaluate(self, out_dir: Path, name: str) -> dict:
+        """MusTBench scores on the evaluation split (the synthetic test split, or the parquet's ``eval_split``),
+        into ``out_dir`` (``scores.json``, predictions)."""
         if self.real:
-            return {"test": common.evaluate_parquet(self.model, self.data, Path(out_dir), "after SFT",
-                                                    self.options.val_max_new_tokens, self.tasks)}
-        scores = common.evaluate_split(self.model, self.data, Path(out_dir), name="after SFT",
-                                       max_new_tokens=self.options.val_max_new_tokens,
-                                       max_tracks=self.options.eval_max_tracks)
-        if getattr(self, "init_scores", None):
-            return {"test": scores, "init": self.init_scores}
-        return {"test": scores}
+            return common.evaluate_parquet(self.model, self.data, Path(out_dir), name,
+                                           self.options.eval_max_new_tokens, self.tasks)
+        return common.evaluate_split(self.model, self.data, Path(out_dir), name=name,
+                                     max_new_tokens=self.options.eval_max_new_tokens,
+                                     max_tracks=self.options.eval_max_tracks)

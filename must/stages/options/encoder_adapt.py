@@ -4,28 +4,24 @@ recipe (``must validate``) does not import the stage; ``must.stages.encoder_adap
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Literal, Optional
+
+from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
 
 @dataclass
-class Options:
+class Options(Optimisation, Parameters, Evaluation):
     """The ``options:`` block of an ``encoder_adapt`` stage."""
 
     batch_size: int = 4
     """Whole tracks per step."""
-    lr: float = 1e-3
-    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
-    lrs: Dict[str, float] = field(default_factory=dict)
-    """Learning rate per parameter-name glob, first match wins (e.g. ``{"encoder.backbone.*": 3e-4}``)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    warmup_steps: int = 10
-    """Linear learning-rate warm-up, steps (then cosine decay to 10 %)."""
     train: Optional[List[str]] = None
-    """Parameter globs to train; None: the backbone's LoRA if it has one, else the whole encoder."""
-    freeze: List[str] = field(default_factory=list)
-    """Parameter globs kept frozen even if ``train`` matches them."""
-    transition_loss: str = "bce"
+    """Parameter globs to train; None: the backbone's LoRA if it has one, else the whole encoder, plus the heads."""
+    eval_final: bool = False
+    """After training, score the model into ``<stage>/eval/`` (off: after stage 1 the LLM is still untrained)."""
+    transition_loss: Literal["bce", "focal"] = "bce"
     """``bce`` or ``focal`` on the transition curve."""
     focal_gamma: float = 2.0
     """Focal loss exponent."""
@@ -33,7 +29,7 @@ class Options:
     """Weight of the soft Dice loss added to the transition loss (0 = off)."""
     pos_weight: float = 4.0
     """BCE weight of the positive side of the transition target (boundaries are rare)."""
-    mood_loss: str = "mse"
+    mood_loss: Literal["mse", "ccc"] = "mse"
     """``mse`` or ``ccc`` (1 - concordance correlation) on the arousal change."""
     transition_weight: float = 1.0
     """Weight of the transition loss."""
@@ -52,8 +48,3 @@ class Options:
     peak_min_gap_seconds: float = 2.0
     """Validation: predicted boundaries are at least this far apart, seconds (the higher peak wins); sections
     of the synthetic tracks last 7 s or more, so up to ~6 s only removes doubled peaks."""
-    eval_untrained: bool = False
-    """Before training, evaluate the model as built (the untrained model) on the test split, written
-    to ``<stage>/eval_untrained/scores.json`` and printed with the baselines."""
-    eval_max_new_tokens: int = 40
-    """Generated tokens per answer in that evaluation."""

@@ -4,18 +4,19 @@ recipe (``must validate``) does not import the stage; ``must.stages.grpo.Options
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
 
 @dataclass
-class Options:
+class Options(Optimisation, Parameters, Evaluation):
     """The ``options:`` block of a ``grpo`` stage."""
 
-    prompts_per_step: int = 4
-    """Dataset items per optimisation step; each brings ``questions_per_track`` prompts (text rows: one)."""
-    questions_per_track: int = 1
-    """Audio data: questions asked of each track in a step (they share one audio encoding)."""
-    trainable: list[str] = field(default_factory=list)
-    """Parameter globs to train (empty: the projector, the time embedding, and the LLM's LoRA if it has one, else the LLM)."""
+    batch_size: int = 4
+    """Dataset items per optimisation step; each brings ``questions_per_clip`` prompts (text rows: one)."""
+    questions_per_clip: int = 1
+    """Audio data: questions asked of each clip in a step (they share one audio encoding)."""
     num_generations: int = 8
     """G, completions sampled per prompt."""
     max_completion_length: int = 16
@@ -24,13 +25,18 @@ class Options:
     """Sampling temperature; the log-probs of the loss use the same one, as TRL does."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
-    learning_rate: float = 1e-5
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
+    train: list[str] | None = None
+    """Parameter globs to train (None: the projector, the time embedding, and the LLM's LoRA if it has one,
+    else the LLM; the music encoder cannot train here)."""
+    lr: float = 1e-5
+    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, steps."""
+    schedule: Literal["cosine", "constant"] = "constant"
+    """After warm-up: ``cosine`` decay to 10 % at ``trainer.max_steps``, or ``constant``."""
     max_grad_norm: float = 1.0
-    """Gradient clipping norm (0 = off)."""
-    loss_type: str = "dapo"
+    """Gradient clipping norm (0 = off); GRPO optimises by hand, so ``trainer.gradient_clip_val`` is refused here."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
     """Loss aggregation: ``grpo`` (per-sequence mean), ``dr_grpo`` (over B * max length), ``dapo`` / ``bnpo`` (per token)."""
     epsilon_low: float = 0.2
     """Lower clip: the ratio is clipped at 1 - epsilon_low."""
@@ -40,9 +46,9 @@ class Options:
     """KL weight to the reference (the policy with its adapters off); 0 runs no reference pass."""
     num_iterations: int = 1
     """Optimisation passes over one batch of rollouts (mu in the GRPO paper)."""
-    scale_rewards: str = "group"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group std (``group``), the batch std (``batch``), or not (``none``, Dr. GRPO)."""
-    dynamic_sampling: bool = True
+    refill_groups: bool = True
     """Drop groups whose rewards all agree and refill the batch with fresh prompts (DAPO)."""
     max_refills: int = 2
     """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""

@@ -4,7 +4,9 @@ recipe (``must validate``) does not import the stage; ``must.stages.lm_adapt.Opt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
 CAPTION_PROMPTS = [
     "Describe this music with timestamps.",
@@ -14,24 +16,16 @@ CAPTION_PROMPTS = [
 
 
 @dataclass
-class Options:
+class Options(Optimisation, Parameters, Evaluation):
     """The ``options:`` block of an ``lm_adapt`` stage."""
 
     batch_size: int = 4
     """Tracks (captions) per step."""
-    lr: float = 1e-3
-    """AdamW learning rate (default for parameters no ``lrs`` glob matches)."""
-    lrs: Dict[str, float] = field(default_factory=dict)
-    """Learning rate per parameter-name glob, first match wins (e.g. ``{"llm.*": 3e-4}``)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 10
-    """Linear learning-rate warm-up, steps (then cosine decay to 10 %)."""
     train: Optional[List[str]] = None
     """Parameter globs to train; None: projector, time embedding and the whole LLM (its LoRA adapters,
     if any, stay untouched for stage 3)."""
-    freeze: List[str] = field(default_factory=list)
-    """Parameter globs kept frozen even if ``train`` matches them."""
+    eval_final: bool = False
+    """After training, score the model into ``<stage>/eval/`` (off: captions teach no answer format)."""
     prompts: List[str] = field(default_factory=lambda: list(CAPTION_PROMPTS))
     """Caption prompts; each track gets one at random."""
     reuse_encodings: bool = True
