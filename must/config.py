@@ -1,7 +1,9 @@
 """Typed recipes: OmegaConf structured configs, loaded from YAML with dotted ``key=value`` overrides.
 
-Every user mistake (unknown key, wrong type, missing value, bad stage wiring) becomes a
-:class:`~must.errors.ConfigError` naming the file and the key, before any work starts.
+Every user mistake (unknown key, wrong type, missing value, a value outside a ``Literal`` field's values, an
+unknown strategy, a trainer key the stage kind refuses, a renamed option, bad stage wiring) becomes a
+:class:`~must.errors.ConfigError` naming the key and where it was set (the file and its line, or the override),
+before any work starts.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from must.data.config import DataConfig
 from must import strategies
+from must.data.config import DataConfig
 from must.errors import ConfigError, MustError
 from must.literals import BadChoice, check_choices
 from must.models.config import ModelConfig
@@ -180,7 +182,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Load, override, validate and resolve a recipe YAML into a :class:`RecipeConfig`.
 
     ``overrides`` are dotted ``key=value`` strings (``seed=3``, ``stages.sft.trainer.max_steps=5``;
-    a stage may be named by its index or its name). Raises :class:`ConfigError` naming file and key.
+    a stage may be named by its index or its name). Raises :class:`ConfigError` naming the key and the file
+    line or override that set it.
     """
     raw, src = _read_yaml(Path(path))
     for item in overrides:

@@ -103,7 +103,7 @@ def _without_literals(tp: Any) -> Any:
         return tp
     plain = tuple(_without_literals(a) for a in args)
     if get_origin(tp) is Union:
-        return Union[plain]
+        return Union[plain]  # noqa: UP007  (built from a tuple: no `X | Y` spelling)
     if get_origin(tp) in (list, typing.List):
         return typing.List[plain[0]]
     if get_origin(tp) in (dict, typing.Dict):

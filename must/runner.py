@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from must import strategies
 from must.config import (
     RecipeConfig,
     StageConfig,
@@ -29,7 +30,6 @@ from must.config import (
     stage_options,
     to_dict,
 )
-from must import strategies
 from must.errors import ConfigError, MustError, RunInterrupted
 from must.files import TMP_SUFFIX, ensure_dir, remove_quietly, write_atomic, write_or_name
 from must.lock import OutputLock, describe_stale

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Optional
+
 import pytest
 
-from must import strategies
+from must import config, strategies
+from must.cli import main
+from must.config import RecipeConfig, StageConfig, load_recipe
+from must.errors import ConfigError
+from must.literals import choices
 
 
 def test_strategy_table_matches_lightnings_registry():
@@ -36,19 +47,6 @@ def test_strategy_table_answers(name, ddp, sharded, one_file, gpu_only):
 
 
 # ----------------------------------------------------------------------------------------- through `must validate`
-
-import dataclasses  # noqa: E402
-import textwrap  # noqa: E402
-import typing  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import List, Literal, Optional  # noqa: E402
-
-from must import config  # noqa: E402
-from must.cli import main  # noqa: E402
-from must.config import RecipeConfig, StageConfig, load_recipe  # noqa: E402
-from must.errors import ConfigError  # noqa: E402
-from must.literals import choices  # noqa: E402
 
 TINY = "recipes/tiny.yaml"
 MUST7B = "recipes/must7b.yaml"
