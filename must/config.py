@@ -195,6 +195,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         recipe: RecipeConfig = OmegaConf.to_object(cfg)  # resolves ${name} interpolations
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc, src)) from None
+    _check_choices(recipe, src)  # again, resolved: a value an interpolation gave
     _check_stages(recipe, src)
     return recipe
 
@@ -322,11 +323,13 @@ def _apply_override(raw: DictConfig, item: str, src: _Source) -> None:
     src.overrides.append((tuple(parts), item))
 
 
-def _check_choices(raw: DictConfig, src: _Source) -> None:
-    """Every ``Literal`` field of the recipe's dataclasses, before omegaconf's merge: one message on every version
-    (omegaconf 2.4 would refuse them in its own words, earlier ones not at all)."""
+def _check_choices(values: DictConfig | RecipeConfig, src: _Source) -> None:
+    """Every ``Literal`` field of the recipe's dataclasses, first before omegaconf's merge: one message on every
+    version (omegaconf 2.4 would refuse them in its own words, earlier ones not at all)."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=False)
     try:
-        check_choices(RecipeConfig, OmegaConf.to_container(raw, resolve=False), "")
+        check_choices(RecipeConfig, values, "")
     except BadChoice as exc:
         raise ConfigError(src.error(exc.key, exc.reason)) from None
 
@@ -511,7 +514,7 @@ def _options(schema: type | None, options: dict) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
-        hint = _suggest(str(key).split(".")[-1], sorted(names)) if _is_unknown(exc) else ""
+        hint = _suggest(str(key).split(".")[-1], [f.name for f in fields(schema)]) if _is_unknown(exc) else ""
         raise _BadKey(str(key), f"{_reason(exc)}{hint}") from None
 
 

@@ -358,3 +358,12 @@ def test_run_refuses_before_any_work(tmp_path, capsys):
                  "stages.grpo.trainer.gradient_clip_val=1.0"]) == 2
     assert "key 'stages[3].trainer.gradient_clip_val'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_literal_value_given_by_an_interpolation_is_checked_resolved(tmp_path, capsys):
+    text = THREE_STAGES.replace("name: three", "name: tensorboard").replace("seed: 1", "logger: {kind: '${name}'}")
+    path = write(tmp_path, text)
+    err = refused(capsys, path)
+    # omegaconf 2.4 refuses it while resolving (its words), earlier ones pass it on to must's check: both name all
+    assert err.startswith(f"error: {path}: key 'logger.kind': ") and err.endswith("(line 2)")
+    assert all(word in err for word in ("'tensorboard'", "wandb", "csv", "none"))
