@@ -54,6 +54,7 @@ RENAMED_OPTIONS: dict[str, str] = {
     "questions_per_track": "questions_per_clip",
     "eval_untrained": "eval_init",
     "val_max_new_tokens": "eval_max_new_tokens",
+    "dynamic_sampling": "refill_groups",
 }
 
 #: Trainer keys a stage kind cannot take: key -> (the values that leave it off, the stage option doing its job).
@@ -420,17 +421,10 @@ def _check_trainer(stage: StageConfig, key: str, src: _Source) -> None:
     for field_name, (off, option) in REFUSED_TRAINER_KEYS.get(stage.kind, {}).items():
         value = getattr(stage.trainer, field_name)
         if value not in off:
-            option = _option_name(STAGE_OPTIONS.get(stage.kind), option)
             left = "unset" if off[0] is None else f"at {off[0]}"
             raise ConfigError(src.error(
                 f"{key}.trainer.{field_name}", f"{value!r}: a {stage.kind} stage optimises manually, and Lightning refuses "
                 f"trainer.{field_name} then; leave it {left} and set stages.{stage.name}.options.{option} instead"))
-
-
-def _option_name(schema: type | None, name: str) -> str:
-    """``name``, or its old name (:data:`RENAMED_OPTIONS`) where ``schema`` still has that one instead."""
-    names = {f.name for f in fields(schema)} if schema is not None and is_dataclass(schema) else set()
-    return next((old for old, new in RENAMED_OPTIONS.items() if new == name and old in names and name not in names), name)
 
 
 def _check_init_folder(folder: str, where: str) -> None:
