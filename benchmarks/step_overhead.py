@@ -32,7 +32,7 @@ With a frozen encoder SFT, captions and GRPO encode each track once per stage; a
 tracks, so ``x mix`` also gives the ratio with the encoder weighted as the recipe meets new tracks
 (:data:`NEW_TRACK_SHARE`; a cached encoding costs about 1 ms, counted as 0).
 
-    python benchmarks/step_overhead.py --steps 6        # all four stages, ~3 min on 2 busy cores
+    python benchmarks/step_overhead.py                  # all four stages, 8 steps each: ~1.5 min on 2 busy cores
     python benchmarks/step_overhead.py --stages sft grpo --steps 10
 
 The clock is this thread's CPU time (``time.thread_time``; torch runs on one thread here): wall time swings
@@ -235,6 +235,17 @@ def grpo_reference(ref, opt, prompt_mask: torch.Tensor, completion_shape: tuple,
     return _timed_update(loss, opt)
 
 
+@torch.no_grad()
+def generate_reference(ref, prompt_mask: torch.Tensor, G: int, steps: int) -> float:
+    """Seconds of Hugging Face ``generate`` sampling G completions of exactly ``steps`` tokens for each of
+    the (B, P) left-padded prompts (random embeddings): the bare LLM's rollout, beside the stage's sampler."""
+    embeds = ref.get_input_embeddings()(torch.randint(0, ref.config.vocab_size, prompt_mask.shape))
+    t0 = sft_step.clock()
+    ref.generate(inputs_embeds=embeds, attention_mask=prompt_mask, do_sample=True, num_return_sequences=G,
+                 max_new_tokens=steps, min_new_tokens=steps, pad_token_id=ref.config.pad_token_id or 0)
+    return sft_step.clock() - t0
+
+
 def encoder_reference(enc, opt, calls: list[tuple]) -> dict[str, float]:
     """The encoder on the same waveforms: ``encode_frames`` per recorded call, backward of its heads' mean."""
 
@@ -282,6 +293,8 @@ class Probe:
         self.steps: list[dict] = []
         self.refs: list[dict] = []
         self.seen: dict[str, list] = defaultdict(list)  # what the model saw this step, for the reference
+        self.seen_total: dict[str, int] = defaultdict(int)  # counts over the whole run (values logged)
+        self.generate_refs: list[float] = []  # GRPO: HF generate on each step's rollout shapes, seconds
         self.lengths: list[int] = []  # packed row lengths over all steps (tokens)
         self.padded: list[int] = []  # padded width of each packed batch
         self._undo: list[Callable] = []
@@ -309,7 +322,7 @@ class Probe:
     def install(self) -> None:
         m, c = self.module, self.clock
         self.patch(m, "training_step", "loss+glue")
-        self.patch(m, "log", "logging")
+        self.patch(m, "log", "logging", lambda *a, **k: self.seen_total.__setitem__("logged", self.seen_total["logged"] + 1))
         self.patch(m, "log_dict", "logging")
         self.patch(m, "clip_gradients", "optimiser")
         if self.kind == "encoder_adapt":
@@ -339,7 +352,10 @@ class Probe:
 
             self.patch(m.policy, "encode", "encoder")
             self.patch(m.policy, "embed", "prompt")
-            self.patch(grpo, "sample", "rollout")
+            def sampled(out, lm, embeds, mask, G, *a, **k):
+                self.seen["rollouts"].append((mask.detach().cpu(), G, int(out.completion_ids.shape[1])))
+
+            self.patch(grpo, "sample", "rollout", sampled)
             self.patch(grpo, "score", "rewards")
             self.patch(m, "generate", "rewards")  # what generate does besides encode/embed/sample/score
             self.patch(m, "collect", "loss+glue")
@@ -404,7 +420,9 @@ def make_reference(kind: str, module, recipe, probe: Probe) -> tuple[Callable[[]
 
         def run():
             parts = [grpo_reference(ref, opt, *seen) for seen in probe.seen["loss_pass"]]
-            return {p: sum(x[p] for x in parts) for p in REF_PARTS}
+            out = {p: sum(x[p] for x in parts) for p in REF_PARTS}
+            probe.generate_refs.append(sum(generate_reference(ref, *seen) for seen in probe.seen["rollouts"]))
+            return out
 
         return run, "bare Qwen2 + the recipe's LoRA (adapters train), prompts once + completions on their cache"
     ref = bare_llm(module.model.llm)
@@ -434,16 +452,71 @@ def run_stage(recipe, spec, args, out: Path) -> tuple[dict, str]:
     if spec.kind == "grpo":
         p = summary["parts"]
         train = p["llm fwd"] + p["loss+glue"] + p["backward"] + p["optimiser"]
+        gen = 1000 * float(np.mean(probe.generate_refs[: len(steps)]))
+        summary["generate_ref"] = gen
         extra.append(f"training side (llm fwd + loss+glue + backward + optimiser) {train:.1f} ms = "
-                     f"{train / summary['ref_total']:.2f}x the reference; rollout side (rollout + rewards) "
-                     f"{p['rollout'] + p['rewards']:.1f} ms")
+                     f"{train / summary['ref_total']:.2f}x the reference; rollout {p['rollout']:.1f} ms against "
+                     f"{gen:.1f} ms for HF generate on the same prompts, G and lengths ({p['rollout'] / gen:.2f}x); "
+                     f"rewards {p['rewards']:.1f} ms")
         c = module.counters
         extra.append(f"loss pass: prompts padded to {np.mean(probe.lengths):.0f}, completions {np.mean(probe.padded):.0f} "
                      f"tokens wide; {c['rollouts'] / max(1, len(probe.steps) + args.warmup + 1):.0f} rollouts a step "
                      f"(dynamic-sampling refills included)")
+    runs = len(probe.steps) + args.warmup + 1
+    extra.append(f"{probe.seen_total['logged'] / runs:.0f} values logged a step "
+                 f"({summary['parts']['logging'] / max(1, probe.seen_total['logged'] / runs):.2f} ms each)")
     summary["note"] = "; ".join([what, *extra])
     summary["steps"] = len(steps)
     return summary, f"{spec.name} ({spec.kind})"
+
+
+def captions_variants(recipe, args, out: Path) -> None:
+    """What the captions step's LLM forward + backward would cost done as SFT does it, on the same batches
+    (alternating): as the stage runs it (padded batch, frozen zero LoRA adapters on, every position's
+    logits); with those adapters off (``common.disable_inert_lora``); and also one call per row at its real
+    length with the caption positions' logits only (``common.block_losses(by_row=True)``). Prints ms (mean)
+    and the largest loss difference to the stage's own."""
+    from must.stages import common
+    from must.stages.lm_adapt import caption_loss
+
+    spec = next(s for s in recipe.stages if s.kind == "lm_adapt")
+    module, _ = build_stage(recipe, spec, args.init_from, out)
+    model, clock = module.model, sft_step.clock
+    loader = iter(module.train_dataloader())
+    batches = [next(loader) for _ in range(args.warmup + args.steps)]
+
+    def as_is(enc, b):
+        return caption_loss(model, enc, b["prompt"], b["caption"], module.max_tokens)
+
+    def by_row(enc, b):
+        packed = common.pack_questions(model, enc, [[p] for p in b["prompt"]], [[c] for c in b["caption"]],
+                                       module.max_tokens)
+        return common.block_losses(model.llm, packed, by_row=True)
+
+    variants = {"as the stage runs": (as_is, False), "inert LoRA off": (as_is, True),
+                "inert LoRA off + by row, caption logits only": (by_row, True)}
+    times, diffs = defaultdict(list), defaultdict(float)
+    for i, b in enumerate(batches):
+        model.encoder.eval()
+        enc = module._encode(b)  # cached after the first visit: not timed below
+        first = None
+        for name, (fn, off) in variants.items():
+            layers = common.disable_inert_lora(model.llm) if off else []
+            t0 = clock()
+            losses = fn(enc, b)
+            losses.mean().backward()
+            spent = clock() - t0
+            common.enable_lora(layers)
+            model.zero_grad(set_to_none=True)
+            first = losses.detach() if first is None else first
+            diffs[name] = max(diffs[name], float((losses.detach() - first).abs().max()))
+            if i >= args.warmup:
+                times[name].append(spent)
+    print(f"\ncaptions step, packing + LLM forward + backward (no optimiser), {args.steps} batches, ms (mean):\n")
+    print("| variant | ms | x the stage's | largest loss difference |\n|---|---|---|---|")
+    base = np.mean(times["as the stage runs"])
+    for name in variants:
+        print(f"| {name} | {1000 * np.mean(times[name]):.1f} | {np.mean(times[name]) / base:.2f} | {diffs[name]:.1e} |")
 
 
 def prerender(recipe) -> float:
@@ -458,7 +531,7 @@ def prerender(recipe) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per stage (after --warmup)")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per stage (after --warmup)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--stages", nargs="*", default=None, help="stage names of the recipe (default: all)")
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "tiny.yaml")
@@ -467,6 +540,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="cpu: this thread's CPU time (steady on a shared machine); wall: wall time")
+    ap.add_argument("--captions-variants", action="store_true",
+                    help="also time the captions step's LLM the way SFT runs it (adapters off, by row)")
     args = ap.parse_args()
     sft_step.clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
@@ -494,6 +569,8 @@ def main() -> None:
             if spec.name in names:
                 summary, label = run_stage(recipe, spec, args, Path(tmp))
                 rows[label], notes[label] = summary, summary["note"]
+        if args.captions_variants:
+            captions_variants(recipe, args, Path(tmp))
         wall = time.perf_counter() - t0
     print(f"\n{args.recipe.name}, {args.steps} timed steps per stage after {args.warmup} warm-up, "
           f"{torch.get_num_threads()} thread(s), {args.clock} clock, ms per step (mean); {wall:.0f} s wall "
