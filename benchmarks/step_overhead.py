@@ -62,7 +62,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sft_step  # noqa: E402  (the SFT benchmark: its clock and its bare-Qwen2 reference)
+import sft_step  # the SFT benchmark beside this file: its clock setting is shared
 
 #: The parts of a step, in the order the table shows them.
 PARTS = ("encoder", "prompt", "rollout", "rewards", "llm fwd", "loss+glue", "backward", "optimiser", "logging",
@@ -320,7 +320,7 @@ class Probe:
     # -- what each stage's parts are ------------------------------------------------------------------
 
     def install(self) -> None:
-        m, c = self.module, self.clock
+        m = self.module
         self.patch(m, "training_step", "loss+glue")
         self.patch(m, "log", "logging", lambda *a, **k: self.seen_total.__setitem__("logged", self.seen_total["logged"] + 1))
         self.patch(m, "log_dict", "logging")
@@ -364,7 +364,6 @@ class Probe:
             self.patch(grpo, "completion_logits", "llm fwd", scored)
         else:
             raise ValueError(f"no probe for stage kind {self.kind!r}")
-        del c
 
     def callback(self, warmup: int):
         import lightning as L
@@ -434,7 +433,7 @@ def make_reference(kind: str, module, recipe, probe: Probe) -> tuple[Callable[[]
 
 def run_stage(recipe, spec, args, out: Path) -> tuple[dict, str]:
     module, trainer = build_stage(recipe, spec, args.init_from, out)
-    probe = Probe(spec.kind, module, lambda: {})
+    probe = Probe(spec.kind, module, dict)  # reference set just below
     probe.reference, what = make_reference(spec.kind, module, recipe, probe)
     probe.install()
     trainer.callbacks.append(probe.callback(args.warmup))
