@@ -278,9 +278,7 @@ def build_stage(recipe, spec, init_from: Path | None, out: Path):
     stage_dir = out / spec.name
     stage_dir.mkdir(parents=True, exist_ok=True)
     module = cls.from_context(StageContext(recipe, spec, options, init_from, stage_dir, seed))
-    for key in ("eval_untrained", "eval_init"):  # evaluations before the first step: not a step's cost
-        if hasattr(module.options, key):
-            setattr(module.options, key, False)
+    # The runner's initial_evaluation callback is left out: evaluations before the first step are not a step's cost.
     return module, build_trainer(recipe, spec, stage_dir, group="step_overhead")
 
 
