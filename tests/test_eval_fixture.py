@@ -2,14 +2,13 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from must.cli import main
-
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/mustbench_demo"
+from tests._fixtures import DEMO as FIXTURE
+from tests._fixtures import needs_fixture
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.skipif(not (FIXTURE / "1023323.mp3").is_file(), reason="demo fixture not present")
+@needs_fixture("mustbench_demo", "1023323.mp3")
 def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from must.cli import main
+from tests._fixtures import DEMO as FIXTURE
+from tests._fixtures import needs_fixture as _needs
 from tests._hub import cached_snapshot
 from tests._stock import OMNI_TEMPLATE, save_full_omni, save_omni_thinker, save_qwen2_audio
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/mustbench_demo"
-needs_fixture = pytest.mark.skipif(not (FIXTURE / "1023323.mp3").is_file(), reason="demo fixture not present")
+needs_fixture = _needs("mustbench_demo", "1023323.mp3")
 SR = 16000
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._fixtures import shared_fixture
+
 PACKAGE = Path(__file__).resolve().parents[1] / "must"
 
 
@@ -139,9 +141,7 @@ def test_a_model_folder_cannot_grant_itself_remote_code(saved_model, tmp_path, c
         MusicLALM.from_pretrained(folder)
     with pytest.raises(MustError, match="model.llm.trust_remote_code"):
         MusicLALM.from_pretrained(folder, trust_remote_code=["encoder"])  # trusting the encoder is not the LLM
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "mustbench_demo.parquet"
-    if not fixture.exists():  # CI lays shared/ beside the checkout; a clone elsewhere has none
-        pytest.skip(f"the MusTBench fixture is not beside this checkout ({fixture})")
+    fixture = shared_fixture("mustbench_demo", "mustbench_demo.parquet")
     assert main(["eval", str(folder), "--data", str(fixture), "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--trust-remote-code" in err and "Traceback" not in err
