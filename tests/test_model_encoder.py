@@ -170,7 +170,9 @@ def test_hf_backbone_from_a_local_folder_round_trips_through_the_model_folder(tm
         enc = m.encode_audio(wave, SR)
         a = m(enc, ["When?"], ["0:01"]).logits
     m.save_pretrained(tmp_path / "saved")
-    assert (tmp_path / "saved" / "encoder_backbone" / "config.json").exists()
+    # the HF backbone is saved as its own loadable folder
+    saved = AutoConfig.from_pretrained(tmp_path / "saved" / "encoder_backbone")
+    assert saved.model_type == "hubert" and saved.hidden_size == HF_BACKBONES["hubert"]["hidden_size"]
     m2 = MusicLALM.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         enc2 = m2.encode_audio(wave, SR)
