@@ -23,8 +23,8 @@ data: {{min_seconds: 20, max_seconds: 22, train_tracks: 3, val_tracks: 1, test_t
 stages:
   - name: rl
     kind: grpo
-{init}    # 16 tokens and group refills: a random policy's answers then differ in reward within a group (with
-    # 5 tokens every group agreed, the advantages were all zero and no weight moved).
+{init}    # 16 tokens and group refills, so a random policy's answers differ in reward within some group: with 5
+    # tokens and no refills a seed can leave every group agreeing (zero advantages, no weight moves).
     options: {{batch_size: 1, questions_per_clip: 2, num_generations: 4, max_completion_length: 16,
                max_refills: 3, num_iterations: 2, lr: 0.01}}
     trainer: {{max_steps: 2, enable_progress_bar: false, checkpoint_every_n_steps: 1}}
