@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from must.models.config import SamplingConfig
 from must.models.audio_tokens import pool_cells, select_frames, token_budget, uniform_indices
+from must.models.config import SamplingConfig
 
 
 def _curve(n=1000):
