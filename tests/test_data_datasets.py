@@ -131,13 +131,10 @@ def test_bad_data_config_names_the_key():
 
 
 def test_qa_dataset_reads_the_real_fixture():
-    from pathlib import Path
-
     from must.data.datasets import eval_qas, qa_dataset
+    from tests._fixtures import shared_fixture
 
-    parquet = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "mustbench_demo.parquet"
-    if not parquet.is_file():
-        pytest.skip("fixture not found")
+    parquet = shared_fixture("mustbench_demo", "mustbench_demo.parquet")
     cfg = DataConfig(source="mustbench", parquet=str(parquet))
     ds = qa_dataset(cfg, "test")
     assert len(ds) == 1 and ds.track_ids == ["1023323"]

@@ -84,7 +84,8 @@ class EncoderConfig:
 
 @dataclass
 class SamplingConfig:
-    """Dynamic sampling: which encoder frames become audio tokens."""
+    """Audio-token selection (the paper's "dynamic sampling", :mod:`must.models.audio_tokens`): which encoder
+    frames become audio tokens; nothing to do with decoding the LM's answers (:mod:`must.sampling`)."""
 
     mode: Literal["dynamic", "uniform"] = "dynamic"
     """``dynamic`` (denser where the transition probability is high) or ``uniform`` (ablation)."""
@@ -173,7 +174,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """The MusT music encoder."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Dynamic sampling of encoder frames into audio tokens."""
+    """Audio-token selection: which encoder frames become audio tokens (dynamic sampling; not LM decoding)."""
     time_embedding: TimeEmbeddingConfig = field(default_factory=TimeEmbeddingConfig)
     """Absolute-time embedding added to each audio token."""
     llm: LLMConfig = field(default_factory=LLMConfig)

@@ -31,12 +31,12 @@ from must.hub import resolve_model_config
 from must.literals import check_choices
 from must.models import params, time_tokens
 from must.models.audio import resample, to_mono_float
+from must.models.audio_tokens import frame_probs, sample_tokens
 from must.models.config import ModelConfig
 from must.models.encoder import EncoderFrames, MusTEncoder
 from must.models.host import HOST_SAMPLE_RATE, audio_tower, host_audio_embeds
 from must.models.llm import build_llm
 from must.models.lora import add_lora, base_state_dict, load_adapter, merged_state_dict, save_adapter
-from must.models.sampling import frame_probs, sample_tokens
 from must.models.time_embedding import TimeEmbedding
 
 FORMAT, VERSION = "must-lalm", 1
