@@ -54,6 +54,8 @@ def build(args) -> tuple[Qwen2ForCausalLM, nn.Module, nn.Parameter]:
                       num_key_value_heads=kv, intermediate_size=hidden * tiny.intermediate_size // tiny.hidden_size,
                       max_position_embeddings=1024, tie_word_embeddings=args.answer == "token")
     llm = Qwen2ForCausalLM(cfg)
+    if args.answer == "pointer":  # query and key maps of the pointer head, trained with the LLM
+        llm.pointer = nn.ModuleDict({"q": nn.Linear(hidden, hidden), "k": nn.Linear(hidden, hidden)})
     proj = nn.Linear(2 * args.sources, hidden)
     gates = nn.Parameter(1.0 + 0.5 * torch.randn(3, hidden))  # as must's digits embedding
     return llm, proj, gates
@@ -70,7 +72,8 @@ def n_seconds(args) -> int:
 
 
 def answer_ids(seconds: float, args) -> list[int]:
-    """The answer's ids: ``M:SS`` digits, or the one time token of the whole second."""
+    """The answer's ids: ``M:SS`` digits, or the one time token of the whole second (``pointer``: the same,
+    unused: the answer is an audio position)."""
     return digits(seconds) if args.answer == "digits" else [TIME0(args) + round(seconds)]
 
 
@@ -110,7 +113,7 @@ def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
     """(n, L, H) input embeddings laid out per ``--layout``; the last positions are the answer."""
     emb = llm.get_input_embeddings()
     n, S = batch["asked"].shape[0], args.sources
-    if args.answer == "token":  # each audio token's time embedding is its second's time token
+    if args.answer in ("token", "pointer"):  # each audio token's time embedding is its second's time token
         audio = proj(batch["features"]) + emb(TIME0(args) + batch["times"].round().long())
     else:
         slots = torch.tensor([[d for j, d in enumerate(digits(t)) if j != 1] for t in batch["times"].tolist()])
@@ -145,6 +148,31 @@ def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
         ok = colon == COLON and max(m, tens, ones) <= 9
         hits += ok and abs(m * 60 + tens * 10 + ones - onset) <= 3
     return 100.0 * hits / len(out[0])
+
+
+def pointer_logits(batch: dict, args, llm, proj, gates) -> torch.Tensor:
+    """``--answer pointer``: (n, T) scores of every audio token as the answer, from the question's last
+    position (a query) against each audio token's last-layer state (a key), as a pointer into the input."""
+    if args.layout != "after":
+        raise SystemExit("--answer pointer is measured with --layout after")
+    x = sequence(batch, args, llm, proj, gates)[:, : -batch["answer"].shape[1]]  # no answer tokens
+    h = llm.model(inputs_embeds=x).last_hidden_state  # (n, L, H), after the final norm
+    T = args.tokens
+    audio = h[:, 1 : 1 + T] if args.pointer_keys == "states" else x[:, 1 : 1 + T]  # after <bos>: the audio
+    q, k = llm.pointer["q"](h[:, -1]), llm.pointer["k"](audio)
+    return torch.einsum("nh,nth->nt", q, k) / math.sqrt(h.shape[-1])
+
+
+def pointer_target(batch: dict) -> torch.Tensor:
+    """(n,) index of the first audio token at or after the asked source's first onset (where it first sounds)."""
+    return (batch["times"][None] >= batch["onset"][:, None]).float().argmax(-1)
+
+
+@torch.no_grad()
+def pointer_hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
+    """% of ``batch``'s questions whose highest-scoring audio token is within 3 s of the first onset."""
+    got = batch["times"][pointer_logits(batch, args, llm, proj, gates).argmax(-1)]
+    return 100.0 * ((got - batch["onset"]).abs() <= 3).float().mean().item()
 
 
 def must_model(overrides: list[str], time_logit_scale: float = 1.0):
@@ -224,10 +252,13 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=1, help="runs (start..stop) per present source")
     p.add_argument("--features", choices=("onset", "activity"), default="onset",
                    help="tokens carry activity and onset flags, or activity alone")
-    p.add_argument("--answer", choices=("digits", "token"), default="digits",
-                   help="--model abstract: the time as M:SS digits, or one time token tied to the audio's time")
+    p.add_argument("--answer", choices=("digits", "token", "pointer"), default="digits",
+                   help="--model abstract: the time as M:SS digits, one time token tied to the audio's time, or a "
+                        "pointer to an audio token (query from the question's end, keys from the audio's states)")
     p.add_argument("--source-last", action="store_true",
                    help="--model abstract: the question ends with the asked source")
+    p.add_argument("--pointer-keys", choices=("states", "inputs"), default="states",
+                   help="--answer pointer: keys from the audio tokens' last-layer states, or from their input embeddings")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     p.add_argument("--model", choices=("abstract", "must"), default="abstract",
                    help="a bare Qwen2 with an 8-word vocabulary, or must's MusicLALM with its chat prompt")
@@ -266,6 +297,8 @@ def main(argv=None) -> None:
         if args.model == "must":
             qs, answers = must_questions(batch, gen, args.question, model.cfg.answer_format)
             loss = model(must_encoding(batch, model), qs, answers).loss
+        elif args.answer == "pointer":
+            loss = F.cross_entropy(pointer_logits(batch, args, llm, proj, gates), pointer_target(batch))
         else:
             w = batch["answer"].shape[1]
             logits = llm(inputs_embeds=sequence(batch, args, llm, proj, gates)).logits[:, -w - 1 : -1]
@@ -277,8 +310,12 @@ def main(argv=None) -> None:
         warm.step()
         smooth = loss.item() if math.isnan(smooth) else 0.9 * smooth + 0.1 * loss.item()
         if step % args.eval_every == 0 or step == args.steps:
-            hit = (must_hit_at_3s(held_out, model, held_q) if args.model == "must"
-                   else hit_at_3s(held_out, args, llm, proj, gates))
+            if args.model == "must":
+                hit = must_hit_at_3s(held_out, model, held_q)
+            elif args.answer == "pointer":
+                hit = pointer_hit_at_3s(held_out, args, llm, proj, gates)
+            else:
+                hit = hit_at_3s(held_out, args, llm, proj, gates)
             print(f"step {step:5d}  loss {smooth:.3f}  hit@3s {hit:5.1f}  ({time.time() - t0:.0f} s)", flush=True)
     print(f"final_hit_at_3s={hit:.1f}")
 

@@ -115,6 +115,9 @@ class TimeEmbeddingConfig:
     """``tokens``: seconds per time token."""
     max_seconds: float = 600.0
     """``tokens``: the last time with its own token, seconds (later times clamp to it); 10 minutes."""
+    pointer: bool = False
+    """``tokens``: the time tokens' logits also point into the audio (a query from the position writing a
+    time against keys from the audio tokens' last-layer states; ``must.models.time_pointer``)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

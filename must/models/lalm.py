@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from must.data.traces import final_answer
 from must.errors import ConfigError, MustError
 from must.hub import resolve_model_config
 from must.literals import check_choices
-from must.models import params, time_tokens
+from must.models import params, time_pointer, time_tokens
 from must.models.audio import resample, to_mono_float
 from must.models.audio_tokens import frame_probs, sample_tokens
 from must.models.config import ModelConfig
@@ -142,6 +142,8 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.sampling.min_tokens must not exceed model.sampling.max_tokens")
     if cfg.encoder.head_features and cfg.encoder.num_sources < 1:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
+    if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
+        raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
 
 
 class MusicLALM(nn.Module):
@@ -162,7 +164,14 @@ class MusicLALM(nn.Module):
         self.hidden_size = hidden
         if cfg.time_embedding.kind == "tokens":  # not saved: re-tied on every build and load
             self._tie_handle = time_tokens.tie_head(llm, self.time_embedding.first, self.time_embedding.count)
+        if self.pointer is not None:  # after the tie hook: the pointer adds to the tied logits
+            self._pointer_handles = time_pointer.attach(self.pointer, llm)
         self._prompt_memo: dict[tuple, tuple[str, str]] = {}  # see prompt_parts
+
+    @property
+    def pointer(self) -> time_pointer.TimePointer | None:
+        """The time pointer (``time_embedding.pointer``), or None."""
+        return getattr(self.time_embedding, "pointer", None)
 
     # --- construction ------------------------------------------------------------------------
 
@@ -325,12 +334,13 @@ class MusicLALM(nn.Module):
         audio = self.project(encoding)
         dtype = embed.weight.dtype  # the LLM's dtype (the projector may stay float32 beside a bf16 LLM)
         eos = self.tokenizer.eos_token_id
-        rows, label_rows = [], []
+        rows, label_rows, audio_at = [], [], []
         for i, q in enumerate(questions):
             before, after = self.prompt_parts(q)
             parts = [embed(torch.tensor(self._ids(before), device=self.device))]
             if encoding.host_embeds is not None:
                 parts.append(encoding.host_embeds[i][encoding.host_mask[i]].to(self.device, audio.dtype))
+            audio_at.append(sum(len(p) for p in parts))  # where this row's MusT tokens start
             parts.append(audio[i][encoding.mask[i].to(self.device)])
             parts.append(embed(torch.tensor(self._ids(after), device=self.device)))
             n_prompt = sum(len(p) for p in parts)
@@ -350,10 +360,28 @@ class MusicLALM(nn.Module):
             sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
             inputs[i, sl], attn[i, sl] = r, 1
             labels[i, sl] = torch.tensor(lab, device=self.device)
+        if self.pointer is not None:
+            starts = [a + (0 if side == "right" else length - len(r)) for a, r in zip(audio_at, rows)]
+            self.point_at(encoding, starts)
         # Explicit positions (as HF generation computes them) so left padding is right and no model
         # state (e.g. the Omni thinker's cached rope deltas) leaks between calls.
         positions = (attn.cumsum(-1) - 1).clamp_min(0)
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels, "position_ids": positions}
+
+    def point_at(self, encoding: AudioEncoding, starts: Sequence[int]) -> None:
+        """Tell the time pointer where the next LLM calls' audio tokens are: row ``i``'s MusT tokens
+        (``encoding.mask[i]``) start at sequence position ``starts[i]``."""
+        mask = encoding.mask.to(self.device)
+        n = mask.sum(-1)
+        T = int(n.max())
+        offsets = torch.arange(T, device=self.device)
+        positions = torch.tensor(list(starts), device=self.device)[:, None] + offsets
+        positions = positions.masked_fill(offsets >= n[:, None], -1)
+        te = self.time_embedding
+        steps = torch.full_like(positions, -1)
+        for i in range(mask.shape[0]):
+            steps[i, : n[i]] = time_tokens.steps(encoding.times[i].to(self.device)[mask[i]], te.cfg.resolution, te.count)
+        self.pointer.set_rows(positions, steps)
 
     def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded generation prompts: ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L)."""

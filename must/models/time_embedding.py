@@ -16,6 +16,7 @@ from torch import nn
 
 from must.models import time_tokens
 from must.models.config import TimeEmbeddingConfig
+from must.models.time_pointer import TimePointer
 from must.timecode import format_time
 
 
@@ -41,6 +42,8 @@ class TimeEmbedding(nn.Module):
             # A per-channel gate (ones at the start: exactly the token's embedding) lets the audio side
             # weigh the time against the content without untying it from the text's time tokens.
             self.gate = nn.Parameter(torch.ones(hidden))
+            # Its q/k maps are time_embedding.* parameters: saved, loaded and trained with the embedding.
+            self.pointer = TimePointer(hidden, self.first, self.count) if cfg.pointer else None
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
 

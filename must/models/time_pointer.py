@@ -1,0 +1,107 @@
+"""Time pointer: the time tokens' logits also point into the audio (``time_embedding.pointer``).
+
+With time tokens alone, the position that writes a time must fetch, by attention, the time embedding of
+the audio token it is looking for and copy it out through the tied LM-head row. The pointer gives that
+step its own head, as E.T. Chat points into its input frames: a query from the position that writes a
+time is matched against a key from every audio token's last-layer state, and each time token's logit
+gains the score of the audio token nearest its time. ``benchmarks/tsg_probe.py --answer pointer``
+measured it on the abstract TSG lookup: Hit@3s 94-100 after 100 steps, where the tied time token alone
+is at 39-50 (and 88 after 600); ``benchmarks/results/grounded.md`` §5.
+
+The keys are read from the final norm's output (a forward hook) in the same LLM call that first sees the
+audio, and kept for the calls that continue it on a cache (generation); the logits are changed by a
+forward hook on the LM head, after :func:`must.models.time_tokens.tie_head`'s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from must.errors import ConfigError
+
+
+class TimePointer(nn.Module):
+    """Query and key maps (H -> H) and the rows of the current batch: where each row's audio tokens sit
+    and which time step each holds."""
+
+    def __init__(self, hidden: int, first: int, count: int):
+        super().__init__()
+        self.q = nn.Linear(hidden, hidden, bias=False)
+        self.k = nn.Linear(hidden, hidden, bias=False)
+        self.first, self.count = first, count
+        self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
+        self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
+        self.keys: torch.Tensor | None = None  # (B, T, H) of the call that saw the audio
+        self._states: torch.Tensor | None = None
+
+    def set_rows(self, positions: torch.Tensor, steps: torch.Tensor) -> None:
+        """The next LLM calls' audio tokens: ``positions`` (B, T) long in the sequence (-1 pads a row
+        with fewer tokens) and ``steps`` (B, T) their time steps. Forgets the previous batch's keys."""
+        valid = positions >= 0
+        if not valid.any(-1).all():
+            raise ValueError("time pointer: every row needs at least one audio token")
+        grid = torch.arange(self.count, device=steps.device)
+        dist = (steps[:, None, :] - grid[None, :, None]).abs().float()  # (B, count, T)
+        dist = dist.masked_fill(~valid[:, None, :], math.inf)
+        self.positions, self.nearest, self.keys = positions, dist.argmin(-1), None
+
+    def clear(self) -> None:
+        """No audio rows: the LM head is left as it is."""
+        self.positions = self.nearest = self.keys = self._states = None
+
+    def capture(self, module: nn.Module, inputs: tuple, states: torch.Tensor) -> None:
+        """Forward hook on the final norm: its (B, L, H) output, for the head hook of the same call."""
+        self._states = states if isinstance(states, torch.Tensor) else states[0]
+
+    def _keys_for(self, batch: int) -> torch.Tensor | None:
+        """(batch, T, H) keys: computed from this call's states when it holds every audio position (a call
+        from the sequence start), else those of the call that did (later calls on its cache)."""
+        states, pos = self._states, self.positions
+        if states is not None and states.shape[1] > int(pos.max()):
+            rows = self._expand(pos, states.shape[0]).clamp_min(0)
+            picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1]))
+            self.keys = self.k(picked.to(self.k.weight.dtype))
+        return None if self.keys is None else self._expand(self.keys, batch)
+
+    @staticmethod
+    def _expand(x: torch.Tensor, batch: int) -> torch.Tensor:
+        """Rows of ``x`` repeated for a call of ``batch`` rows (several samples per prompt sit adjacent)."""
+        if x.shape[0] == batch:
+            return x
+        if batch % x.shape[0]:
+            raise ValueError(f"time pointer: a call of {batch} rows for {x.shape[0]} audio rows")
+        return x.repeat_interleave(batch // x.shape[0], 0)
+
+    def add(self, module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the LM head: time-token logits += q(h) . k(audio token nearest each time) / sqrt(H)."""
+        if self.positions is None:
+            return logits
+        h = inputs[0]
+        keys = self._keys_for(h.shape[0])
+        self._states = None  # this call's states are used; a later call brings its own
+        if keys is None:
+            return logits
+        scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
+        near = self._expand(self.nearest, h.shape[0])  # (B, count)
+        pointed = scores.gather(2, near[:, None, :].expand(-1, scores.shape[1], -1))  # (B, L, count)
+        logits = logits.clone()
+        logits[..., self.first : self.first + self.count] += pointed.to(logits.dtype)
+        return logits
+
+
+def final_norm(llm: nn.Module) -> nn.Module:
+    """The LLM's last normalisation layer (its output is what the LM head reads)."""
+    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else None
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        raise ConfigError("time_embedding.pointer needs an LLM whose decoder has a final norm (.norm)")
+    return norm
+
+
+def attach(pointer: TimePointer, llm: nn.Module) -> list:
+    """Hook ``pointer`` into ``llm`` (final norm and LM head); returns the handles."""
+    head = llm.get_output_embeddings()
+    return [final_norm(llm).register_forward_hook(pointer.capture), head.register_forward_hook(pointer.add)]

@@ -1,0 +1,104 @@
+"""Time pointer: nearest audio token per time step, the logits it adds, cached generation, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from must.errors import ConfigError
+from must.models.lalm import MusicLALM
+from must.models.time_pointer import TimePointer
+from tests._tiny import TINY_MODEL
+
+SR = 16000
+POINTER = {**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer": True}, "answer_format": "grounded"}
+
+
+def _noise(seconds, seed=0):
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = MusicLALM.from_config(POINTER).eval()
+    with torch.no_grad():  # q and k start random; scale them so the pointer visibly moves the logits
+        m.pointer.q.weight.mul_(8.0)
+    return m
+
+
+def test_each_time_step_points_at_the_nearest_audio_token():
+    p = TimePointer(hidden=4, first=100, count=8)
+    # Row 0: audio tokens at seconds 2 and 5 (positions 3, 4), the third slot empty; row 1: one token at 7.
+    p.set_rows(torch.tensor([[3, 4, -1], [9, -1, -1]]), torch.tensor([[2, 5, -1], [7, -1, -1]]))
+    # Ties (second 3.5 would be one) never arise on whole steps here: 3 is 1 from 2 and 2 from 5.
+    assert p.nearest.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0] * 8]
+    with pytest.raises(ValueError, match="at least one audio token"):
+        p.set_rows(torch.tensor([[-1, -1]]), torch.tensor([[-1, -1]]))
+
+
+def test_pointer_adds_query_key_scores_to_the_time_logits_only(model):
+    enc = model.encode_audio([_noise(6.0)], SR)
+    q, a = ["When does the piano first appear?"], ["onset piano 0:03 → 0:03"]
+    with torch.no_grad():
+        on = model(enc, q, a).logits
+        handles = model._pointer_handles
+        for h in handles:
+            h.remove()
+        try:
+            off = model(enc, q, a).logits
+            inputs = model.prompt_inputs(enc, q, a)  # sets the rows again: positions of the audio tokens
+            states = model.llm.model(**{k: v for k, v in inputs.items() if k != "labels"}).last_hidden_state
+        finally:
+            from must.models import time_pointer
+
+            model._pointer_handles = time_pointer.attach(model.pointer, model.llm)
+    p, te = model.pointer, model.time_embedding
+    keys = p.k(states[0, p.positions[0]])  # (T, H)
+    scores = p.q(states[0]) @ keys.T / states.shape[-1] ** 0.5  # (L, T)
+    want = scores[:, p.nearest[0]]  # (L, count): each time step's nearest audio token
+    diff = on - off
+    span = slice(te.first, te.first + te.count)
+    torch.testing.assert_close(diff[0, :, span], want, rtol=1e-4, atol=1e-4)
+    others = torch.cat([diff[0, :, : te.first], diff[0, :, te.first + te.count :]], -1)
+    assert others.numel() > 0 and others.abs().max() == 0
+    assert want.abs().max() > 0.1  # the pointer moves them
+
+
+def test_cached_generation_equals_recomputing_the_whole_sequence(model):
+    enc = model.encode_audio([_noise(6.0, seed=1), _noise(9.0, seed=2)], SR)
+    qs = ["When does the bass start?", "When do the drums stop?"]
+    cached = model.generate_ids(enc, qs, max_new_tokens=6)
+    # The same greedy answers, each step a full forward from the start (no KV cache: keys recomputed).
+    prompt = model.prompt_embeds(enc, qs)
+    x, mask, out = prompt["inputs_embeds"], prompt["attention_mask"], []
+    embed = model.llm.get_input_embeddings()
+    with torch.no_grad():
+        for _ in range(6):
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
+            logits = model.llm(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            nxt = logits[:, -1].argmax(-1)
+            out.append(nxt)
+            x = torch.cat([x, embed(nxt)[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    full = torch.stack(out, 1)
+    eos = set(model._eos_ids())
+    for row_c, row_f in zip(cached.tolist(), full.tolist()):
+        n = next((i + 1 for i, t in enumerate(row_f) if t in eos), len(row_f))
+        assert row_c[:n] == row_f[:n]
+
+
+def test_save_and_load_keeps_the_pointer_and_the_logits(tmp_path, model):
+    enc = model.encode_audio([_noise(7.0)], SR)
+    q, a = ["When does the piano first appear?"], ["onset piano 0:03 → 0:03"]
+    with torch.no_grad():
+        logits = model(enc, q, a).logits
+    model.save_pretrained(tmp_path / "m")
+    m2 = MusicLALM.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(m2.pointer.q.weight, model.pointer.q.weight)
+    with torch.no_grad():
+        assert torch.equal(logits, m2(m2.encode_audio([_noise(7.0)], SR), q, a).logits)
+
+
+def test_pointer_needs_time_tokens():
+    with pytest.raises(ConfigError, match="time_embedding.pointer.*kind: tokens"):
+        MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "digits", "pointer": True}})
