@@ -45,12 +45,10 @@ def build_rewards(names: list[str], config: dict | None = None, where: str = "op
 
 
 __all__ = [
-    "build_rewards",
     "COMPONENTS",
     "REWARDS",
-    "trace_format_reward",
-    "trace_step_reward",
     "RewardConfig",
+    "build_rewards",
     "description_reward",
     "format_reward",
     "interval_reward",
@@ -63,5 +61,7 @@ __all__ = [
     "score_completion",
     "timestamp_reward",
     "timestamp_score",
+    "trace_format_reward",
+    "trace_step_reward",
     "with_config",
 ]
