@@ -7,7 +7,8 @@
 The same tiny text-only causal LM (a Llama built from config, same seed, same initial weights), the
 same prompts and reward, G=8, completion length 16, the same learning rate, loss type (dapo), clip
 range, beta=0, one optimisation pass per batch, constant learning rate, full fine-tuning. Our stage
-runs with dynamic sampling off (TRL has none, so it would only add sampling work on our side).
+runs with group refill off (`refill_groups`, DAPO's dynamic sampling: TRL has none, so it would only add
+sampling work on our side).
 Each framework runs ``--warmup`` steps that are not timed, then ``--steps`` timed steps; runs
 alternate (ours, TRL, ours, TRL, ...) so that load from other processes on a shared machine falls on
 both alike, and the table reports the median run. Peak memory is the peak resident set size above
