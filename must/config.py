@@ -1,7 +1,9 @@
 """Typed recipes: OmegaConf structured configs, loaded from YAML with dotted ``key=value`` overrides.
 
-Every user mistake (unknown key, wrong type, missing value, bad stage wiring) becomes a
-:class:`~must.errors.ConfigError` naming the file and the key, before any work starts.
+Every user mistake (unknown key, wrong type, missing value, a value outside a ``Literal`` field's values, an
+unknown strategy, a trainer key the stage kind refuses, a renamed option, bad stage wiring) becomes a
+:class:`~must.errors.ConfigError` naming the key and where it was set (the file and its line, or the override),
+before any work starts.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import json
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from must import strategies
 from must.data.config import DataConfig
 from must.errors import ConfigError, MustError
+from must.literals import BadChoice, check_choices
 from must.models.config import ModelConfig
 from must.stages.options import encoder_adapt, grpo, lm_adapt, sft
 
@@ -41,18 +45,41 @@ STAGE_OPTIONS: dict[str, type] = {
     "grpo": grpo.Options,
 }
 
+#: Stage options renamed to one vocabulary across the stages: old name -> new name. A recipe still using an old
+#: name its stage's ``Options`` lacks is told the new one, by key.
+RENAMED_OPTIONS: dict[str, str] = {
+    "learning_rate": "lr",
+    "trainable": "train",
+    "prompts_per_step": "batch_size",
+    "questions_per_track": "questions_per_clip",
+    "eval_untrained": "eval_init",
+    "val_max_new_tokens": "eval_max_new_tokens",
+    "dynamic_sampling": "refill_groups",
+}
+
+#: Trainer keys a stage kind cannot take: key -> (the values that leave it off, the stage option doing its job).
+#: GRPO optimises manually (several optimiser passes over one batch of rollouts), and Lightning refuses automatic
+#: gradient clipping and accumulation then (``__verify_manual_optimization_support`` in
+#: ``lightning/pytorch/trainer/configuration_validator.py``), only when the stage starts, after the earlier ones ran.
+REFUSED_TRAINER_KEYS: dict[str, dict[str, tuple[tuple, str]]] = {
+    "grpo": {
+        "gradient_clip_val": ((None, 0), "max_grad_norm"),
+        "accumulate_grad_batches": ((1,), "batch_size"),
+    },
+}
+
 
 @dataclass
 class LoggerConfig:
     """Where metrics go."""
 
-    kind: str = "csv"
-    """``wandb``, ``csv`` or ``none``."""
+    kind: Literal["wandb", "csv", "none"] = "csv"
+    """``wandb`` (and the CSV file), ``csv`` or ``none``."""
     project: str = "must"
     """W&B project."""
     entity: Optional[str] = None
     """W&B entity (team or user); None uses your default."""
-    mode: str = "auto"
+    mode: Literal["auto", "online", "offline"] = "auto"
     """W&B mode: ``auto`` (online only if W&B is configured on this machine), ``online`` or ``offline``."""
     tags: List[str] = field(default_factory=list)
     """W&B tags added to every stage's run."""
@@ -62,16 +89,17 @@ class LoggerConfig:
 class TrainerConfig:
     """A stage's ``lightning.Trainer`` settings (the names are Lightning's, except checkpointing)."""
 
-    accelerator: str = "auto"
-    """``cpu``, ``gpu``, ``auto`` …"""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    """``auto``, ``cpu``, ``gpu`` (= ``cuda``) or ``mps``."""
     devices: Any = "auto"
     """Number of devices, a list of device ids, or ``auto``."""
     num_nodes: int = 1
     """Number of machines."""
     strategy: str = "auto"
-    """``auto``, ``ddp``, ``fsdp``, ``deepspeed_stage_2`` … (Lightning strategy names)."""
-    precision: str = "32-true"
-    """``32-true``, ``bf16-mixed``, ``16-mixed``, ``bf16-true`` …"""
+    """``auto``, ``ddp``, ``fsdp``, ``fsdp2``, ``deepspeed_stage_2`` …: a name of ``must.strategies.STRATEGIES``."""
+    precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+                       "transformer-engine-float16"] = "32-true"
+    """A Lightning precision by its full name (not the aliases ``16``, ``bf16``: ``must plan`` reads the name)."""
     max_steps: int = 100
     """Optimizer steps to train for."""
     val_check_interval: Optional[int] = None
@@ -155,32 +183,95 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Load, override, validate and resolve a recipe YAML into a :class:`RecipeConfig`.
 
     ``overrides`` are dotted ``key=value`` strings (``seed=3``, ``stages.sft.trainer.max_steps=5``;
-    a stage may be named by its index or its name). Raises :class:`ConfigError` naming file and key.
+    a stage may be named by its index or its name). Raises :class:`ConfigError` naming the key and the file
+    line or override that set it.
     """
-    path = Path(path)
-    raw = _read_yaml(path)
+    raw, src = _read_yaml(Path(path))
     for item in overrides:
-        _apply_override(raw, item, path)
-    cfg = _merge_schema(raw, path)
-    _check_missing(cfg, path)
+        _apply_override(raw, item, src)
+    _check_choices(raw, src)
+    cfg = _merge_schema(raw, src)
+    _check_missing(cfg, src.path)
     try:
         recipe: RecipeConfig = OmegaConf.to_object(cfg)  # resolves ${name} interpolations
     except OmegaConfBaseException as exc:
-        raise ConfigError(_describe(exc, path)) from None
-    _check_stages(recipe, path)
+        raise ConfigError(_describe(exc, src)) from None
+    _check_choices(recipe, src)  # again, resolved: a value an interpolation gave
+    _check_stages(recipe, src)
     return recipe
 
 
-def _read_yaml(path: Path) -> DictConfig:
+@dataclass
+class _Source:
+    """Where a recipe's values came from, so an error names it: the YAML file and the key's line, or an override."""
+
+    path: Path
+    """The recipe file."""
+    lines: Dict[tuple, int]
+    """Key parts (``("stages", "1", "trainer", "max_steps")``) -> the 1-based line of that key in the file."""
+    overrides: List[tuple] = field(default_factory=list)
+    """``(key parts, "key=value")`` of each command-line override, in the order applied."""
+
+    def error(self, key: str, reason: str) -> str:
+        """``reason`` for ``key`` (``stages[1].trainer.max_steps``), blamed on the last override that set it or
+        one of its parents, else on the file and the line of the key (or of its nearest parent in the file)."""
+        override = self._override(key)
+        if override:
+            return f"override '{override}': key '{key}': {reason}"
+        parts = _key_parts(key)
+        line = next((self.lines[parts[:n]] for n in range(len(parts), 0, -1) if parts[:n] in self.lines), None)
+        return f"{self.path}: key '{key}': {reason}" + (f" (line {line})" if line else "")
+
+    def where(self, key: str) -> str:
+        """The start of an error about ``key`` that another function finishes (``...: <its message>``)."""
+        override = self._override(key)
+        return f"override '{override}': key '{key}'" if override else f"{self.path}: key '{key}'"
+
+    def _override(self, key: str) -> str | None:
+        parts = _key_parts(key)
+        return next((item for over, item in reversed(self.overrides) if parts[: len(over)] == over), None)
+
+
+def _key_parts(key: str) -> tuple:
+    """``stages[1].trainer.max_steps`` or ``stages.1.trainer.max_steps`` -> ``("stages", "1", "trainer", "max_steps")``."""
+    return tuple(re.findall(r"[^.\[\]]+", key))
+
+
+def _read_yaml(path: Path) -> tuple[DictConfig, _Source]:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
+    text = path.read_text()
     try:
-        data = load_yaml(path.read_text())
+        data = load_yaml(text)
+        lines = _key_lines(_compose(text))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys (name, model, data, stages …)")
-    return OmegaConf.create(data)
+    return OmegaConf.create(data), _Source(path, lines)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _key_lines(node: yaml.Node | None, parts: tuple = ()) -> dict[tuple, int]:
+    """Every key of a composed YAML document -> its line (a list item: the line of its ``-``)."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        items = [(str(k.value), k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+    elif isinstance(node, yaml.SequenceNode):
+        items = [(str(i), v, v) for i, v in enumerate(node.value)]
+    else:
+        return out
+    for name, where, value in items:
+        out[parts + (name,)] = where.start_mark.line + 1
+        out.update(_key_lines(value, parts + (name,)))
+    return out
 
 
 class _Loader(yaml.SafeLoader):
@@ -211,7 +302,7 @@ def load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
+def _apply_override(raw: DictConfig, item: str, src: _Source) -> None:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value, e.g. stages.sft.trainer.max_steps=5")
     key, value = item.split("=", 1)
@@ -220,7 +311,7 @@ def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
     if len(parts) > 1 and parts[0] == "stages" and not parts[1].isdigit():
         names = [s.get("name") for s in raw.get("stages", [])]
         if parts[1] not in names:
-            raise ConfigError(f"override '{item}': no stage named '{parts[1]}' in {path} (stages: {names})")
+            raise ConfigError(f"override '{item}': no stage named '{parts[1]}' in {src.path} (stages: {names})")
         parts[1] = str(names.index(parts[1]))
     try:
         parsed = load_yaml(value) if value.strip() else ""
@@ -230,28 +321,40 @@ def _apply_override(raw: DictConfig, item: str, path: Path) -> None:
         OmegaConf.update(raw, ".".join(parts), parsed, merge=True, force_add=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"override '{item}': {exc}") from None
+    src.overrides.append((tuple(parts), item))
 
 
-def _merge_schema(raw: DictConfig, path: Path) -> DictConfig:
+def _check_choices(values: DictConfig | RecipeConfig, src: _Source) -> None:
+    """Every ``Literal`` field of the recipe's dataclasses, first before omegaconf's merge: one message on every
+    version (omegaconf 2.4 would refuse them in its own words, earlier ones not at all)."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=False)
+    try:
+        check_choices(RecipeConfig, values, "")
+    except BadChoice as exc:
+        raise ConfigError(src.error(exc.key, exc.reason)) from None
+
+
+def _merge_schema(raw: DictConfig, src: _Source) -> DictConfig:
     schema = OmegaConf.structured(RecipeConfig)
     # Stages are a list of structured nodes: merge them one by one so each gets the StageConfig schema.
     stages = raw.pop("stages", None) if "stages" in raw else None
     try:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, src)) from None
     if stages is None:
         return cfg
     if not isinstance(stages, ListConfig):
-        raise ConfigError(f"{path}: key 'stages' must be a list of stage blocks")
+        raise ConfigError(src.error("stages", "must be a list of stage blocks"))
     merged = []
     for i, stage in enumerate(stages):
         if not isinstance(stage, DictConfig):
-            raise ConfigError(f"{path}: key 'stages[{i}]' must be a mapping (name, kind, …)")
+            raise ConfigError(src.error(f"stages[{i}]", "must be a mapping (name, kind, …)"))
         try:
             merged.append(OmegaConf.merge(OmegaConf.structured(StageConfig), stage))
         except OmegaConfBaseException as exc:
-            raise ConfigError(_describe(exc, path, prefix=f"stages[{i}].")) from None
+            raise ConfigError(_describe(exc, src, prefix=f"stages[{i}].")) from None
     cfg.stages = merged
     return cfg
 
@@ -277,33 +380,51 @@ def _check_missing(cfg: DictConfig, path: Path) -> None:
         raise ConfigError(f"{path}: missing required value for key(s): {', '.join(missing)}")
 
 
-def _check_stages(recipe: RecipeConfig, path: Path) -> None:
+def _check_stages(recipe: RecipeConfig, src: _Source) -> None:
     if not recipe.stages:
-        raise ConfigError(f"{path}: key 'stages' is empty: a recipe needs at least one stage")
+        raise ConfigError(src.error("stages", "is empty: a recipe needs at least one stage"))
     seen: list[str] = []
     for i, stage in enumerate(recipe.stages):
         key = f"stages[{i}]"
         if stage.name in seen:
-            raise ConfigError(f"{path}: key '{key}.name': duplicate stage name '{stage.name}'")
+            raise ConfigError(src.error(f"{key}.name", f"duplicate stage name '{stage.name}'"))
         if stage.init_from is not None and stage.init_from not in seen:
             if stage.init_from in [s.name for s in recipe.stages]:
-                raise ConfigError(
-                    f"{path}: key '{key}.init_from': stage '{stage.init_from}' runs after "
-                    f"'{stage.name}'; init_from must name an earlier stage"
-                )
+                raise ConfigError(src.error(f"{key}.init_from", f"stage '{stage.init_from}' runs after "
+                                            f"'{stage.name}'; init_from must name an earlier stage"))
             if not Path(stage.init_from).is_dir():
-                raise ConfigError(
-                    f"{path}: key '{key}.init_from': '{stage.init_from}' names no earlier stage "
-                    f"(earlier: {seen or 'none'}) and no existing model folder"
-                )
+                raise ConfigError(src.error(f"{key}.init_from", f"'{stage.init_from}' names no earlier stage "
+                                            f"(earlier: {seen or 'none'}) and no existing model folder"))
             if stage.kind in STAGE_KINDS:  # a dotted kind loads its own folders: its format is its own
-                _check_init_folder(stage.init_from, f"{path}: key '{key}.init_from'")
-        where = f"{path}: key '{key}.options"
+                _check_init_folder(stage.init_from, src.where(f"{key}.init_from"))
+        _check_trainer(stage, key, src)
         if stage.kind in STAGE_OPTIONS:
-            options_instance(STAGE_OPTIONS[stage.kind], stage.options, where)
+            schema = STAGE_OPTIONS[stage.kind]
         else:  # a dotted kind is checked by importing it: it names its class and the class its Options
-            stage_options(stage_class(stage.kind, f"{path}: key '{key}.kind'"), stage.options, where)
+            schema = getattr(stage_class(stage.kind, src.where(f"{key}.kind")), "Options", None)
+        try:
+            _options(schema, stage.options)
+        except _BadKey as exc:
+            raise ConfigError(src.error(f"{key}.options.{exc.key}", exc.reason)) from None
         seen.append(stage.name)
+
+
+def _check_trainer(stage: StageConfig, key: str, src: _Source) -> None:
+    """The strategy is one of :data:`must.strategies.STRATEGIES`; no key of :data:`REFUSED_TRAINER_KEYS` is set."""
+    name = stage.trainer.strategy
+    if name not in strategies.STRATEGIES:
+        close = difflib.get_close_matches(name, list(strategies.STRATEGIES), n=1)
+        known = ", ".join(n for n in strategies.STRATEGIES if "find_unused" not in n)
+        raise ConfigError(src.error(f"{key}.trainer.strategy", f"{name!r} is not one of: {known} (each ddp one also "
+                                    "with _find_unused_parameters_true or _false)"
+                                    + (f"; did you mean '{close[0]}'?" if close else "")))
+    for field_name, (off, option) in REFUSED_TRAINER_KEYS.get(stage.kind, {}).items():
+        value = getattr(stage.trainer, field_name)
+        if value not in off:
+            left = "unset" if off[0] is None else f"at {off[0]}"
+            raise ConfigError(src.error(
+                f"{key}.trainer.{field_name}", f"{value!r}: a {stage.kind} stage optimises manually, and Lightning refuses "
+                f"trainer.{field_name} then; leave it {left} and set stages.{stage.name}.options.{option} instead"))
 
 
 def _check_init_folder(folder: str, where: str) -> None:
@@ -348,19 +469,47 @@ def stage_options(cls: type, options: dict, where: str) -> Any:
 
 
 def options_instance(schema: type | None, options: dict, where: str) -> Any:
-    """Validate ``options`` against the dataclass ``schema``; returns the instance (a plain dict without one)."""
+    """Validate ``options`` against the dataclass ``schema``; returns the instance (a plain dict without one).
+
+    ``where`` opens each error up to the key: ``"recipe.yaml: key 'stages[0].options"`` -> ``... 'stages[0].options.lr': ...``.
+    """
+    try:
+        return _options(schema, options)
+    except _BadKey as exc:
+        raise ConfigError(f"{where}.{exc.key}': {exc.reason}") from None
+
+
+class _BadKey(Exception):
+    """One option refused: its key inside the options and why."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+def _options(schema: type | None, options: dict) -> Any:
+    """:func:`options_instance` raising :class:`_BadKey`: renamed options, ``Literal`` values, then omegaconf's types."""
     if schema is None or not is_dataclass(schema):
         return dict(options)
+    names = {f.name for f in fields(schema)}
+    for old in options:
+        new = RENAMED_OPTIONS.get(old)
+        if old not in names and new in names:
+            raise _BadKey(old, f"options.{old} was renamed to options.{new}")
+    try:
+        check_choices(schema, dict(options), "")
+    except BadChoice as exc:
+        raise _BadKey(exc.key, exc.reason) from None
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(options)))
         missing = missing_keys(merged)
         if missing:
-            raise ConfigError(f"{where}.{missing[0]}': missing required value")
+            raise _BadKey(missing[0], "missing required value")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
         hint = _suggest(str(key).split(".")[-1], [f.name for f in fields(schema)]) if _is_unknown(exc) else ""
-        raise ConfigError(f"{where}.{key}': {_reason(exc)}{hint}") from None
+        raise _BadKey(str(key), f"{_reason(exc)}{hint}") from None
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -377,13 +526,12 @@ def _reason(exc: OmegaConfBaseException) -> str:
     return re.sub(r"\s+", " ", first)
 
 
-def _describe(exc: OmegaConfBaseException, path: Path, prefix: str = "") -> str:
+def _describe(exc: OmegaConfBaseException, src: _Source, prefix: str = "") -> str:
     key = prefix + str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "")
-    msg = f"{path}: key '{key}': {_reason(exc)}"
+    reason = _reason(exc)
     if _is_unknown(exc):
-        msg += _suggest(key.split(".")[-1], _valid_keys(key))
-    line = _find_line(path, key.split(".")[-1])
-    return msg + (f" (line {line})" if line else "")
+        reason += _suggest(key.split(".")[-1], _valid_keys(key))
+    return src.error(key, reason)
 
 
 def _valid_keys(full_key: str) -> list[str]:
@@ -405,16 +553,6 @@ def _field_type(owner: type, f: Any) -> Any:
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
-
-
-def _find_line(path: Path, key: str) -> int | None:
-    if not key or not path.is_file():
-        return None
-    pattern = re.compile(rf"^\s*(-\s*)?{re.escape(key)}\s*:")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if pattern.match(line):
-            return number
-    return None
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from must import strategies
 from must.config import RecipeConfig, StageConfig, load_recipe, stage_class, stage_options
 from must.errors import MustError
 from must.models.config import ModelConfig
@@ -160,9 +161,9 @@ def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world
         if p.requires_grad:
             grads += p.numel() * width
             optim += 2 * p.numel() * max(width, 4 if not true16 else 2)
-    if _is_ddp(strategy) and world > 1:
+    if strategies.is_ddp(strategy) and world > 1:
         grads *= 2
-    shard = _sharding(strategy)
+    shard = strategies.strategy(strategy).shards
     weights /= world if "weights" in shard else 1
     grads /= world if "grads" in shard else 1
     optim /= world if "optim" in shard else 1
@@ -177,20 +178,6 @@ def estimate_memory(model: torch.nn.Module, strategy: str, precision: str, world
     out["total"] = round(sum(parts.values()) / GIB, 3)
     out["bytes"] = {k: int(v) for k, v in parts.items()}  # unrounded, for comparisons and tests
     return out
-
-
-def _is_ddp(strategy: str) -> bool:
-    return strategy.startswith("ddp") or strategy == "auto"
-
-
-def _sharding(strategy: str) -> set[str]:
-    if "fsdp" in strategy or "stage_3" in strategy or "model_parallel" in strategy:
-        return {"weights", "grads", "optim"}
-    if "stage_2" in strategy:
-        return {"grads", "optim"}
-    if "stage_1" in strategy:
-        return {"optim"}
-    return set()
 
 
 def _text_config(model: torch.nn.Module):

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+from must import strategies
 from must.config import (
     RecipeConfig,
     StageConfig,
@@ -295,14 +296,14 @@ def run_stage(
             log(f"stage '{stage.name}': W&B {where}")
         if stage.trainer.activation_checkpointing:
             enable_activation_checkpointing(module)
-        if _is_fsdp2(stage.trainer.strategy):
+        if strategies.is_fsdp2(stage.trainer.strategy):
             _add_fsdp2_hook(module)
         # weights_only: a checkpoint is data, never code (safe to resume from a file someone sent you).
         trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
         _check_finite(trainer, stage)
         record["global_step"] = int(trainer.global_step)
         record["metrics"] = _scalar_metrics(trainer.callback_metrics)
-        if _sharded_weights(stage.trainer.strategy):
+        if strategies.sharded_weights(stage.trainer.strategy):
             # Sharded weights: every rank takes part in gathering them; rank 0 saves and evaluates an
             # unsharded copy (a sharded module cannot run on one rank alone).
             module = _unsharded_module(cls, ctx, trainer, module)
@@ -387,11 +388,12 @@ def _remove_temp_files(stage_dir: Path) -> None:
 
 
 def check_strategy(stage: StageConfig) -> None:
-    """Lightning's ``fsdp`` and DeepSpeed strategies need GPUs: on the CPU say so, and name the one that works."""
+    """Lightning's ``fsdp`` and DeepSpeed strategies need GPUs (``must.strategies``): on the CPU say so, and name
+    the one that works."""
     import torch
 
     t = stage.trainer
-    gpu_only = t.strategy == "fsdp" or str(t.strategy).startswith("deepspeed")
+    gpu_only = strategies.strategy(t.strategy).gpu_only
     on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
     if gpu_only and on_cpu:
         raise ConfigError(f"stage '{stage.name}': trainer.strategy '{t.strategy}' needs GPUs (Lightning refuses it "
@@ -417,7 +419,7 @@ def build_trainer(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, gro
         save_last=True,
         save_on_train_epoch_end=False,
     )
-    plugins = [AtomicCheckpointIO()] if _plain_checkpoints(t.strategy) else None
+    plugins = [AtomicCheckpointIO()] if strategies.plain_checkpoints(t.strategy) else None
     # Lightning's plain ModelSummary logs its table (to the run log, see must.console.LibraryNoise); the Rich
     # one it picks by default prints straight to the terminal. Our StageProgress replaces Lightning's bar
     # unless the recipe asks for that bar (enable_progress_bar: true).
@@ -467,22 +469,13 @@ def enable_activation_checkpointing(module: Any) -> int:
 def build_strategy(t: Any) -> Any:
     """A Lightning strategy name as given, except ``fsdp2``: FSDP2 (``fully_shard``) through Lightning's
     ``ModelParallelStrategy``, data-parallel over every device (no tensor parallelism)."""
-    if not _is_fsdp2(t.strategy):
+    if not strategies.is_fsdp2(t.strategy):
         return t.strategy
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     if not isinstance(t.devices, int):
         raise MustError(f"trainer.strategy {t.strategy}: trainer.devices must be a number of devices, got {t.devices!r}")
     return ModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1)
-
-
-def _is_fsdp2(strategy: str) -> bool:
-    return strategy in ("fsdp2", "model_parallel")
-
-
-def _sharded_weights(strategy: str) -> bool:
-    """Whether the strategy keeps only a shard of the weights on each rank after fit."""
-    return strategy.startswith("fsdp") or strategy == "model_parallel" or "stage_3" in strategy
 
 
 def _add_fsdp2_hook(module: Any) -> None:
@@ -538,7 +531,7 @@ def _unsharded_module(cls: Any, ctx: StageContext, trainer: Any, module: Any) ->
     """The trained module with whole weights on rank 0 (collective: every rank must call it)."""
     import torch
 
-    if "deepspeed" in ctx.stage.trainer.strategy:
+    if strategies.strategy(ctx.stage.trainer.strategy).family == "deepspeed":
         import deepspeed  # ZeRO-3 partitions parameters; gather them all for rank 0 (untested here: no GPU)
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
@@ -554,11 +547,6 @@ def _unsharded_module(cls: Any, ctx: StageContext, trainer: Any, module: Any) ->
         fresh = cls.from_context(ctx)
     fresh.load_state_dict(full)
     return fresh
-
-
-def _plain_checkpoints(strategy: str) -> bool:
-    """Whether the strategy writes one checkpoint file (ours to make atomic) rather than a sharded folder."""
-    return not any(word in strategy for word in ("fsdp", "deepspeed", "model_parallel"))
 
 
 def build_logger(recipe: RecipeConfig, stage: StageConfig, stage_dir: Path, group: str, resume_step: int | None = None):

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from must.resume import step_sampler
+from must.stages.options.groups import Evaluation
 
 
 @dataclass
@@ -82,3 +83,18 @@ class Producer(L.LightningModule):
 
 class Consumer(Producer):
     """Same toy model; starts from the previous stage's weights (checked by value in the tests)."""
+
+
+@dataclass
+class GradedOptions(ToyOptions, Evaluation):
+    """Toy options with the shared evaluation group (eval_init, eval_final, ...)."""
+
+
+class Graded(Producer):
+    """The toy stage with the shared evaluation options and a ``train_globs``: the runner's eval path."""
+
+    Options = GradedOptions
+
+    @staticmethod
+    def train_globs(model, options):
+        return ["layer.weight"], []

@@ -12,9 +12,9 @@ from must import __version__
 from must.cli import COMMANDS, build_parser
 from must.data.export import remove_earlier_synth, split_counts
 from must.eval import _load_leaderboard, default_audio_dir
+from tests._fixtures import shared_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared/fixtures/mustbench_demo/published_leaderboard.json"
 
 
 def _subparsers(parser):
@@ -62,9 +62,12 @@ def test_leaderboard_is_package_data():
     rows = _load_leaderboard(None)
     must7b = next(r for r in rows if r["model"] == "MusT")
     assert must7b["overall"] == 44.1
-    assert (ROOT / "must/data/published_leaderboard.json").is_file()
-    if FIXTURE.is_file():
-        assert rows == json.loads(FIXTURE.read_text(encoding="utf-8"))
+    assert rows == json.loads((ROOT / "must/data/published_leaderboard.json").read_text(encoding="utf-8"))
+
+
+def test_packaged_leaderboard_is_the_fixtures_table():
+    fixture = shared_fixture("mustbench_demo", "published_leaderboard.json")
+    assert _load_leaderboard(None) == json.loads(fixture.read_text(encoding="utf-8"))
 
 
 def test_leaderboard_file_missing_is_an_error(tmp_path):

@@ -118,7 +118,7 @@ def test_bad_data_config_names_the_key():
     from must.data.datasets import qa_dataset
     from must.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="data.tasks: unknown task.*XYZ"):
+    with pytest.raises(ConfigError, match=r"key .data.tasks\[1\].: .XYZ. is not one of: TSG, LTR, TAD, GTO, MTR"):
         QADataset(DataConfig(tasks=["TSG", "XYZ"]))
     with pytest.raises(ConfigError, match="data.min_seconds"):
         Stage1Dataset(DataConfig(min_seconds=30, max_seconds=20))
@@ -131,13 +131,10 @@ def test_bad_data_config_names_the_key():
 
 
 def test_qa_dataset_reads_the_real_fixture():
-    from pathlib import Path
-
     from must.data.datasets import eval_qas, qa_dataset
+    from tests._fixtures import shared_fixture
 
-    parquet = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "mustbench_demo.parquet"
-    if not parquet.is_file():
-        pytest.skip("fixture not found")
+    parquet = shared_fixture("mustbench_demo", "mustbench_demo.parquet")
     cfg = DataConfig(source="mustbench", parquet=str(parquet))
     ds = qa_dataset(cfg, "test")
     assert len(ds) == 1 and ds.track_ids == ["1023323"]

@@ -1,6 +1,5 @@
 """Real data: the MusTBench fixture loads at its real duration; every bad input gives its named error."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,16 +8,16 @@ import soundfile as sf
 
 from must.data.real import MustBenchDataset, load_audio, load_mustbench, resample
 from must.errors import MustError
+from tests._fixtures import DEMO as FIXTURE
+from tests._fixtures import shared_fixture
 
-FIXTURE = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "mustbench_demo"
 PARQUET = FIXTURE / "mustbench_demo.parquet"
 
 
 @pytest.fixture(scope="module")
 def fixture_audio():
-    if not PARQUET.is_file():
-        pytest.skip("MusTBench demo fixture not found")
-    return load_audio(FIXTURE / "1023323.mp3", 16000)
+    shared_fixture("mustbench_demo", "mustbench_demo.parquet")
+    return load_audio(shared_fixture("mustbench_demo", "1023323.mp3"), 16000)
 
 
 def test_real_fixture_loads_whole_at_its_real_duration(fixture_audio):

@@ -2,14 +2,13 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from must.cli import main
-
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/mustbench_demo"
+from tests._fixtures import DEMO as FIXTURE
+from tests._fixtures import needs_fixture
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.skipif(not (FIXTURE / "1023323.mp3").is_file(), reason="demo fixture not present")
+@needs_fixture("mustbench_demo", "1023323.mp3")
 def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -50,7 +49,11 @@ def test_must_eval_on_the_real_row(tmp_path, tiny_model, capsys):
     assert preds["tsg-broken"]["prediction"] is None
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores) >= {"TSG", "LTR", "TAD", "GTO", "MTR", "overall", "missing", "rows", "baseline"}
-    assert scores["LTR"] is None and scores["MTR"]["iou"] is not None
+    assert scores["LTR"] is None
+    # the one MTR row's IoU is the task's (a percentage of the union, its F1 beside it)
+    (mtr,) = [r for r in scores["rows"] if r["task"] == "MTR"]
+    assert scores["MTR"]["iou"] == pytest.approx(mtr["mtr_iou"], abs=0.01) and 0.0 <= mtr["mtr_iou"] <= 100.0
+    assert scores["MTR"]["score"] == pytest.approx((scores["MTR"]["iou"] + scores["MTR"]["f1"]) / 2, abs=0.01)
     assert scores["missing_predictions"] == ["tsg-broken"]
     # whole-track baseline on the real row, written as text ("0:00–1:37", 97 s): G = 0:57–1:12 (15 s) inside it
     assert scores["baseline"]["MTR"]["iou"] == pytest.approx(100 * 15 / 97, abs=0.005)

@@ -71,7 +71,9 @@ def test_loss_aggregation_by_type():
     assert aggregate_loss(per_token, mask, "dapo", 5).item() == pytest.approx(10 / 4)
     assert aggregate_loss(per_token, mask, "dapo", 5, num_items=8.0).item() == pytest.approx(10 / 8)
     assert aggregate_loss(per_token, mask, "dr_grpo", 5).item() == pytest.approx(10 / (2 * 5))
-    with pytest.raises(Exception, match="loss_type"):
+    from must.errors import ConfigError  # here, not at the top: the GRPO imports above are being moved
+
+    with pytest.raises(ConfigError, match=r"loss_type must be one of .*got 'ppo'"):
         aggregate_loss(per_token, mask, "ppo", 5)
 
 

@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from must.errors import ConfigError
 from must.rl.decoding import completion_logits
 from must.rl.losses import token_logps
 from must.rl.policy import TextPolicy, left_pad
@@ -167,16 +168,16 @@ def test_refill_groups_replaces_groups_whose_rewards_agree():
 
 def test_bad_options_are_named():
     policy = lora_policy()
-    with pytest.raises(Exception, match="loss_type"):
+    with pytest.raises(ConfigError, match=r"options\.loss_type: one of .*got 'ppo'"):
         GRPOStage(policy, [varied], DATA, Options(loss_type="ppo"))
-    with pytest.raises(Exception, match="options.num_generations"):
+    with pytest.raises(ConfigError, match=r"options\.num_generations: must be at least 2 .*got 1$"):
         GRPOStage(policy, [varied], DATA, Options(num_generations=1))
-    with pytest.raises(Exception, match="options.top_p"):
+    with pytest.raises(ConfigError, match=r"options\.top_p: must be in \(0, 1\], got 0\.0"):
         GRPOStage(policy, [varied], DATA, Options(top_p=0.0))
-    with pytest.raises(Exception, match="reward_weights"):
+    with pytest.raises(ConfigError, match=r"options\.reward_weights: no reward function named \['nope'\] \(have \['varied'\]\)"):
         GRPOStage(policy, [varied], DATA, Options(reward_weights={"nope": 1.0}))
     plain = TextPolicy(tiny_lm(len(policy.tokenizer)), policy.tokenizer)
-    with pytest.raises(Exception, match="beta"):
+    with pytest.raises(ConfigError, match=r"options\.beta > 0 needs a LoRA \(peft\) policy"):
         GRPOStage(plain, [varied], DATA, Options(beta=0.1))
 
 

@@ -136,6 +136,7 @@ def test_remote_code_in_a_cached_snapshot_runs_only_when_the_recipe_grants_it(hu
     cfg = {**TINY_MODEL, "llm": {**TINY_MODEL["llm"], "source": "someone/shipped-code"}}
     model = MusicLALM.from_config(cfg)  # not granted: transformers' own Qwen2 classes, the file never imported
     assert type(model.llm.config).__name__ == "Qwen2Config" and not marker.exists()
-    with pytest.raises(Exception):  # granted, the shipped code runs (EvilConfig is no causal-LM config)
+    # granted, the shipped code runs (EvilConfig is no causal-LM config, which is what stops it here)
+    with pytest.raises(ValueError, match=r"Unrecognized configuration class .*configuration_evil\.EvilConfig"):
         MusicLALM.from_config({**cfg, "llm": {**cfg["llm"], "trust_remote_code": True}})
     assert marker.read_text() == "ran"

@@ -1,6 +1,5 @@
 """The MusT encoder: windows with true absolute times, the whole track seen, heads' shapes, HF backbones."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ from must.errors import MustError
 from must.models.config import EncoderConfig, LoraConfig, ModelConfig
 from must.models.encoder import MusTEncoder, plan_windows
 from must.models.lalm import MusicLALM, _guard_coverage
+from tests._fixtures import shared_fixture
 
 SR = 16000
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo" / "1023323.mp3"
 
 
 def _noise(seconds, seed=0):
@@ -72,7 +71,7 @@ def test_coverage_guard_fails_loudly():
 def test_real_fixture_mp3_goes_through_at_its_real_length(model):
     from must.models.audio import load_audio
 
-    wave = load_audio(FIXTURE, SR)
+    wave = load_audio(shared_fixture("mustbench_demo", "1023323.mp3"), SR)
     assert len(wave) / SR == pytest.approx(97.43, abs=0.01)
     with torch.no_grad():
         enc = model.encode_audio([wave], SR)
@@ -171,7 +170,9 @@ def test_hf_backbone_from_a_local_folder_round_trips_through_the_model_folder(tm
         enc = m.encode_audio(wave, SR)
         a = m(enc, ["When?"], ["0:01"]).logits
     m.save_pretrained(tmp_path / "saved")
-    assert (tmp_path / "saved" / "encoder_backbone" / "config.json").exists()
+    # the HF backbone is saved as its own loadable folder
+    saved = AutoConfig.from_pretrained(tmp_path / "saved" / "encoder_backbone")
+    assert saved.model_type == "hubert" and saved.hidden_size == HF_BACKBONES["hubert"]["hidden_size"]
     m2 = MusicLALM.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         enc2 = m2.encode_audio(wave, SR)

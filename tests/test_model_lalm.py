@@ -167,8 +167,10 @@ def test_save_load_round_trip_identical_logits_with_adapters(tmp_path):
     enc = m.encode_audio([_noise(7.0)], SR)
     logits = m(enc, ["When does the piano enter?"], ["0:03"]).logits
     m.save_pretrained(tmp_path / "model")
-    assert (tmp_path / "model" / "adapters" / "llm" / "adapter_config.json").exists()
-    assert (tmp_path / "model" / "adapters" / "encoder" / "adapter_model.safetensors").exists()
+    # the adapters ship as PEFT folders of their own, with the recipe's rank and targets
+    for part, r in (("llm", 4), ("encoder", 2)):
+        adapter = json.loads((tmp_path / "model" / "adapters" / part / "adapter_config.json").read_text())
+        assert adapter["r"] == r and set(adapter["target_modules"]) == {"q_proj", "v_proj"}, part
     m2 = MusicLALM.from_pretrained(tmp_path / "model").eval()
     enc2 = m2.encode_audio([_noise(7.0)], SR)
     assert torch.equal(enc.features, enc2.features) and torch.equal(enc.times, enc2.times)

@@ -5,6 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from transformers import AutoConfig
 
 from must.models.config import LoraConfig, ModelConfig
 from must.models.lalm import MusicLALM
@@ -24,7 +25,7 @@ def test_smollm2_preset_loads_answers_and_round_trips(tmp_path_factory):
     cfg.llm.lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     m = MusicLALM.from_config(cfg).eval()
     assert m.llm.config.model_type == "llama" and m.hidden_size == 576
-    assert (cache / "smollm2-135m" / "config.json").exists()
+    assert AutoConfig.from_pretrained(cache / "smollm2-135m").hidden_size == 576  # converted once, cached
     tok = m.tokenizer
     assert tok.convert_ids_to_tokens(tok("1:23", add_special_tokens=False).input_ids) == ["1", ":", "2", "3"]
     # the real weights know things: text-only greedy answer

@@ -1,6 +1,7 @@
 """SFT and GRPO on a MusTBench-format parquet (real files on disk): they train, evaluate the test split as
 `must eval` does, and skip a broken audio file — counting it — or stop when more than the allowed fraction fail."""
 
+import json
 import math
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def test_sft_trains_and_evaluates_on_a_parquet(folder, tmp_path):
     n_test = int((df["split"] == "test").sum())
     assert n_test > 0
     assert len((out / "eval" / "predictions.jsonl").read_text().splitlines()) == n_test
-    assert (out / "eval" / "scores.json").exists() and (out / "eval" / "report.md").exists()
-    assert rec["eval"]["test"]["overall"] is not None
+    scores = json.loads((out / "eval" / "scores.json").read_text())
+    assert len(scores["rows"]) == n_test and 0.0 <= scores["overall"] <= 100.0
+    assert rec["eval"]["test"]["overall"] == pytest.approx(scores["overall"])
+    assert f"{scores['overall']:.1f}" in (out / "eval" / "report.md").read_text()  # the report states it
 
 
 def test_grpo_trains_and_evaluates_on_a_parquet(folder, tmp_path):
@@ -96,7 +99,8 @@ def test_grpo_trains_and_evaluates_on_a_parquet(folder, tmp_path):
     df = pd.read_parquet(folder / "mustbench.parquet")
     out = tmp_path / "out" / "grpo" / "eval"
     assert len((out / "predictions.jsonl").read_text().splitlines()) == int((df["split"] == "test").sum())
-    assert rec["eval"]["test"]["overall"] is not None
+    scores = json.loads((out / "scores.json").read_text())
+    assert 0.0 <= scores["overall"] <= 100.0 and rec["eval"]["test"]["overall"] == pytest.approx(scores["overall"])
 
 
 def test_a_broken_file_is_skipped_and_counted(folder, tmp_path):

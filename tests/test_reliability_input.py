@@ -20,9 +20,18 @@ from must.cli import main
 from must.data.real import SkipBroken, load_audio, load_mustbench
 from must.data.types import MUSTBENCH_COLUMNS
 from must.errors import MustError
+from tests._fixtures import shared_fixture
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mustbench_demo"
-MP3 = FIXTURE / "1023323.mp3"
+
+def _mp3() -> Path:
+    """The fixture's real 97.4 s MP3 (skips the test without ../shared)."""
+    return shared_fixture("mustbench_demo", "1023323.mp3")
+
+
+def _demo_parquet() -> str:
+    """The fixture's one real MusTBench row (skips the test without ../shared)."""
+    return str(shared_fixture("mustbench_demo", "mustbench_demo.parquet"))
+
 
 STAGES = """
 stages:
@@ -75,7 +84,7 @@ def _wav(path: Path, data: np.ndarray, sr: int = 16000, subtype: str = "FLOAT") 
 def test_bad_audio_names_the_file(tmp_path, case, expected):
     path = tmp_path / f"{case}.mp3"
     if case == "truncated":
-        path.write_bytes(MP3.read_bytes()[:200_000])  # a download cut off after 5 % of the file
+        path.write_bytes(_mp3().read_bytes()[:200_000])  # a download cut off after 5 % of the file
     elif case == "not_audio":
         path.write_text("<html>404 not found</html>")
     elif case == "zero_length":
@@ -95,7 +104,7 @@ def test_any_sample_rate_loads_at_the_model_rate(tmp_path, sr):
 
 
 def _parquet(folder: Path, rows: list[dict], drop: tuple[str, ...] = ()) -> Path:
-    shutil.copy(MP3, folder / "t1.mp3")
+    shutil.copy(_mp3(), folder / "t1.mp3")
     df = pd.DataFrame(rows).drop(columns=list(drop))
     path = folder / "bench.parquet"
     df.to_parquet(path)
@@ -135,7 +144,7 @@ def test_bad_parquet_names_the_column_or_row(tmp_path, rows, drop, expected):
 
 
 def test_the_real_fixture_still_loads():
-    qas = load_mustbench(FIXTURE / "mustbench_demo.parquet")
+    qas = load_mustbench(_demo_parquet())
     assert len(qas) == 1 and set(MUSTBENCH_COLUMNS) >= {"answers"}
 
 
@@ -260,7 +269,7 @@ def _predictions(tmp_path: Path, lines: list[bytes]) -> Path:
 
 
 def test_prediction_files_name_bad_bytes_and_duplicate_ids_by_line(tmp_path, capsys):
-    refs = str(FIXTURE / "mustbench_demo.parquet")
+    refs = _demo_parquet()
     latin1 = _predictions(tmp_path, [b'{"id": "a", "prediction": "x"}', b'{"id": "b", "prediction": "x"}',
                                      '{"id": "mtr-1023323", "prediction": "0:57–1:12 café"}'.encode("latin-1", "replace")])
     assert main(["score", "--predictions", str(latin1), "--references", refs]) == 2
@@ -343,7 +352,7 @@ def _damaged(saved: Path, target: Path, case: str) -> tuple[Path, str]:
 def test_a_damaged_model_folder_is_one_error_naming_the_file(saved_model, tmp_path, capsys, case):
     folder = tmp_path / "model"
     _, expected = _damaged(saved_model, folder, case)
-    refs = str(FIXTURE / "mustbench_demo.parquet")
+    refs = _demo_parquet()
     assert main(["eval", str(folder), "--data", refs, "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "Traceback" not in err, err

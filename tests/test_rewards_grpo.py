@@ -12,7 +12,7 @@ def test_grpo_trainer_runs_two_steps_with_the_router(tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     from must.models.tokenizer import build_tiny_tokenizer
-    from must.rewards import format_reward, must_reward, timestamp_reward
+    from must.rewards import format_reward, must_reward, score_completion, timestamp_reward
 
     torch.manual_seed(0)
     tok = build_tiny_tokenizer()
@@ -37,7 +37,7 @@ def test_grpo_trainer_runs_two_steps_with_the_router(tmp_path):
 
     def must_reward_spy(prompts, completions, **columns):
         out = must_reward(prompts, completions, **columns)
-        seen.append((list(columns["task"]), completions, out))
+        seen.append((list(columns["task"]), completions, out, list(columns["answer"]), list(columns["duration"])))
         return out
 
     must_reward_spy.__name__ = "must_reward"
@@ -48,12 +48,17 @@ def test_grpo_trainer_runs_two_steps_with_the_router(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert "rewards/must_reward/mean" in logged
+    # TRL logs the mean of what the router returned, step by step
+    means = [e["rewards/must_reward/mean"] for e in trainer.state.log_history if "rewards/must_reward/mean" in e]
+    assert means == pytest.approx([sum(out) / len(out) for _, _, out, _, _ in seen], abs=1e-5)
     # the router's components reach TRL's logs through its log_metric hook
     assert "must_reward/accuracy" in logged and "must_reward/bad_format" in logged
     # TRL handed the dataset columns through (2 prompts x 2 generations a step, each task twice over the
     # two steps) and got one float per completion back
     assert len(seen) == 2
-    assert sorted(t for tasks, _, _ in seen for t in tasks) == sorted(["TSG", "LTR", "MTR", "TAD"] * 2)
-    for tasks, completions, out in seen:
+    assert sorted(t for tasks, *_ in seen for t in tasks) == sorted(["TSG", "LTR", "MTR", "TAD"] * 2)
+    for tasks, completions, out, answers, durations in seen:
         assert len(out) == len(completions) == 4 and all(isinstance(r, float) for r in out)
+        # each is the completion's total against its own row's answer and duration
+        want = [score_completion(t, c, a, None, d)["total"] for t, c, a, d in zip(tasks, completions, answers, durations)]
+        assert out == pytest.approx(want)

@@ -134,6 +134,7 @@ class _Toy(nn.Module):
     ("fsdp", 2, (8000, 2000, 4000)),           # everything sharded over 2
     ("deepspeed_stage_2", 4, (16000, 1000, 2000)),
     ("deepspeed_stage_1", 4, (16000, 4000, 2000)),
+    ("deepspeed", 4, (16000, 1000, 2000)),     # Lightning's DeepSpeedStrategy default: ZeRO stage 2
 ])
 def test_memory_model_by_hand(strategy, world, expected):
     gib = estimate_memory(_Toy(), strategy, "32-true", world, batch=1, sequence=0)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Literal, Optional
+
+from must import literals  # noqa: F401  (omegaconf < 2.4 reads the Literal fields)
 
 
 @dataclass
 class DataConfig:
     """Where training and evaluation data come from: synthetic music rendered on the fly, or MusTBench files."""
 
-    source: str = "synthetic"
+    source: Literal["synthetic", "mustbench"] = "synthetic"
     """``synthetic`` (rendered on the fly), or ``mustbench`` (a parquet plus an audio folder)."""
     sample_rate: int = 16000
     """Sample rate every waveform is brought to, Hz."""
@@ -28,7 +30,7 @@ class DataConfig:
     """Number of synthetic validation tracks."""
     test_tracks: int = 64
     """Number of synthetic held-out test tracks (the evaluation split)."""
-    tasks: List[str] = field(default_factory=lambda: ["TSG", "LTR", "TAD", "GTO", "MTR"])
+    tasks: List[Literal["TSG", "LTR", "TAD", "GTO", "MTR"]] = field(default_factory=lambda: ["TSG", "LTR", "TAD", "GTO", "MTR"])
     """MusTBench tasks to build questions for."""
     questions_per_track: int = 8
     """Most questions asked of one track (tasks balanced); 0 keeps every question the builder makes."""
@@ -40,7 +42,7 @@ class DataConfig:
     """Width (standard deviation, seconds) of each peak of the stage-1 transition-probability curve."""
     mood_window_s: float = 8.0
     """Length of a stage-1 mood-change clip centred on a boundary, seconds."""
-    renderer: str = "numpy"
+    renderer: Literal["numpy", "gm"] = "numpy"
     """``numpy`` (built-in synthesis, fast, exact offsets) or ``gm`` (General MIDI through a SoundFont; needs
     the optional ``tinysoundfont`` package, see must/data/gm.py)."""
     soundfont: Optional[str] = None

@@ -186,23 +186,15 @@ def qa_to_dict(qa: QA) -> dict[str, Any]:
 
 def check_config(cfg: DataConfig) -> None:
     """Raise ConfigError naming the ``data.*`` key for settings the generator cannot honour."""
-    from must.data.types import TASKS
     from must.errors import ConfigError
+    from must.literals import check_choices
 
-    if cfg.source not in ("synthetic", "mustbench"):
-        raise ConfigError(f"data.source: {cfg.source!r} is not one of synthetic, mustbench")
-    unknown = [t for t in cfg.tasks if t not in TASKS]
-    if unknown:
-        raise ConfigError(
-            f"data.tasks: unknown task(s) {', '.join(unknown)}; expected some of {', '.join(TASKS)}"
-        )
+    check_choices(DataConfig, cfg, "data")  # source, tasks, renderer (a DataConfig built in Python is not checked)
     if not 5.0 <= cfg.min_seconds <= cfg.max_seconds:
         raise ConfigError(
             f"data.min_seconds/max_seconds: need 5 <= min_seconds <= max_seconds, got {cfg.min_seconds}, "
             f"{cfg.max_seconds}"
         )
-    if cfg.renderer not in ("numpy", "gm"):
-        raise ConfigError(f"data.renderer: {cfg.renderer!r} is not one of numpy, gm")
     if cfg.source == "mustbench" and not cfg.parquet:
         raise ConfigError("data.parquet: required when data.source is mustbench")
 

@@ -6,7 +6,9 @@ Every field has a default, so ``ModelConfig()`` is the tiny CPU model the defaul
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Literal, Optional
+
+from must import literals  # noqa: F401  (omegaconf < 2.4 reads the Literal fields)
 
 
 @dataclass
@@ -82,9 +84,10 @@ class EncoderConfig:
 
 @dataclass
 class SamplingConfig:
-    """Dynamic sampling: which encoder frames become audio tokens."""
+    """Audio-token selection (the paper's "dynamic sampling", :mod:`must.models.audio_tokens`): which encoder
+    frames become audio tokens; nothing to do with decoding the LM's answers (:mod:`must.rl.decoding`)."""
 
-    mode: str = "dynamic"
+    mode: Literal["dynamic", "uniform"] = "dynamic"
     """``dynamic`` (denser where the transition probability is high) or ``uniform`` (ablation)."""
     tokens_per_second: float = 2.5
     """Token budget per second of audio."""
@@ -94,7 +97,7 @@ class SamplingConfig:
     """Lower bound on tokens per track (short clips)."""
     uniform_floor: float = 0.5
     """Fraction of the budget spread uniformly over the track; the rest follows the transition curve."""
-    pool: str = "cell"
+    pool: Literal["cell", "frame"] = "cell"
     """``cell``: a token is the mean of the frames nearest to it; ``frame``: the kept frame alone."""
 
 
@@ -102,7 +105,7 @@ class SamplingConfig:
 class TimeEmbeddingConfig:
     """Absolute time carried by every audio token (after sampling an index no longer tells time)."""
 
-    kind: str = "digits"
+    kind: Literal["tokens", "digits", "sinusoidal", "none"] = "digits"
     """``tokens``: one vocabulary token per time step, its input embedding is the audio token's time
     embedding and its LM-head row, and times in text are those tokens (``must.models.time_tokens``;
     the tiny and small recipes); ``digits``: the LLM's own embeddings of the tokens of the ``M:SS``
@@ -124,7 +127,7 @@ class TimeEmbeddingConfig:
 class HostConfig:
     """A host LALM whose own frozen audio tower's tokens sit beside the MusT tokens."""
 
-    kind: str = "none"
+    kind: Literal["none", "qwen2_audio", "qwen2_5_omni"] = "none"
     """``none``, ``qwen2_audio`` (Qwen2AudioForConditionalGeneration) or ``qwen2_5_omni`` (its thinker)."""
     use_audio_tower: bool = True
     """Put the host's own audio tokens before the MusT tokens."""
@@ -154,7 +157,7 @@ class LLMConfig:
     """``tiny``: longest sequence."""
     vocab_words: List[str] = field(default_factory=list)
     """``tiny``: extra words to give whole tokens in the built tokenizer (text still byte-falls-back)."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype: ``float32``, ``bfloat16`` or ``float16``."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA on the LLM (stage 3/4)."""
@@ -171,7 +174,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """The MusT music encoder."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Dynamic sampling of encoder frames into audio tokens."""
+    """Audio-token selection: which encoder frames become audio tokens (dynamic sampling; not LM decoding)."""
     time_embedding: TimeEmbeddingConfig = field(default_factory=TimeEmbeddingConfig)
     """Absolute-time embedding added to each audio token."""
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -184,13 +187,13 @@ class ModelConfig:
     """System message of the chat template."""
     music_placeholder: str = "<music>"
     """Where the audio tokens go in the user message."""
-    question_position: str = "after"
+    question_position: Literal["after", "before", "both"] = "after"
     """Where the question sits in the user turn: ``after`` the music (the paper's layout), ``before`` it,
     or ``both`` (before, and again after). Question first, each audio token sees what is asked: a tiny
     LLM trained from scratch then learns TSG's lookup, which it does not with ``after``, but it needs
     more questions than the tiny recipe's budget holds (benchmarks/tsg_probe.py,
     benchmarks/results/tiny_recipe.md)."""
-    answer_format: str = "plain"
+    answer_format: Literal["plain", "grounded"] = "plain"
     """``plain``: answers are the MusTBench answer alone (the paper); ``grounded``: a short trace that
     names what it looks up right before each time and ends with ``→ <answer>`` (``must.data.traces``);
     only the text after the last ``→`` is scored."""

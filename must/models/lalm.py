@@ -28,14 +28,15 @@ from torch import nn
 from must.data.traces import final_answer
 from must.errors import ConfigError, MustError
 from must.hub import resolve_model_config
+from must.literals import check_choices
 from must.models import params, time_tokens
 from must.models.audio import resample, to_mono_float
+from must.models.audio_tokens import frame_probs, sample_tokens
 from must.models.config import ModelConfig
 from must.models.encoder import EncoderFrames, MusTEncoder
 from must.models.host import HOST_SAMPLE_RATE, audio_tower, host_audio_embeds
 from must.models.llm import build_llm
 from must.models.lora import add_lora, base_state_dict, load_adapter, merged_state_dict, save_adapter
-from must.models.sampling import frame_probs, sample_tokens
 from must.models.time_embedding import TimeEmbedding
 
 FORMAT, VERSION = "must-lalm", 1
@@ -109,6 +110,8 @@ def _as_config(cfg) -> ModelConfig:
     """A ``ModelConfig`` from a ModelConfig, an OmegaConf node or a plain dict (validated)."""
     if isinstance(cfg, ModelConfig):
         return cfg
+    values = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    check_choices(ModelConfig, values or {}, "model")  # before omegaconf's merge: the same message on every version
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg if cfg is not None else {})
     except Exception as exc:
@@ -118,17 +121,7 @@ def _as_config(cfg) -> ModelConfig:
 
 def check_config(cfg: ModelConfig) -> None:
     """Reject values the types allow but the model does not, naming the recipe key (``ConfigError``)."""
-    choices = {
-        "model.sampling.mode": (cfg.sampling.mode, ("dynamic", "uniform")),
-        "model.sampling.pool": (cfg.sampling.pool, ("cell", "frame")),
-        "model.time_embedding.kind": (cfg.time_embedding.kind, ("tokens", "digits", "sinusoidal", "none")),
-        "model.answer_format": (cfg.answer_format, ("plain", "grounded")),
-        "model.host.kind": (cfg.host.kind, ("none", "qwen2_audio", "qwen2_5_omni")),
-        "model.question_position": (cfg.question_position, ("after", "before", "both")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+    check_choices(ModelConfig, cfg, "model")  # every Literal field (a ModelConfig built in Python is not checked)
     ranges = {
         "model.sampling.uniform_floor": (cfg.sampling.uniform_floor, 0.0, 1.0),
         "model.sampling.tokens_per_second": (cfg.sampling.tokens_per_second, 1e-6, float("inf")),

@@ -4,7 +4,7 @@ recipe (``must validate``) does not import the stage; ``must.stages.grpo.Options
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import List, Literal, Optional
 
 from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
@@ -25,7 +25,7 @@ class Options(Optimisation, Parameters, Evaluation):
     """Sampling temperature; the log-probs of the loss use the same one, as TRL does."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off)."""
-    train: list[str] | None = None
+    train: Optional[List[str]] = None
     """Parameter globs to train (None: the projector, the time embedding, and the LLM's LoRA if it has one,
     else the LLM; the music encoder cannot train here)."""
     lr: float = 1e-5

@@ -1,10 +1,10 @@
-"""Dynamic sampling: exact budget, density follows the transition curve, uniform floor, cell pooling."""
+"""must.models.audio_tokens (dynamic sampling): exact budget, density follows the transition curve, uniform floor, cell pooling."""
 
 import numpy as np
 import torch
 
+from must.models.audio_tokens import pool_cells, select_frames, token_budget, uniform_indices
 from must.models.config import SamplingConfig
-from must.models.sampling import pool_cells, select_frames, token_budget, uniform_indices
 
 
 def _curve(n=1000):
