@@ -2,6 +2,7 @@
 and schedule stepped by hand, the policy protocol checked, rewards chosen, weighted and configured from the recipe."""
 
 import math
+from typing import get_args
 
 import lightning as L
 import pytest
@@ -11,11 +12,12 @@ from test_grpo_stage import DATA, char_tokenizer, lora_policy, tiny_lm, varied
 from must.config import load_recipe, stage_options
 from must.errors import ConfigError, MustError
 from must.resume import FiniteLossCallback
-from must.rewards import build_rewards
+from must.rewards import REWARDS, build_rewards
 from must.rl.losses import reward_name
 from must.rl.policy import Policy, TextPolicy
 from must.runner import _check_finite
 from must.stages.grpo import GRPOStage, Options
+from must.stages.options.grpo import RewardName
 
 SMALL = {"batch_size": 2, "num_generations": 3, "max_completion_length": 4, "refill_groups": False}
 
@@ -128,5 +130,8 @@ def test_recipe_reward_config_changes_the_reward(tmp_path):
 def test_recipe_reward_names_and_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"stages.rl.options.reward_config.time_scal: not a reward setting"):
         recipe_rewards(tmp_path, ["stages.rl.options.reward_config={time_scal: 2}"])
-    with pytest.raises(ConfigError, match=r"stages.rl.options.reward_funcs: unknown \['nope'\]"):
-        recipe_rewards(tmp_path, ["stages.rl.options.reward_funcs=[nope]"])
+    with pytest.raises(ConfigError, match=r"options.reward_funcs\[1\]'?: 'nope' is not one of: must_reward, "):
+        recipe_rewards(tmp_path, ["stages.rl.options.reward_funcs=[must_reward,nope]"])  # refused when it loads
+    assert set(get_args(RewardName)) == set(REWARDS)  # the torch-free names are the functions' names
+    with pytest.raises(ConfigError, match=r"x.reward_funcs: unknown \['nope'\]"):
+        build_rewards(["nope"], {}, "x")  # called from code, without a recipe

@@ -8,6 +8,11 @@ from typing import List, Literal, Optional
 
 from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
+#: Reward functions a recipe can name: the keys of ``must.rewards.REWARDS`` (that module imports torch; a test keeps
+#: the two equal), so a wrong name is refused when the recipe loads.
+RewardName = Literal["must_reward", "trace_step_reward", "trace_format_reward", "timestamp_reward", "interval_reward",
+                     "option_reward", "description_reward", "format_reward"]
+
 
 @dataclass
 class Options(Optimisation, Parameters, Evaluation):
@@ -54,7 +59,7 @@ class Options(Optimisation, Parameters, Evaluation):
     """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
     mask_truncated_completions: bool = False
     """Leave completions that hit the length limit without EOS out of the loss."""
-    reward_funcs: list[str] = field(default_factory=lambda: ["must_reward"])
+    reward_funcs: List[RewardName] = field(default_factory=lambda: ["must_reward"])
     """Reward functions by name (``must.rewards.REWARDS``; TRL's ``reward_funcs``): ``must_reward`` scores the
     final answer; ``trace_step_reward`` / ``trace_format_reward`` credit a grounded trace's steps and shape."""
     reward_weights: dict[str, float] = field(default_factory=dict)
