@@ -79,7 +79,7 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
     if recipe.model.answer_format == "plain":  # the trace rewards have nothing to read
         for stage in recipe.stages:
             if stage.kind == "grpo":
-                stage.options["rewards"] = ["must_reward"]
+                stage.options["reward_funcs"] = ["must_reward"]
                 stage.options["reward_weights"] = {}
     for stage in recipe.stages:
         stage.trainer.max_steps = max(1, round(stage.trainer.max_steps * scale))

@@ -7,7 +7,8 @@
 The same tiny text-only causal LM (a Llama built from config, same seed, same initial weights), the
 same prompts and reward, G=8, completion length 16, the same learning rate, loss type (dapo), clip
 range, beta=0, one optimisation pass per batch, constant learning rate, full fine-tuning. Our stage
-runs with dynamic sampling off (TRL has none, so it would only add sampling work on our side).
+runs with group refill off (`refill_groups`, DAPO's dynamic sampling: TRL has none, so it would only add
+sampling work on our side).
 Each framework runs ``--warmup`` steps that are not timed, then ``--steps`` timed steps; runs
 alternate (ours, TRL, ours, TRL, ...) so that load from other processes on a shared machine falls on
 both alike, and the table reports the median run. Peak memory is the peak resident set size above
@@ -124,7 +125,9 @@ class PeakRSS:
 def run_ours(model, tok, data, args, share_prefix: bool = True) -> dict:
     import lightning as L
 
-    from must.stages.grpo import GRPOStage, Options, TextPolicy
+    from must.rl.policy import TextPolicy
+    from must.rl.timing import Timings
+    from must.stages.grpo import GRPOStage, Options
 
     opts = Options(
         batch_size=args.prompts,
@@ -140,7 +143,8 @@ def run_ours(model, tok, data, args, share_prefix: bool = True) -> dict:
         max_grad_norm=1.0,
         share_prefix=share_prefix,
     )
-    stage = GRPOStage(TextPolicy(model, tok), [time_reward], data, opts)
+    timings = Timings()
+    stage = GRPOStage(TextPolicy(model, tok), [time_reward], data, opts, timings=timings)
     stamps = []
 
     class Clock(L.Callback):
@@ -159,8 +163,7 @@ def run_ours(model, tok, data, args, share_prefix: bool = True) -> dict:
     )
     with PeakRSS() as mem:
         trainer.fit(stage)
-    c = stage.counters
-    parts = {k: c[k] for k in ("prefill_s", "decode_s", "reward_s", "update_s")}
+    parts = {k: timings.seconds[k] for k in ("prefill", "decode", "reward", "update")}
     return {"stamps": stamps, "mem": mem.mib, "parts": parts, "reward": trainer.callback_metrics.get("reward")}
 
 
@@ -235,7 +238,7 @@ def run_audio(args) -> None:
 
     from must.data.config import DataConfig
     from must.models.config import ModelConfig
-    from must.stages.grpo import SynthTracks
+    from must.rl.data import SynthTracks
 
     data_cfg = DataConfig(min_seconds=20, max_seconds=60, train_tracks=args.tracks)
     tracks = SynthTracks(data_cfg, "train")
@@ -257,7 +260,10 @@ def audio_row(args, model_cfg, data_cfg, tracks, share: bool) -> str:
 
     from must.models.lalm import MusicLALM
     from must.rewards import must_reward
-    from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, set_trainable, train_globs
+    from must.rl.data import QAPrompts
+    from must.rl.policy import MusicPolicy
+    from must.rl.timing import Timings
+    from must.stages.grpo import GRPOStage, Options, set_trainable, train_globs
 
     torch.manual_seed(args.seed)
     model = MusicLALM.from_config(model_cfg)
@@ -266,22 +272,25 @@ def audio_row(args, model_cfg, data_cfg, tracks, share: bool) -> str:
     opts = Options(batch_size=args.audio_tracks, questions_per_clip=args.audio_questions,
                    num_generations=args.G, max_completion_length=args.T, lr=args.lr,
                    loss_type=args.loss_type, refill_groups=False, share_prefix=share)
-    stage = GRPOStage(policy, [must_reward], QAPrompts(tracks, args.audio_questions, args.seed), opts, seed=args.seed)
+    timings = Timings()
+    stage = GRPOStage(policy, [must_reward], QAPrompts(tracks, args.audio_questions, args.seed), opts, seed=args.seed,
+                      timings=timings)
     stamps, marks = [], {}
 
     class Clock(L.Callback):
         def on_train_batch_end(self, *a, **k):
             stamps.append(time.perf_counter())
             if len(stamps) == args.warmup:
-                marks.update(dict(stage.counters), calls=policy.encoder_calls)
+                marks.update(timings.seconds, rollouts=timings.counts["rollouts"], calls=policy.encoder_calls)
 
     trainer = L.Trainer(max_steps=args.warmup + args.steps, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Clock()])
     trainer.fit(stage)
     seconds = stamps[-1] - stamps[args.warmup - 1]
-    keys = ("encode_s", "prefill_s", "decode_s", "reward_s", "update_s")
-    c = {k: stage.counters[k] - marks.get(k, 0.0) for k in (*keys, "rollouts")}
+    keys = ("encode", "prefill", "decode", "reward", "update")
+    c = {k: timings.seconds[k] - marks.get(k, 0.0) for k in keys}
+    c["rollouts"] = timings.counts["rollouts"] - marks.get("rollouts", 0)
     calls = (policy.encoder_calls - marks["calls"]) / args.steps
     shares = " | ".join(f"{c[k] / seconds:.0%}" for k in keys)
     label = "shared (prefill once per prompt)" if share else "plain (prompt repeated G times)"
@@ -343,7 +352,7 @@ def main() -> None:
             extra = ""
             if res["parts"]:
                 total = sum(res["parts"].values())
-                extra = "  " + " ".join(f"{k[:-2]}={v / total:.0%}" for k, v in res["parts"].items())
+                extra = "  " + " ".join(f"{k}={v / total:.0%}" for k, v in res["parts"].items())
             print(
                 f"run {r} {name:5s}: {res['rollouts_s']:7.1f} rollouts/s  {res['steps_s']:6.3f} steps/s  "
                 f"{res['cpu_ms']:6.1f} CPU ms/rollout  "

@@ -20,7 +20,7 @@ pip_() { "${NICE[@]}" "$PY" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neit
 # and export (peft), each stage's short training run and checkpoints (lightning), GRPO against TRL's loss
 # and its GRPOTrainer (trl), the metrics (torchmetrics, nltk), recipes (omegaconf), loggers (wandb).
 DEFAULT_TESTS="tests/test_model_lalm.py tests/test_model_encoder.py tests/test_model_smollm2.py
-tests/test_model_host.py tests/test_hub_models.py tests/test_time_tokens.py tests/test_sampling.py
+tests/test_model_host.py tests/test_hub_models.py tests/test_time_tokens.py tests/test_rl_decoding.py
 tests/test_model_audio_tokens.py tests/test_export.py tests/test_eval_stock.py
 tests/test_stage_chain.py tests/test_grpo_stage.py tests/test_grpo_audio.py
 tests/test_grpo_trl.py tests/test_rewards_grpo.py tests/test_foundation_runner.py

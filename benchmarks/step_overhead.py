@@ -12,7 +12,7 @@ both alike):
   length (so padding, if the stage computes it, counts as framework cost), next-token loss on every position;
 - ``grpo``: the same LLM with the recipe's LoRA (only the adapters train, as in the stage), forward + backward +
   AdamW over the loss pass's tokens: the B left-padded prompts once, their G completions each on the prompt's
-  cache (:func:`must.sampling.completion_logits`, the cheapest exact way to score them), full-vocabulary loss;
+  cache (:func:`must.rl.decoding.completion_logits`, the cheapest exact way to score them), full-vocabulary loss;
   no sampling (the rollout is reported beside it);
 - ``encoder`` (encoder_adapt): there is no LLM, so the reference is the encoder itself (a copy of the stage's,
   same trainable parameters): ``encode_frames`` on the same waveforms (the whole tracks and the source crops),
@@ -222,7 +222,7 @@ def rows_reference(ref, opt, lengths: list[int]) -> dict[str, float]:
 
 def grpo_reference(ref, opt, prompt_mask: torch.Tensor, completion_shape: tuple, G: int) -> dict[str, float]:
     """The LoRA LLM on the loss pass's tokens: (B, P) prompts once, (B*G, T) completions on their cache."""
-    from must.sampling import completion_logits
+    from must.rl.decoding import completion_logits
 
     vocab = ref.config.vocab_size
 
@@ -341,7 +341,11 @@ class Probe:
             self.patch(common, "pack_questions", "prompt", packed)
             self.hook_forward(m.model.llm, "llm fwd")
         elif self.kind == "grpo":
+            from must.rl import rollouts
+            from must.rl.timing import Timings
             from must.stages import grpo
+
+            m.timings = Timings()  # counts the rollouts (refills included)
 
             def scored(out, lm, embeds, mask, ids, G, **k):
                 self.seen["loss_pass"].append((mask.detach().cpu(), tuple(ids.shape), G))
@@ -353,8 +357,8 @@ class Probe:
             def sampled(out, lm, embeds, mask, G, *a, **k):
                 self.seen["rollouts"].append((mask.detach().cpu(), G, int(out.completion_ids.shape[1])))
 
-            self.patch(grpo, "sample", "rollout", sampled)
-            self.patch(grpo, "score", "rewards")
+            self.patch(rollouts, "sample", "rollout", sampled)
+            self.patch(rollouts, "score", "rewards")
             self.patch(m, "generate", "rewards")  # what generate does besides encode/embed/sample/score
             self.patch(m, "collect", "loss+glue")
             self.patch(m, "policy_loss", "loss+glue")
@@ -455,10 +459,10 @@ def run_stage(recipe, spec, args, out: Path) -> tuple[dict, str]:
                      f"{train / summary['ref_total']:.2f}x the reference; rollout {p['rollout']:.1f} ms against "
                      f"{gen:.1f} ms for HF generate on the same prompts, G and lengths ({p['rollout'] / gen:.2f}x); "
                      f"rewards {p['rewards']:.1f} ms")
-        c = module.counters
+        n = module.timings.counts["rollouts"]
         extra.append(f"loss pass: prompts padded to {np.mean(probe.lengths):.0f}, completions {np.mean(probe.padded):.0f} "
-                     f"tokens wide; {c['rollouts'] / max(1, len(probe.steps) + args.warmup + 1):.0f} rollouts a step "
-                     f"(dynamic-sampling refills included)")
+                     f"tokens wide; {n / max(1, len(probe.steps) + args.warmup + 1):.0f} rollouts a step "
+                     f"(group refills included)")
     runs = len(probe.steps) + args.warmup + 1
     extra.append(f"{probe.seen_total['logged'] / runs:.0f} values logged a step "
                  f"({summary['parts']['logging'] / max(1, probe.seen_total['logged'] / runs):.2f} ms each)")

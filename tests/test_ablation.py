@@ -32,7 +32,7 @@ def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
     assert (v["digits"].model.answer_format, v["digits"].model.time_embedding.kind) == ("plain", "digits")
     grpo = {name: next(s for s in r.stages if s.kind == "grpo").options for name, r in v.items() if name != "sft_only"
             and name != "captions_sft"}
-    assert list(grpo["plain"]["rewards"]) == ["must_reward"] and "trace_step_reward" in grpo["all"]["rewards"]
+    assert list(grpo["plain"]["reward_funcs"]) == ["must_reward"] and "trace_step_reward" in grpo["all"]["reward_funcs"]
     base_steps = _steps(BASE)
     for name, recipe in v.items():
         assert recipe.seed == BASE.seed

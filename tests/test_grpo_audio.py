@@ -9,7 +9,10 @@ from must.data.config import DataConfig
 from must.models.config import ModelConfig
 from must.models.lalm import MusicLALM
 from must.rewards import must_reward
-from must.stages.grpo import GRPOStage, MusicPolicy, Options, QAPrompts, SynthTracks, set_trainable, train_globs
+from must.rl.data import QAPrompts, SynthTracks
+from must.rl.policy import MusicPolicy
+from must.rl.timing import Timings
+from must.stages.grpo import GRPOStage, Options, set_trainable, train_globs
 
 
 def varied(prompts, completions, **kw):
@@ -35,7 +38,8 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
     opts = Options(batch_size=2, questions_per_clip=2, num_generations=3, max_completion_length=6,
                    num_iterations=2, beta=0.1, lr=1e-2, refill_groups=False)
     policy = MusicPolicy(model, data_cfg.sample_rate)
-    stage = GRPOStage(policy, [must_reward, varied], data, opts)
+    timings = Timings()
+    stage = GRPOStage(policy, [must_reward, varied], data, opts, timings=timings)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -44,7 +48,7 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
 
     # one rollout batch: 2 tracks x 2 questions x 3 samples, 2 passes and a reference pass -> one encoder call
     assert calls == [2] and policy.encoder_calls == 1
-    assert stage.counters["rollouts"] == 12 and stage.counters["reference_passes"] == 1
+    assert timings.counts["rollouts"] == 12 and timings.counts["reference"] == 1
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("projector.") for n in moved)
     assert any("lora_" in n and n.startswith("llm.") for n in moved)
@@ -66,7 +70,7 @@ def test_audio_encoded_once_and_projector_and_lora_train(tmp_path):
 def test_prefix_shared_passes_on_host_lalms(host):
     """With a host LALM (its audio tokens beside the MusT tokens) greedy sampling matches HF generate and the
     shared log-prob pass matches the concatenated one."""
-    from must.sampling import completion_logits, sample
+    from must.rl.decoding import completion_logits, sample
 
     cfg = ModelConfig()
     cfg.host.kind = host

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from test_grpo_stage import DATA, lora_policy, varied  # the tiny LoRA text policy of the stage tests
 
+from must.rl.timing import Timings
 from must.stages.grpo import GRPOStage, Options
 
 
@@ -21,7 +22,7 @@ class Fingerprint(L.Callback):
         for _, p in sorted(module.policy.lm.named_parameters()):
             h.update(p.detach().numpy().tobytes())
         out = {"hash": h.hexdigest(), "rank": trainer.global_rank, "world": trainer.world_size,
-               "rollouts": module.counters["rollouts"]}
+               "rollouts": module.timings.counts["rollouts"]}
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
 
 
@@ -31,7 +32,7 @@ def test_two_process_ddp_keeps_ranks_in_sync(tmp_path):
     start = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for _, p in sorted(policy.lm.named_parameters())))
     opts = Options(batch_size=2, num_generations=3, max_completion_length=5, num_iterations=2,
                    lr=5e-2, refill_groups=True, max_refills=1)
-    stage = GRPOStage(policy, [varied], DATA, opts)
+    stage = GRPOStage(policy, [varied], DATA, opts, timings=Timings())
     trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=2, strategy="ddp_fork", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Fingerprint(tmp_path)])

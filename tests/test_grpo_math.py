@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from must.stages.grpo import (
+from must.rl.losses import (
     aggregate_loss,
     clip_fractions,
     clipped_surrogate,

@@ -59,7 +59,7 @@ def test_grpo_stage_runs_from_a_recipe(tmp_path):
 
     metrics = rec["metrics"]
     # the kept batch carried signal (frac_reward_zero_std is the first draw's, before the refills)
-    assert metrics["loss"] != 0.0 and 0.0 <= metrics["frac_reward_zero_std"] <= 1.0
+    assert metrics["train/loss"] != 0.0 and 0.0 <= metrics["frac_reward_zero_std"] <= 1.0
     assert 0.0 <= metrics["valid_format"] <= 1.0 and metrics["rewards/must_reward"] == metrics["reward"]
     scores = json.loads((stage_dir / "eval" / "scores.json").read_text())
     assert rec["eval"]["test"]["overall"] == pytest.approx(scores["overall"])

@@ -11,8 +11,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from must.errors import ConfigError
-from must.sampling import completion_logits
-from must.stages.grpo import GRPOStage, Options, TextPolicy, left_pad, token_logps
+from must.rl.decoding import completion_logits
+from must.rl.losses import token_logps
+from must.rl.policy import TextPolicy, left_pad
+from must.rl.timing import Timings
+from must.stages.grpo import GRPOStage, Options
 
 
 def char_tokenizer():
@@ -106,12 +109,14 @@ def test_prompts_encoded_once_and_no_reference_pass_at_beta_zero():
     policy = lora_policy()
     opts = Options(batch_size=2, num_generations=4, max_completion_length=5, num_iterations=3, beta=0.0,
                    refill_groups=False)
-    stage = GRPOStage(policy, [varied], DATA, opts)
+    timings = Timings()
+    stage = GRPOStage(policy, [varied], DATA, opts, timings=timings)
     trainer = fit(stage, 6)  # 6 optimiser steps = 2 batches of rollouts x 3 passes
     assert trainer.global_step == 6
     assert policy.encoded_rows == 2 * 2  # each prompt encoded once, reused by its 4 samples and 3 passes
     assert policy.embed_calls == 2 * (1 + 3)  # sampling + one per pass; no separate old-policy pass
-    assert policy.adapter_off == 0 and stage.counters["reference_passes"] == 0
+    assert policy.adapter_off == 0 and timings.counts["reference"] == 0
+    assert timings.counts["update"] == 6 and timings.counts["encode"] == 2 and timings.counts["rollouts"] == 2 * 2 * 4
 
 
 def test_reference_is_the_policy_with_adapters_off():

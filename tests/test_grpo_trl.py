@@ -13,7 +13,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import selective_log_softmax
 
-from must.stages.grpo import aggregate_loss, clip_fractions, clipped_surrogate, reference_kl, token_logps
+from must.rl.losses import aggregate_loss, clip_fractions, clipped_surrogate, reference_kl, token_logps
 
 B, T, V, MAX_LEN = 6, 5, 11, 7
 

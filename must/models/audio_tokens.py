@@ -1,6 +1,6 @@
 """Audio-token selection (the paper's "dynamic sampling"): choose which encoder frames become audio tokens.
 
-Not to be confused with :mod:`must.sampling`, which decodes the language model's answers.
+Not to be confused with :mod:`must.rl.decoding`, which decodes the language model's answers.
 
 A per-track budget of ``K`` tokens (``tokens_per_second`` x duration, clamped to [min_tokens, max_tokens])
 is split into a uniform floor (``uniform_floor`` x K frames evenly spaced, so the whole track is always

@@ -85,7 +85,7 @@ class EncoderConfig:
 @dataclass
 class SamplingConfig:
     """Audio-token selection (the paper's "dynamic sampling", :mod:`must.models.audio_tokens`): which encoder
-    frames become audio tokens; nothing to do with decoding the LM's answers (:mod:`must.sampling`)."""
+    frames become audio tokens; nothing to do with decoding the LM's answers (:mod:`must.rl.decoding`)."""
 
     mode: Literal["dynamic", "uniform"] = "dynamic"
     """``dynamic`` (denser where the transition probability is high) or ``uniform`` (ablation)."""

@@ -16,9 +16,11 @@ output, times outside [0, duration], and degenerate answers (intervals covering 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from must.data.traces import final_answer
@@ -170,44 +172,52 @@ def reward_components(
     return {name: [r[name] for r in rows] for name in COMPONENTS}
 
 
-def _for_task(want: tuple[str, ...], key: str, cfg: RewardConfig = DEFAULT):
-    def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
-        comps = reward_components(prompts, completions, cfg, **columns)[key]
-        tasks = _column(columns, "task", len(completions))
-        return [v if str(t).upper() in want else None for v, t in zip(comps, tasks, strict=True)]
-
-    return reward
+def _for_task(want: tuple[str, ...], key: str, prompts: Sequence[Any], completions: Sequence[Any],
+              cfg: RewardConfig, columns: dict[str, Any]) -> list[float | None]:
+    comps = reward_components(prompts, completions, cfg, **columns)[key]
+    tasks = _column(columns, "task", len(completions))
+    return [v if str(t).upper() in want else None for v, t in zip(comps, tasks, strict=True)]
 
 
-def timestamp_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+# Each reward takes an optional keyword ``cfg`` (what :func:`with_config` binds); TRL never passes it.
+
+
+def timestamp_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = DEFAULT,
+                     **columns: Any) -> list[float | None]:
     """TSG: exp(-|pred - ref| / time_scale), 0 when unreadable; None on other tasks."""
-    return _for_task(("TSG",), "accuracy")(prompts, completions, **columns)
+    return _for_task(("TSG",), "accuracy", prompts, completions, cfg, columns)
 
 
-def interval_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+def interval_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = DEFAULT,
+                    **columns: Any) -> list[float | None]:
     """MTR: graded overlap of the predicted and reference interval unions; None on other tasks."""
-    return _for_task(("MTR",), "accuracy")(prompts, completions, **columns)
+    return _for_task(("MTR",), "accuracy", prompts, completions, cfg, columns)
 
 
-def option_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+def option_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = DEFAULT,
+                  **columns: Any) -> list[float | None]:
     """LTR and GTO: 1 for the right letter, else 0; None on other tasks."""
-    return _for_task(("LTR", "GTO"), "accuracy")(prompts, completions, **columns)
+    return _for_task(("LTR", "GTO"), "accuracy", prompts, completions, cfg, columns)
 
 
-def description_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+def description_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = DEFAULT,
+                       **columns: Any) -> list[float | None]:
     """TAD: METEOR of the description against the reference(s); None on other tasks."""
-    return _for_task(("TAD",), "accuracy")(prompts, completions, **columns)
+    return _for_task(("TAD",), "accuracy", prompts, completions, cfg, columns)
 
 
-def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
+def format_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = DEFAULT,
+                  **columns: Any) -> list[float]:
     """Every task: 1 for an answer alone in the expected form, 0.5 for one inside other text, 0 unreadable."""
-    return reward_components(prompts, completions, **columns)["format"]
+    return reward_components(prompts, completions, cfg, **columns)["format"]
 
 
 def make_must_reward(cfg: RewardConfig = DEFAULT, log_prefix: str = "must_reward"):
     """The router with a given :class:`RewardConfig` (its ``__name__`` is what TRL logs it under)."""
+    default = cfg
 
-    def must_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
+    def must_reward(prompts: Sequence[Any], completions: Sequence[Any], *, cfg: RewardConfig = default,
+                    **columns: Any) -> list[float]:
         """Total reward per completion, routed by the ``task`` column (see the module docstring)."""
         log_metric = columns.pop("log_metric", None)
         comps = reward_components(prompts, completions, cfg, **columns)
@@ -221,3 +231,30 @@ def make_must_reward(cfg: RewardConfig = DEFAULT, log_prefix: str = "must_reward
 
 #: The router with the default configuration, ready for ``GRPOTrainer(reward_funcs=[must_reward])``.
 must_reward = make_must_reward()
+
+
+def reward_config(values: dict[str, Any] | None, where: str = "reward_config") -> RewardConfig:
+    """A :class:`RewardConfig` from a recipe's dict (missing keys keep their defaults); an unknown key is a
+    :class:`~must.errors.ConfigError` naming ``where.<key>``."""
+    from must.errors import ConfigError
+
+    names = {f.name: f for f in fields(RewardConfig)}
+    unknown = sorted(set(values or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: not a reward setting; choose from {sorted(names)}")
+    # OmegaConf hands a Dict[str, float] option over as floats: give the int fields their type back
+    cast = {k: int(v) if names[k].type in (int, "int") else float(v) for k, v in (values or {}).items()}
+    return RewardConfig(**cast)
+
+
+def with_config(func: Any, cfg: RewardConfig) -> Any:
+    """``func`` with ``cfg`` bound, under the same ``__name__`` (what ``reward_weights`` and the logs use);
+    a reward without a ``cfg`` keyword (the trace rewards) comes back unchanged."""
+    if "cfg" not in inspect.signature(func).parameters:
+        return func
+
+    @functools.wraps(func)
+    def bound(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list:
+        return func(prompts, completions, cfg=cfg, **columns)
+
+    return bound

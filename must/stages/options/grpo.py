@@ -8,6 +8,11 @@ from typing import List, Literal, Optional
 
 from must.stages.options.groups import Evaluation, Optimisation, Parameters
 
+#: Reward functions a recipe can name: the keys of ``must.rewards.REWARDS`` (that module imports torch; a test keeps
+#: the two equal), so a wrong name is refused when the recipe loads.
+RewardName = Literal["must_reward", "trace_step_reward", "trace_format_reward", "timestamp_reward", "interval_reward",
+                     "option_reward", "description_reward", "format_reward"]
+
 
 @dataclass
 class Options(Optimisation, Parameters, Evaluation):
@@ -54,11 +59,14 @@ class Options(Optimisation, Parameters, Evaluation):
     """Extra sampling rounds per step to refill dropped groups; after that the batch keeps what it has."""
     mask_truncated_completions: bool = False
     """Leave completions that hit the length limit without EOS out of the loss."""
-    rewards: list[str] = field(default_factory=lambda: ["must_reward"])
-    """Reward functions by name (``must.rewards.REWARDS``): ``must_reward`` scores the final answer;
-    ``trace_step_reward`` / ``trace_format_reward`` credit a grounded trace's steps and shape."""
+    reward_funcs: List[RewardName] = field(default_factory=lambda: ["must_reward"])
+    """Reward functions by name (``must.rewards.REWARDS``; TRL's ``reward_funcs``): ``must_reward`` scores the
+    final answer; ``trace_step_reward`` / ``trace_format_reward`` credit a grounded trace's steps and shape."""
     reward_weights: dict[str, float] = field(default_factory=dict)
-    """Weight of each reward function by name (missing names weigh 1.0)."""
+    """Weight of each reward function by name (missing names weigh 1.0; TRL's ``reward_weights``)."""
+    reward_config: dict[str, float] = field(default_factory=dict)
+    """Settings of the temporal rewards (``must.rewards.RewardConfig`` fields, e.g. ``time_scale: 2.0``);
+    missing ones keep their defaults."""
     share_prefix: bool = True
     """Run each prompt once per group in sampling and in the loss (off: the plain path, for comparison)."""
     kl_importance_correction: bool = True

@@ -1,4 +1,5 @@
-"""Fast group sampling and log-prob passes for a Hugging Face causal LM fed with prompt embeddings.
+"""LM decoding for GRPO: fast group sampling and log-prob passes for a Hugging Face causal LM fed with
+prompt embeddings (the completions GRPO scores; not the audio-token selection of :mod:`must.models`).
 
 GRPO draws G answers per prompt. Temporal answers are short (a timestamp, a letter, an interval), so
 the prompt (audio tokens + question) dominates the cost. Both functions here therefore run the

@@ -1,10 +1,10 @@
-"""must.sampling: prefix-shared group sampling and log-prob passes agree with the plain path and with HF generate."""
+"""must.rl.decoding: prefix-shared group sampling and log-prob passes agree with the plain path and with HF generate."""
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from must.sampling import completion_logits, sample
+from must.rl.decoding import completion_logits, sample
 
 V, G, T = 40, 4, 9
 
