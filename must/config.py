@@ -55,6 +55,7 @@ RENAMED_OPTIONS: dict[str, str] = {
     "eval_untrained": "eval_init",
     "val_max_new_tokens": "eval_max_new_tokens",
     "dynamic_sampling": "refill_groups",
+    "rewards": "reward_funcs",
 }
 
 #: Trainer keys a stage kind cannot take: key -> (the values that leave it off, the stage option doing its job).

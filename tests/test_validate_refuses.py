@@ -347,7 +347,7 @@ def test_renamed_options_only_where_the_schema_has_the_new_name(tmp_path, capsys
     err = refused(capsys, write(tmp_path, TWO_STAGES), "stages.rl.options.eval_untrained=true")
     assert "key 'stages[1].options.eval_untrained': unknown key" in err
     assert set(config.RENAMED_OPTIONS) == {"learning_rate", "trainable", "prompts_per_step", "questions_per_track",
-                                           "eval_untrained", "val_max_new_tokens", "dynamic_sampling"}
+                                           "eval_untrained", "val_max_new_tokens", "dynamic_sampling", "rewards"}
 
 
 def test_run_refuses_before_any_work(tmp_path, capsys):
