@@ -327,36 +327,21 @@ class MusicLALM(nn.Module):
         """
         if len(questions) != encoding.batch_size:
             raise ValueError(f"{len(questions)} questions for {encoding.batch_size} encoded tracks")
-        side = padding_side or ("left" if answers is None else "right")
-        embed = self.llm.get_input_embeddings()
-        audio = self.project(encoding)
-        dtype = embed.weight.dtype  # the LLM's dtype (the projector may stay float32 beside a bf16 LLM)
-        eos = self.tokenizer.eos_token_id
-        rows, label_rows = [], []
-        for i, q in enumerate(questions):
-            before, after = self.prompt_parts(q)
-            parts = [embed(torch.tensor(self._ids(before), device=self.device))]
-            if encoding.host_embeds is not None:
-                parts.append(encoding.host_embeds[i][encoding.host_mask[i]].to(self.device, audio.dtype))
-            parts.append(audio[i][encoding.mask[i].to(self.device)])
-            parts.append(embed(torch.tensor(self._ids(after), device=self.device)))
-            n_prompt = sum(len(p) for p in parts)
-            labels = [-100] * n_prompt
-            if answers is not None:
-                a_ids = self._ids(answers[i])[: self.cfg.max_answer_tokens] + [eos]
-                parts.append(embed(torch.tensor(a_ids, device=self.device)))
-                labels += a_ids
-            rows.append(torch.cat([p.to(dtype) for p in parts]))
-            label_rows.append(labels)
-        length = max(len(r) for r in rows)
-        b = len(rows)
-        inputs = audio.new_zeros(b, length, self.hidden_size, dtype=dtype)
-        attn = torch.zeros(b, length, dtype=torch.long, device=self.device)
-        labels = torch.full((b, length), -100, dtype=torch.long, device=self.device)
-        for i, (r, lab) in enumerate(zip(rows, label_rows)):
-            sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
-            inputs[i, sl], attn[i, sl] = r, 1
-            labels[i, sl] = torch.tensor(lab, device=self.device)
+        from must.models.prompts import pack_questions
+
+        # The packed layout with one question per row is exactly this row; its causal mask is the 2-D one.
+        packed = pack_questions(self, encoding, [[q] for q in questions],
+                                None if answers is None else [[a] for a in answers], block_masks=False)
+        dtype = self.llm.get_input_embeddings().weight.dtype  # the LLM's (the projector may stay float32)
+        inputs, labels, lengths = packed["inputs_embeds"].to(dtype), packed["labels"], packed["lengths"]
+        length = labels.shape[1]
+        attn = (torch.arange(length, device=self.device)[None] < lengths[:, None]).long()
+        if (padding_side or ("left" if answers is None else "right")) == "left":
+            # Right-aligned: row i rolled by its padding (the real tokens end where generation starts).
+            shift = (length - lengths)[:, None]
+            idx = (torch.arange(length, device=self.device)[None] - shift) % length
+            inputs = inputs.gather(1, idx[..., None].expand(-1, -1, inputs.shape[-1]))
+            labels, attn = labels.gather(1, idx), attn.gather(1, idx)
         # Explicit positions (as HF generation computes them) so left padding is right and no model
         # state (e.g. the Omni thinker's cached rope deltas) leaks between calls.
         positions = (attn.cumsum(-1) - 1).clamp_min(0)
