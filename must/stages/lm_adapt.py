@@ -55,7 +55,8 @@ class LMAdaptation(L.LightningModule):
         self.options = o = options or Options()
         common.set_trainable(model, *train_globs(model, o))
         self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
-        self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+        reuse = o.reuse_encodings and not self.encoder_trains  # frozen encoder: each track encoded once
+        self.cache = common.EncodingCache(data.encoding_cache_bytes) if reuse else None
         self.max_tokens = o.max_caption_tokens
 
     train_globs = staticmethod(train_globs)

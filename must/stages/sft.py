@@ -10,8 +10,10 @@ the tasks of the batch (tasks balanced in every batch; ``task_weights`` to tilt 
 
 Trained by default: LLM LoRA, projector and time embedding (add ``encoder.*`` globs to ``train`` to
 adapt encoder parts too). Validation generates answers on the validation split and logs the
-MusTBench sub-metrics; :meth:`SFTStage.evaluate` scores the held-out test split into
-``<stage>/eval/scores.json`` (the ``must score`` format, trivial baselines beside) and prints the table.
+MusTBench sub-metrics (through the evaluation's own generate loop, :func:`must.eval.answer_clips`);
+:meth:`SFTStage.evaluate` scores the held-out test split (or the parquet's ``eval_split``) as ``must eval``
+does, into ``<stage>/eval/`` (``scores.json`` with the trivial baselines, ``predictions.jsonl``, ``report.md``,
+``plots/``), and prints the table.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class SFTStage(L.LightningModule):
             raise ConfigError(f"options.questions_per_clip must be at least 1, got {o.questions_per_clip}")
         common.set_trainable(model, *train_globs(model, o))
         self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
-        self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+        reuse = o.reuse_encodings and not self.encoder_trains  # frozen encoder: each track encoded once
+        self.cache = common.EncodingCache(data.encoding_cache_bytes) if reuse else None
 
     train_globs = staticmethod(train_globs)
 
