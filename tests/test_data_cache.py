@@ -51,3 +51,43 @@ def test_a_run_owns_its_tracks_and_its_stages_share_them():
         assert stage2["waveform"] is stage1["waveform"]  # stage 1's render serves stage 2
         assert run.lru.misses == 1 and run.lru.hits == 1
     assert tracks_for(cfg) is not run  # the run's tracks go with it
+
+
+def test_the_runner_renders_each_track_once_for_all_its_stages(tmp_path, monkeypatch):
+    import yaml
+
+    from must.config import load_recipe
+    from must.data import cache, datasets
+    from must.runner import run_recipe
+    from tests._tiny import TINY_MODEL
+
+    renders, reads, caches = [], [], []
+    render, read = datasets.synthetic_track, cache.TrackCache.track
+
+    def counted_render(cfg, split, i, *args):
+        renders.append((split, i))
+        return render(cfg, split, i, *args)
+
+    def counted_read(self, cfg, split, i):
+        reads.append((split, i))
+        if self not in caches:
+            caches.append(self)
+        return read(self, cfg, split, i)
+
+    monkeypatch.setattr(datasets, "synthetic_track", counted_render)
+    monkeypatch.setattr(cache.TrackCache, "track", counted_read)
+    trainer = {"max_steps": 2, "enable_progress_bar": False, "limit_val_batches": 1, "val_check_interval": 2}
+    recipe = {"name": "reuse", "seed": 0, "output_dir": str(tmp_path / "out"), "logger": {"kind": "none"},
+              "model": TINY_MODEL,
+              "data": {"min_seconds": 8, "max_seconds": 9, "train_tracks": 2, "val_tracks": 1, "test_tracks": 1},
+              "stages": [
+                  {"name": "enc", "kind": "encoder_adapt", "options": {"batch_size": 2}, "trainer": trainer},
+                  {"name": "cap", "kind": "lm_adapt", "init_from": "enc", "options": {"batch_size": 2},
+                   "trainer": trainer}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run_recipe(load_recipe(tmp_path / "r.yaml"))
+    assert sorted(set(renders)) == sorted(renders)  # no track rendered twice
+    assert {("train", 0), ("train", 1), ("val", 0)} <= set(renders)
+    # 2 steps x 2 clips over 2 training tracks: each read twice per stage, four times in all, rendered once.
+    assert reads.count(("train", 0)) == reads.count(("train", 1)) == 4
+    assert len(caches) == 1 and tracks_for(DataConfig()) not in caches  # one for the run, gone with it
