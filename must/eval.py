@@ -359,7 +359,7 @@ def answer_clips(
     for questions, load in clips:
         try:
             wave, rate = load()
-        except Exception as exc:
+        except Exception as exc:  # one unreadable track must not stop the others: recorded, go on
             if not record_errors:
                 raise
             slots.append(_failed(exc))
@@ -397,7 +397,7 @@ def _answer_group(model: Any, group: list[tuple[list[str], Any, int]], max_new_t
                                          max_new_tokens=max_new_tokens)
                 for (i, _), ans in zip(chunk, answers, strict=True):
                     texts[i].append(ans[0])
-    except Exception as exc:
+    except Exception as exc:  # e.g. a track the tokens cannot cover: retried alone, so it fails alone
         if not record_errors:
             raise
         if len(group) == 1:

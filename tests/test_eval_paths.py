@@ -33,7 +33,7 @@ def test_answer_clips_groups_tracks_and_keeps_their_order(model):
     questions = [["When does the bass enter?", "Which change is at 0:03?"], ["Q?", "When?", "Order?"], ["Mood?"]]
     clips = [(qs, _clip(4 + i, i)) for i, qs in enumerate(questions)]
     grouped = list(answer_clips(model, clips, max_new_tokens=5, batch_size=4))
-    alone = [list(answer_clips(model, [c], max_new_tokens=5, batch_size=1))[0] for c in clips]
+    alone = [next(answer_clips(model, [c], max_new_tokens=5, batch_size=1)) for c in clips]
     assert [r["texts"] for r in grouped] == [r["texts"] for r in alone]  # same answers, clip by clip
     assert [len(r["texts"]) for r in grouped] == [2, 3, 1] and all(r["error"] is None for r in grouped)
     assert [r["duration"] for r in grouped] == pytest.approx([4, 5, 6], abs=1e-3)

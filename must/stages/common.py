@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +22,16 @@ import torch.nn.functional as F
 
 from must.data.config import DataConfig
 
-# The dataset layer is must.data.datasets; these two names stay here for must/stages/grpo.py (moving to must/rl/).
+# The dataset layer is must.data.datasets; evaluate reads these two, and must/stages/grpo.py reads them here
+# until it moves to must/rl/.
 from must.data.datasets import cached_track, mustbench_tracks
 from must.errors import ConfigError
 from must.models import params
 from must.models.lalm import AudioEncoding, MusicLALM
+
+# The prompt builder is must.models.prompts (MusicLALM.prompt_inputs builds on it); the stages call it as
+# common.pack_questions (benchmarks/sft_step.py times it there).
+from must.models.prompts import block_mask, pack_questions  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- model
 
@@ -206,9 +209,6 @@ def stack_encodings(rows: Sequence[AudioEncoding], device: torch.device) -> Audi
 
 # ----------------------------------------------------------------------------------------- packing
 
-# The prompt builder is must.models.prompts (MusicLALM.prompt_inputs builds on it); the stages call it as
-# common.pack_questions (benchmarks/sft_step.py times it there).
-from must.models.prompts import block_mask, pack_questions  # noqa: E402,F401
 
 
 def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int,

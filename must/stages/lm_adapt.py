@@ -21,7 +21,7 @@ from must.data.datasets import CaptionTracks, collate
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
 from must.stages import common
-from must.stages.options.lm_adapt import CAPTION_PROMPTS, Options
+from must.stages.options.lm_adapt import CAPTION_PROMPTS, Options  # noqa: F401 (CAPTION_PROMPTS: re-exported)
 
 
 def caption_loss(model: MusicLALM, encoding, prompts: List[str], captions: List[str],
