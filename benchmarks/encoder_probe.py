@@ -21,9 +21,11 @@ from dataclasses import replace
 import torch
 
 from must.config import load_recipe
+from must.data.datasets import Stage1Tracks
+from must.data.datasets import collate as _collate
 from must.models.lalm import MusicLALM
 from must.stages import common
-from must.stages.encoder_adapt import EncoderAdaptation, Stage1Tracks, _collate, boundary_hits, f1, pick_peaks
+from must.stages.encoder_adapt import EncoderAdaptation, boundary_hits, f1, pick_peaks
 
 GRID = [(t, gap) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for gap in (2.0, 4.0)]
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import yaml
 
+from must.data import cache as cache_mod
 from must.data.targets import source_activity, transition_curve
 from must.models import encoder as enc_mod
-from must.stages import common
 
 ROOT = Path(__file__).resolve().parents[1]
 _TRACKS: dict[tuple, object] = {}
@@ -49,10 +49,10 @@ def install_oracle(part: str = "all") -> None:
     features, tokens placed at the true boundaries) or ``heads`` (no truth at all: the features laid out as
     the oracle's, from the encoder's own heads — source activity thresholded at 0.5 — so the question is
     whether its predictions, made as clean, serve as well as the truth)."""
-    cached, encode = common.cached_track, enc_mod.MusTEncoder.encode_frames
+    cached, encode = cache_mod.TrackCache.track, enc_mod.MusTEncoder.encode_frames
 
-    def cached_track(cfg, split, index):
-        track = cached(cfg, split, index)
+    def cached_track(self, cfg, split, index):
+        track = cached(self, cfg, split, index)
         _TRACKS[_key(track.audio)] = track
         return track
 
@@ -79,7 +79,7 @@ def install_oracle(part: str = "all") -> None:
             frames.transition_logits = logits
         return frames
 
-    common.cached_track = cached_track
+    cache_mod.TrackCache.track = cached_track
     enc_mod.MusTEncoder.encode_frames = encode_frames
 
 

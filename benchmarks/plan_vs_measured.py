@@ -66,7 +66,7 @@ class PeakRSS(L.Callback):
 
 def prerender(recipe) -> None:
     """Render every training track once (the stages' track cache), so fit measures no audio synthesis."""
-    from must.stages.common import cached_track
+    from must.data.datasets import cached_track
 
     for i in range(recipe.data.train_tracks):
         cached_track(recipe.data, "train", i)

@@ -21,17 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from must.config import load_recipe
+from must.data.datasets import cached_track
 from must.data.targets import source_activity
 from must.models.audio import log_mel
 from must.models.encoder import mel_statistics
-from must.stages import common
 
 
 def features(data, split: str, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per track: (frames, 5 * 64) statistics at 10 Hz and (frames, sources) activity."""
     xs, ys = [], []
     for i in range(n):
-        track = common.cached_track(data, split, i)
+        track = cached_track(data, split, i)
         wave = torch.from_numpy(np.asarray(track.audio, dtype=np.float32))[None]
         wave = F.pad(wave, (0, (-wave.shape[1]) % 1600))
         mel = log_mel(wave, track.sample_rate, 64, hop=160, n_fft=400)

@@ -62,11 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from must.config import load_recipe
-    from must.data.datasets import track_seed
+    from must.data.datasets import cached_track, track_seed
     from must.data.tasks import build_qas
     from must.data.traces import target
     from must.models.lalm import MusicLALM
-    from must.stages import common
 
     if args.oracle:
         sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     model = MusicLALM.from_pretrained(args.model).eval()
     groups: dict[str, list[float]] = defaultdict(list)
     for i in range(args.tracks):
-        track = common.cached_track(data, "test", i)
+        track = cached_track(data, "test", i)
         qas = build_qas(track, track_seed(data.seed, "test", i), "test", args.tasks)[: args.per_track]
         if not qas:
             continue

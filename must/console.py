@@ -313,7 +313,7 @@ def _number(value: Any) -> str:
 
 def score_lines(evaluation: Mapping[str, Any] | None) -> list[str]:
     """One line per evaluation a stage ran (``{"test": summary, "init": summary}``; a summary as
-    :func:`must.stages.common.summary` returns): ``test: overall 36.1 (TSG on/off 40.0/30.0  LTR 50.0 …)``."""
+    :func:`must.eval.summary` returns): ``test: overall 36.1 (TSG on/off 40.0/30.0  LTR 50.0 …)``."""
     lines = []
     for name, scores in (evaluation or {}).items():
         if not isinstance(scores, Mapping) or "overall" not in scores:

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,20 @@ _COLUMNS = (
     ("F1", "MTR", "f1", "mtr_f1"),
     ("MTR", "MTR", "score", "mtr"),
 )
+
+#: Chance level of the letter tasks (a uniformly random option), percent.
+CHANCE = {"LTR": 100 / 4, "GTO": 100 / 6}
+
+
+def summary(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The sub-metrics of a scores dict and of its baseline, flat by the table's keys (``tsg_onset``, …,
+    ``baseline/tsg_onset``), with ``overall`` and ``seconds``: what a stage's record keeps."""
+    out: dict[str, Any] = {"overall": scores.get("overall"), "seconds": scores.get("seconds")}
+    for _, task, sub, key in _COLUMNS:
+        if sub != "score":  # the eight sub-metrics; task scores are their means
+            out[key] = (scores.get(task) or {}).get(sub)
+            out[f"baseline/{key}"] = ((scores.get("baseline") or {}).get(task) or {}).get(sub)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -313,55 +327,145 @@ def _tracks(references: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[s
     return by_track
 
 
+def answer_clips(
+    model: Any,
+    clips: Iterable[tuple[Sequence[str], Callable[[], tuple[Any, int]]]],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    record_errors: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Greedy answers to the questions of each clip, one result per clip in order: ``texts`` (the raw generated
+    text per question), ``duration`` and ``covered_seconds`` (seconds, from the encoding), ``error`` (None).
+
+    ``clips``: ``(questions, load)`` pairs, ``load()`` -> ``(waveform (samples,), sample_rate)``, called when the
+    clip is reached (a whole benchmark is never in memory). The questions of consecutive clips share
+    ``generate`` calls of up to ``batch_size`` rows and their audio one ``encode_audio`` call: on the CPU a
+    decoding step costs about the same for 4 rows as for 32, and one call per track made evaluation of the
+    tiny recipe's 384 test questions take minutes. With ``record_errors`` a clip whose audio fails to load,
+    encode or answer gets ``error`` (``"Type: message"``, ``texts`` None) and the others go on.
+    """
+    slots: list[Any] = []  # per clip of the current group: its result dict, or (questions, wave, rate) to answer
+    rows = 0
+
+    def flush() -> Iterator[dict[str, Any]]:
+        todo = [i for i, s in enumerate(slots) if isinstance(s, tuple)]
+        if todo:
+            for i, result in zip(todo, _answer_group(model, [slots[i] for i in todo], max_new_tokens, batch_size,
+                                                     record_errors), strict=True):
+                slots[i] = result
+        yield from slots
+        slots.clear()
+
+    for questions, load in clips:
+        try:
+            wave, rate = load()
+        except Exception as exc:  # one unreadable track must not stop the others: recorded, go on
+            if not record_errors:
+                raise
+            slots.append(_failed(exc))
+            continue
+        pending = [s for s in slots if isinstance(s, tuple)]
+        if pending and pending[0][2] != rate:  # one encode call per group: one sample rate
+            yield from flush()
+            rows = 0
+        slots.append((list(questions), wave, rate))
+        rows += len(questions)
+        if rows >= batch_size:
+            yield from flush()
+            rows = 0
+    yield from flush()
+
+
+def _failed(exc: BaseException) -> dict[str, Any]:
+    return {"texts": None, "duration": None, "covered_seconds": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _answer_group(model: Any, group: list[tuple[list[str], Any, int]], max_new_tokens: int, batch_size: int,
+                  record_errors: bool) -> list[dict[str, Any]]:
+    """The results of ``group``'s clips (one sample rate), encoded in one call; when that fails and errors are
+    recorded, each clip alone (so one bad track costs only its own rows)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            enc = model.encode_audio([wave for _, wave, _ in group], group[0][2], stochastic=False)
+            asked = [(i, q) for i, (qs, _, _) in enumerate(group) for q in qs]
+            texts: list[list[str]] = [[] for _ in group]
+            for lo in range(0, len(asked), batch_size):
+                chunk = asked[lo: lo + batch_size]
+                answers = model.generate(enc.index_select([i for i, _ in chunk]), [q for _, q in chunk],
+                                         max_new_tokens=max_new_tokens)
+                for (i, _), ans in zip(chunk, answers, strict=True):
+                    texts[i].append(ans[0])
+    except Exception as exc:  # e.g. a track the tokens cannot cover: retried alone, so it fails alone
+        if not record_errors:
+            raise
+        if len(group) == 1:
+            return [_failed(exc)]
+        return [r for clip in group for r in _answer_group(model, [clip], max_new_tokens, batch_size, True)]
+    return [{"texts": texts[i], "duration": round(float(enc.durations[i]), 3),
+             "covered_seconds": round(float(enc.covered_seconds[i]), 3), "error": None} for i in range(len(group))]
+
+
+def audio_source(audio: str | Path | Callable[[str], tuple[Any, int]], sample_rate: int
+                 ) -> Callable[[str], tuple[Any, int]]:
+    """``track_id -> (waveform, sample_rate)``: ``audio`` itself when callable (e.g. rendered synthetic tracks),
+    else ``<audio>/<track_id>.<ext>`` decoded at ``sample_rate`` Hz (MustError when there is none)."""
+    if callable(audio):
+        return audio
+    from must.data.real import find_audio, load_audio
+
+    def load(track_id: str) -> tuple[Any, int]:
+        path = find_audio(audio, track_id)
+        if path is None:
+            raise MustError(f"no audio for track {track_id} in {audio}")
+        return load_audio(path, sample_rate), sample_rate
+
+    return load
+
+
 def predict(
     model: Any,
     references: Sequence[Mapping[str, Any]],
-    audio_dir: str | Path,
+    audio: str | Path | Callable[[str], tuple[Any, int]],
     batch_size: int = 8,
     max_new_tokens: int = 32,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run ``model`` (a :class:`~must.models.lalm.MusicLALM`) on every row, whole tracks, each track encoded
-    once and its questions batched. Returns one record per row: ``id, prediction, parsed, reason,
-    duration, covered_seconds, error``; a track whose audio cannot be read gives ``error`` on its rows."""
-    import torch
+    """Run ``model`` (a :class:`~must.models.lalm.MusicLALM` or anything with its ``encode_audio``, ``generate``
+    and ``split_answer``) on every row, whole tracks, through :func:`answer_clips` (each track encoded once, up to
+    ``batch_size`` questions of consecutive tracks per ``generate`` call). ``audio``: a folder of
+    ``<track_id>.<ext>`` or a function (:func:`audio_source`). Returns one record per row: ``id, task, qa_type,
+    answer`` (the reference), ``prediction, parsed, reason, duration, covered_seconds, error``, and for a grounded
+    model ``trace`` (its whole output; ``reference_trace`` beside it when the row has one); a track whose audio
+    cannot be read gives ``error`` on its rows."""
+    from functools import partial
+
     from tqdm.auto import tqdm
 
-    from must.data.real import find_audio, load_audio
     from must.parsing import parse_answer
 
-    sr = int(model.cfg.encoder.sample_rate)
+    load = audio_source(audio, int(model.cfg.encoder.sample_rate))
+    by_track = _tracks(references)
+    clips = (([str(r["question"]) for r in rows], partial(load, track_id)) for track_id, rows in by_track.items())
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(references), desc="must eval", unit="q", disable=not progress)
-    for track_id, rows in _tracks(references).items():
-        base = [{"id": str(r["id"]), "task": r["task"], "prediction": None, "parsed": None, "reason": None,
-                 "duration": float(r.get("duration") or 0) or None, "covered_seconds": None, "error": None}
-                for r in rows]
-        try:
-            path = find_audio(audio_dir, track_id)
-            if path is None:
-                raise MustError(f"no audio for track {track_id} in {audio_dir}")
-            wave = load_audio(path, sr)
-            with torch.no_grad():
-                enc = model.encode_audio([wave], sr, stochastic=False)
-            duration, covered = float(enc.durations[0]), float(enc.covered_seconds[0])
-            for rec in base:
-                rec["duration"], rec["covered_seconds"] = round(duration, 3), round(covered, 3)
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                answers = model.generate(enc.index_select([0] * len(chunk)), [str(r["question"]) for r in chunk],
-                                         max_new_tokens=max_new_tokens)
-                for rec, r, ans in zip(base[start : start + batch_size], chunk, answers, strict=True):
-                    answer, trace, missing = model.split_answer(ans[0])
-                    parsed = parse_answer(str(r["task"]), answer)
-                    rec.update(prediction=answer, parsed=parsed.to_json(), reason=missing or parsed.reason)
-                    if trace is not None:
-                        rec["trace"] = trace
-        except Exception as exc:  # noqa: BLE001  one bad track must not stop the run: record it, go on
-            for rec in base:
-                if rec["prediction"] is None:
-                    rec["error"] = f"{type(exc).__name__}: {exc}"
-        records.extend(base)
+    for rows, result in zip(by_track.values(), answer_clips(model, clips, max_new_tokens, batch_size, True),
+                            strict=True):
+        for k, r in enumerate(rows):
+            rec = {"id": str(r["id"]), "task": r["task"], "qa_type": r.get("qa_type"), "answer": r.get("answer"),
+                   "prediction": None, "parsed": None, "reason": None,
+                   "duration": result["duration"] or float(r.get("duration") or 0) or None,
+                   "covered_seconds": result["covered_seconds"], "error": result["error"]}
+            if result["texts"] is not None:
+                answer, trace, missing = model.split_answer(result["texts"][k])
+                parsed = parse_answer(str(r["task"]), answer)
+                rec.update(prediction=answer, parsed=parsed.to_json(), reason=missing or parsed.reason)
+                if trace is not None:  # the model's own trace beside the answer it ends with
+                    rec["trace"] = trace
+                    if r.get("trace"):
+                        rec["reference_trace"] = r["trace"]
+            records.append(rec)
         bar.update(len(rows))
     bar.close()
     return records
@@ -370,7 +474,7 @@ def predict(
 def evaluate_loaded(
     model: Any,
     references: Sequence[dict[str, Any]],
-    audio_dir: str | Path,
+    audio: str | Path | Callable[[str], tuple[Any, int]],
     out_dir: str | Path,
     model_name: str = "model",
     batch_size: int = 8,
@@ -381,8 +485,10 @@ def evaluate_loaded(
     progress: bool = True,
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate a model already in memory (e.g. a stage's ``evaluate``): answer every reference row, write
-    ``predictions.jsonl``, ``scores.json``, ``report.md`` and ``plots/`` under ``out_dir``; returns the scores."""
+    """Evaluate a model already in memory: answer every reference row (:func:`predict`; ``audio`` a folder or a
+    ``track_id -> (waveform, rate)`` function), write ``predictions.jsonl``, ``scores.json`` (with ``seconds`` and
+    the letter tasks' ``chance``), ``report.md`` and ``plots/`` under ``out_dir``; returns the scores. The one
+    evaluation path: ``must eval`` and every stage's ``evaluate`` (synthetic split or parquet) come here."""
     from must.metrics.text import meteor_mode
     from must.viz import plot_rows
 
@@ -392,7 +498,7 @@ def evaluate_loaded(
     model.eval()
     t0 = time.perf_counter()
     try:
-        records = predict(model, references, audio_dir, batch_size, max_new_tokens, progress)
+        records = predict(model, references, audio, batch_size, max_new_tokens, progress)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
@@ -408,9 +514,12 @@ def evaluate_loaded(
     scores = score_predictions({k: v["prediction"] for k, v in by_id.items()}, references, clap_dir=clap_dir)
     errors = [rec for rec in records if rec["error"]]
     scores["errors"] = [{"id": rec["id"], "error": rec["error"]} for rec in errors]
+    scores["seconds"] = round(seconds, 2)
+    scores["chance"] = dict(CHANCE)
     write_json(out_dir / "scores.json", scores)
     plots = plot_rows(references, by_id, out_dir / "plots", n_per_task=n_plots)
-    notes = [*notes, f"{len(references)} rows, audio from {audio_dir}",
+    where = "rendered in memory" if callable(audio) else f"from {audio}"
+    notes = [*notes, f"{len(references)} rows, audio {where}",
              f"generation: greedy, at most {max_new_tokens} new tokens; {seconds:.1f} s for all rows"]
     if any(str(r["task"]).upper() == "TAD" for r in references):
         notes.append(f"METEOR matching: {meteor_mode()} (exact+stem when no WordNet database is installed)")
@@ -473,7 +582,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-dir", help="folder of <track_id>.<mp3|wav|flac|ogg> (default: the parquet's sibling audio/ folder, "
                         "as must synth writes it, when it exists, else the parquet's own folder)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (one track at a time)")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (several tracks' questions share one; each track encoded once)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated, in tokens (greedy)")
     parser.add_argument("--clap-dir", help="local CLAP model folder for the TAD CLAP score (else reported missing)")
     parser.add_argument("--plots", type=int, default=4, help="timeline plots per task (TSG, MTR)")

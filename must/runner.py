@@ -129,6 +129,17 @@ def _run_stages(recipe: RecipeConfig, opts: RunOptions, out: Path, seen: dict[st
         _discard(out, discarded, opts.restart)
     group = _run_group(out, recipe.name)
 
+    from must.data.cache import run_tracks
+
+    # One track cache for the run (data.track_cache_bytes): stage 1's renders serve stages 2-4 and every
+    # evaluation, and are freed when the run ends.
+    with run_tracks(recipe.data):
+        return _run_selected(recipe, opts, out, selected, plans, hashes, group, seen)
+
+
+def _run_selected(recipe: RecipeConfig, opts: RunOptions, out: Path, selected: set[str], plans: dict,
+                  hashes: dict[str, str], group: str, seen: dict[str, list[str]]) -> dict[str, dict]:
+    """Run (or skip, as planned) each selected stage in order; the records of every stage on disk."""
     records: dict[str, dict] = {}
     for stage in recipe.stages:
         stage_dir = out / stage.name

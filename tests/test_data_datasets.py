@@ -1,4 +1,4 @@
-"""On-the-fly datasets (determinism, workers, collate) and ``must synth`` on disk."""
+"""The stages' datasets (targets, determinism, workers, resumable draws) and ``must synth`` on disk."""
 
 import json
 
@@ -10,7 +10,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from must.data.config import DataConfig
-from must.data.datasets import CaptionDataset, QADataset, Stage1Dataset, collate, synthetic_split
+from must.data.datasets import (
+    CaptionTracks,
+    EvalTracks,
+    QATracks,
+    Stage1Tracks,
+    collate,
+    synthetic_split,
+    synthetic_track,
+)
 from must.data.real import load_mustbench
 from must.data.synth import SOURCE_NAMES
 from must.data.types import MUSTBENCH_COLUMNS
@@ -20,46 +28,48 @@ CFG = DataConfig(
 )
 
 
-def test_stage1_items_and_collate():
-    ds = Stage1Dataset(CFG, "train", frame_rate=2.5)
+def test_stage1_items_are_the_tracks_targets():
+    from must.data.targets import transition_curve
+
+    ds = Stage1Tracks(CFG, "train", frame_rate=2.5, length=CFG.train_tracks)
     items = [ds[0], ds[1]]
-    for it in items:
-        frames = int(np.ceil(it["duration"] * 2.5))
-        assert it["waveform"].dtype == torch.float32 and it["waveform"].ndim == 1
+    for i, it in enumerate(items):
+        track = synthetic_track(CFG, "train", i)
+        frames = int(np.ceil(track.duration * 2.5))
+        assert np.array_equal(it["waveform"], track.audio) and it["sample_rate"] == CFG.sample_rate
         assert it["transition"].shape == (frames,) and it["activity"].shape == (frames, len(SOURCE_NAMES))
-        assert it["mood_clips"].shape[1] == 3
+        assert torch.equal(it["transition"], torch.from_numpy(transition_curve(track, 2.5, CFG.transition_sigma_s)))
+        assert it["mood"].shape[1] == 3 and it["boundaries"] == [t.time for t in track.transitions]
     batch = collate(items)
-    lengths = [len(it["waveform"]) for it in items]
-    assert batch["waveform"].shape == (2, max(lengths)) and batch["lengths"].tolist() == lengths
-    short = int(np.argmin(lengths))
-    assert batch["waveform"][short, min(lengths) :].abs().sum() == 0
-    assert batch["activity"].shape[0] == 2 and batch["frame_lengths"].tolist() == [
-        len(i["transition"]) for i in items
-    ]
-    assert batch["track_id"] == [it["track_id"] for it in items]
-    assert torch.equal(ds[1]["waveform"], items[1]["waveform"])  # same index, same audio
+    assert batch["boundaries"] == [items[0]["boundaries"], items[1]["boundaries"]]
+    assert [len(w) for w in batch["waveform"]] == [len(it["waveform"]) for it in items]  # whole, unpadded
 
 
 def test_workers_give_the_same_items_as_the_main_process():
-    ds = CaptionDataset(CFG, "train")
+    ds = CaptionTracks(CFG, "train", CFG.train_tracks, ["Describe the track."])
     direct = [ds[i] for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
     got = [b for b in loader]
     assert [c for b in got for c in b["caption"]] == [d["caption"] for d in direct]
-    assert torch.equal(got[1]["waveform"][0, : len(direct[2]["waveform"])], direct[2]["waveform"])
+    assert np.array_equal(got[1]["waveform"][0], direct[2]["waveform"])
     assert direct[0]["caption"].startswith("[0:00-")
 
 
-def test_qa_dataset_matches_the_fixed_split():
+def test_question_draws_follow_the_sample_position():
+    ds = QATracks(CFG, "train", CFG.train_tracks, k=2, tasks=["TSG", "LTR", "MTR"], type_weights={}, seed=3)
+    first = [q.id for q in ds[(7, 1)]["qas"]]
+    ds[(0, 2)], ds[3]  # other reads in between do not change what position 7 asks
+    assert [q.id for q in ds[(7, 1)]["qas"]] == first and len(first) == 2
+    assert all(q.task in {"TSG", "LTR", "MTR"} and q.track_id == ds[(7, 1)]["id"] for q in ds[(7, 1)]["qas"])
+
+
+def test_eval_tracks_match_the_fixed_split():
     tracks, qas = synthetic_split(CFG, "test")
-    ds = QADataset(CFG, "test")
-    assert len(ds) == CFG.test_tracks
+    ds = EvalTracks(CFG, "test", CFG.test_tracks)
     item_qas = [q for i in range(len(ds)) for q in ds[i]["qas"]]
     assert item_qas == qas
     assert all(len(ds[i]["qas"]) <= CFG.questions_per_track for i in range(len(ds)))
-    assert np.array_equal(ds[0]["waveform"].numpy(), tracks[0].audio)
-    with pytest.raises(IndexError):
-        ds[len(ds)]
+    assert np.array_equal(ds[0]["waveform"], tracks[0].audio)
 
 
 def test_must_synth_writes_audio_labels_and_parquet(tmp_path):
@@ -96,7 +106,6 @@ def test_must_synth_writes_audio_labels_and_parquet(tmp_path):
 
 
 def test_labels_round_trip_through_disk(tmp_path):
-    from must.data.datasets import synthetic_track
     from must.data.export import read_track_labels, write_synthetic
 
     write_synthetic(tmp_path, 1, seed=2, min_s=8, max_s=10, progress=False)
@@ -115,30 +124,32 @@ def test_labels_round_trip_through_disk(tmp_path):
 
 
 def test_bad_data_config_names_the_key():
-    from must.data.datasets import qa_dataset
+    from must.data.datasets import RealQATracks
     from must.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"key .data.tasks\[1\].: .XYZ. is not one of: TSG, LTR, TAD, GTO, MTR"):
-        QADataset(DataConfig(tasks=["TSG", "XYZ"]))
+        EvalTracks(DataConfig(tasks=["TSG", "XYZ"]), "test", 1)
     with pytest.raises(ConfigError, match="data.min_seconds"):
-        Stage1Dataset(DataConfig(min_seconds=30, max_seconds=20))
-    with pytest.raises(ConfigError, match="data.parquet"):
-        qa_dataset(DataConfig(source="mustbench"))
+        Stage1Tracks(DataConfig(min_seconds=30, max_seconds=20), "train", 2.5, 1)
     with pytest.raises(ConfigError, match="data.renderer"):
-        CaptionDataset(DataConfig(renderer="fluid"))
-    with pytest.raises(ConfigError, match="data.source"):
-        qa_dataset(DataConfig(source="hub"))
+        CaptionTracks(DataConfig(renderer="fluid"), "train", 1, ["p"])
+    with pytest.raises(ConfigError, match="data.track_cache_bytes"):
+        QATracks(DataConfig(track_cache_bytes=-1), "train", 1, 2, ["TSG"], {})
+    with pytest.raises(ConfigError, match="data.parquet"):
+        RealQATracks(DataConfig(source="mustbench"), "test", 0, ["TSG"])
 
 
-def test_qa_dataset_reads_the_real_fixture():
-    from must.data.datasets import eval_qas, qa_dataset
+def test_real_tracks_read_the_fixture():
+    from must.data.datasets import RealQATracks
     from tests._fixtures import shared_fixture
 
     parquet = shared_fixture("mustbench_demo", "mustbench_demo.parquet")
     cfg = DataConfig(source="mustbench", parquet=str(parquet))
-    ds = qa_dataset(cfg, "test")
-    assert len(ds) == 1 and ds.track_ids == ["1023323"]
-    assert [q.id for q in eval_qas(cfg)] == ["mtr-1023323"]
+    ds = RealQATracks(cfg, "test", 0, ["MTR"])
+    item = ds[0]
+    assert len(ds) == 1 and item["id"] == "1023323" and [q.id for q in item["qas"]] == ["mtr-1023323"]
+    assert item["sample_rate"] == 16000 and len(item["waveform"]) / 16000 == pytest.approx(97.4, abs=0.1)
+    assert ds.broken == 0
 
 
 def test_labelled_folder_errors(tmp_path):

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from must.data.config import DataConfig
+from must.data.datasets import cached_track
 from must.data.targets import source_activity
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
-from must.stages import common
 from must.stages.encoder_adapt import EncoderAdaptation
 from tests._tiny import TINY_MODEL
 
@@ -42,7 +42,7 @@ def test_crop_loss_is_the_source_bce_of_its_crops_and_repeats_at_the_same_step(m
 def test_one_crop_by_hand():
     stage = _stage(crops=1)
     rng = np.random.default_rng([0, 7])  # the stage's seed (0 unless the runner sets it) and the step
-    track = common.cached_track(DATA, "train", int(rng.integers(0, DATA.train_tracks, 1)[0]))
+    track = cached_track(DATA, "train", int(rng.integers(0, DATA.train_tracks, 1)[0]))
     activity = source_activity(track, 10.0)
     f0 = int(rng.integers(0, len(activity) - 20 + 1))
     frames = stage.model.encoder.encode_frames([track.audio[f0 * 1600:(f0 + 20) * 1600]], track.sample_rate)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from must.data.datasets import pick_questions
 from must.data.types import QA
 from must.models.lalm import MusicLALM
 from must.stages import common
 from must.stages.encoder_adapt import boundary_hits, ccc_loss, f1, focal_bce, pick_peaks
-from must.stages.sft import pick_questions
 
 TINY = {"encoder": {"width": 32, "layers": 1, "heads": 2, "n_mels": 16},
         "llm": {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate_size": 64}}
@@ -146,3 +146,20 @@ def test_encoding_cache_encodes_each_track_once(model):
         torch.testing.assert_close(again.times[row, :n], direct.times[i, :n])
         assert int(again.mask[row].sum()) == n
     torch.testing.assert_close(first.features[0], again.features[2, : first.features.shape[1]])
+
+
+def test_encoding_cache_is_bounded_by_bytes(model):
+    from must.data.cache import encoding_bytes
+
+    waves = [np.random.default_rng(i).standard_normal(16000 * 4).astype(np.float32) * 0.1 for i in range(2)]
+    one = common.trim_encoding(model.encode_audio(waves[:1], 16000, stochastic=False), 10**6)
+    cache = common.EncodingCache(max_bytes=int(1.5 * encoding_bytes(one)))  # room for one track, not two
+    cache.get(model, ["a", "b"], waves, 16000)
+    assert list(cache.items.items) == ["b"] and cache.items.nbytes <= cache.items.max_bytes
+    cache.get(model, ["b"], waves[1:], 16000)
+    assert cache.calls == 1  # b was held
+    got = cache.get(model, ["a"], waves[:1], 16000)  # a was dropped: encoded again, the same tokens
+    assert cache.calls == 2 and list(cache.items.items) == ["a"]
+    torch.testing.assert_close(got.features[0], one.features[0])
+    tiny = common.EncodingCache(max_bytes=0)  # holds nothing, still answers the batch
+    assert tiny.get(model, ["a", "b"], waves, 16000).features.shape[0] == 2 and len(tiny.items) == 0

@@ -47,6 +47,14 @@ class DataConfig:
     the optional ``tinysoundfont`` package, see must/data/gm.py)."""
     soundfont: Optional[str] = None
     """SoundFont for ``renderer: gm``; None uses the GM SoundFont that ``pretty_midi`` ships."""
+    track_cache_bytes: int = 2 * 1024**3
+    """Rendered synthetic tracks kept in memory for the run, bytes of audio (default 2 GiB): the stages of a recipe
+    run in one process, so tracks stage 1 renders serve stages 2-4 and every evaluation. A 20-60 s track at 16 kHz
+    is ~2.6 MB, a 120-360 s one ~15 MB; past the budget the least recently used are dropped (rendered again if asked
+    for). 0 renders every track each time it is read."""
+    encoding_cache_bytes: int = 1024**3
+    """Encoded audio a stage with a frozen encoder keeps (``options.reuse_encodings``), bytes of tensors on the CPU
+    (default 1 GiB); past it the least recently used tracks are encoded again when met."""
 
     # --- real data (source: mustbench) -----------------------------------------------------------
     parquet: Optional[str] = None

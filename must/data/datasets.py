@@ -1,21 +1,29 @@
-"""Torch datasets that render synthetic tracks on the fly, and the collate function that pads them.
+"""The dataset layer of the stages: synthetic splits, the torch datasets stages 1-3 train and validate on,
+and MusTBench parquet splits.
 
-Item ``i`` of a split is a pure function of ``(cfg.seed, split, i)``: no state is shared between
-dataloader workers, and DDP ranks read disjoint indices through Lightning's DistributedSampler,
-so each rank trains on its own tracks and a rerun sees the same ones. Splits draw their track
-seeds from disjoint streams, so no track is in two splits.
+Item ``i`` of a synthetic split is a pure function of ``(cfg.seed, split, i)``: no state is shared between
+dataloader workers, and the stages read indices through :class:`must.resume.StepSampler` (rank-sharded,
+and a resumed run reads exactly the samples the interrupted one would have; a sample's own random draws,
+such as SFT's questions or stage 2's prompt, are seeded by its position through :func:`must.resume.read_key`).
+Splits draw their track seeds from disjoint streams, so no track is in two splits. Rendered tracks come
+from the run's byte-bounded cache (:mod:`must.data.cache`), so stage 1's renders serve stages 2-4.
+
+Items hold whole, unpadded waveforms (``collate`` keeps one list per key): the encoder windows each
+track itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from must.data import traces
 from must.data.config import DataConfig
 from must.data.synth import caption_text, generate_track
 from must.data.targets import mood_change_clips, source_activity, transition_curve
@@ -95,94 +103,233 @@ def synthetic_split(
     return tracks, split_questions(cfg, tracks, split)
 
 
-class _SynthDataset(Dataset):
-    def __init__(self, cfg: DataConfig, split: str = "train", length: int | None = None):
-        check_config(cfg)
-        self.cfg, self.split = cfg, split
-        self.length = split_size(cfg, split) if length is None else length
+# ----------------------------------------------------------------------------------------- the stages' datasets
+
+
+def cached_track(cfg: DataConfig, split: str, index: int) -> Track:
+    """Track ``index`` of ``split`` (a pure function of the data config), from the run's byte-bounded cache
+    (:func:`must.data.cache.tracks_for`): rendered once while it stays in the budget."""
+    from must.data.cache import tracks_for
+
+    return tracks_for(cfg).track(cfg, split, index)
+
+
+def read_key(key: int | tuple[int, int], seed: int, rng: np.random.Generator):
+    """:func:`must.resume.read_key`, imported when first read (``must.resume`` imports Lightning, which
+    ``must synth`` and the parquet tools do not need)."""
+    from must.resume import read_key as read
+
+    return read(key, seed, rng)
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """A batch of items as one list per key (waveforms stay whole and unpadded: the encoder windows each track)."""
+    return {k: [it[k] for it in items] for k in items[0]}
+
+
+class Stage1Tracks(Dataset):
+    """Stage 1: synthetic tracks and their targets at the encoder's ``frame_rate`` (Hz).
+
+    Item: ``waveform`` (samples,) float32, ``sample_rate``, ``transition`` (frames,), ``activity``
+    (frames, len(SOURCE_NAMES)), ``mood`` (clips, 3) as (start_s, end_s, delta_arousal), ``boundaries`` (seconds).
+    """
+
+    def __init__(self, data: DataConfig, split: str, frame_rate: float, length: int):
+        check_config(data)
+        self.data, self.split, self.frame_rate, self.length = data, split, frame_rate, length
 
     def __len__(self) -> int:
         return self.length
 
-    def _track(self, index: int) -> Track:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        return synthetic_track(self.cfg, self.split, index)
+    def __getitem__(self, i: int) -> dict:
+        track = cached_track(self.data, self.split, i)
+        clips = mood_change_clips(track, self.data.mood_window_s)
+        return {
+            "waveform": track.audio,
+            "sample_rate": track.sample_rate,
+            "transition": torch.from_numpy(transition_curve(track, self.frame_rate, self.data.transition_sigma_s)),
+            "activity": torch.from_numpy(source_activity(track, self.frame_rate)),
+            "mood": torch.tensor(clips, dtype=torch.float32).reshape(-1, 3),
+            "boundaries": [t.time for t in track.transitions],
+        }
 
-    @staticmethod
-    def _base(track: Track) -> dict[str, Any]:
-        return {"waveform": torch.from_numpy(track.audio), "track_id": track.id, "duration": track.duration}
 
+class CaptionTracks(Dataset):
+    """Stage 2: synthetic tracks and their timestamped captions, each under one of ``prompts``.
 
-class Stage1Dataset(_SynthDataset):
-    """Waveform + stage-1 targets at ``frame_rate`` Hz.
-
-    Item: ``waveform`` (samples,), ``transition`` (frames,), ``activity`` (frames, len(SOURCE_NAMES)),
-    ``mood_clips`` (clips, 3) as (start_s, end_s, delta_arousal), ``track_id``, ``duration``.
+    Item: ``id``, ``waveform`` (samples,), ``sample_rate``, ``prompt``, ``caption``.
     """
 
-    def __init__(
-        self, cfg: DataConfig, split: str = "train", frame_rate: float = 2.5, length: int | None = None
-    ):
-        super().__init__(cfg, split, length)
-        self.frame_rate = frame_rate
+    def __init__(self, data: DataConfig, split: str, length: int, prompts: list[str], seed: int = 0,
+                 answer_format: str = "plain"):
+        check_config(data)
+        self.data, self.split, self.length, self.prompts, self.seed = data, split, length, prompts, seed
+        # Grounded models caption in their answers' language: every source's entries and exits, every
+        # change and the arousal extremes, each sentence a thing next to its time (both directions).
+        self.caption = traces.caption if answer_format == "grounded" else caption_text
+        self.rng = np.random.default_rng(seed)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        track = self._track(index)
-        item = self._base(track)
-        item["transition"] = torch.from_numpy(
-            transition_curve(track, self.frame_rate, self.cfg.transition_sigma_s)
-        )
-        item["activity"] = torch.from_numpy(source_activity(track, self.frame_rate))
-        clips = mood_change_clips(track, self.cfg.mood_window_s)
-        item["mood_clips"] = torch.tensor(clips, dtype=torch.float32).reshape(-1, 3)
-        return item
+    def __len__(self) -> int:
+        return self.length
 
-
-class CaptionDataset(_SynthDataset):
-    """Waveform + its timestamped caption. Item: ``waveform`` (samples,), ``caption`` str, ``track_id``, ``duration``."""
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        track = self._track(index)
-        return {**self._base(track), "caption": caption_text(track)}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a track index, or ``(position, index)`` (prompt choice then seeded by the position)."""
+        i, self.rng = read_key(key, self.seed, self.rng)
+        track = cached_track(self.data, self.split, i)
+        prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
+                "prompt": prompt, "caption": self.caption(track)}
 
 
-class QADataset(_SynthDataset):
-    """Waveform + its questions (several per track, tasks balanced).
-
-    Item: ``waveform`` (samples,), ``qas`` list[QA], ``track_id``, ``duration``.
-    """
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        track = self._track(index)
-        return {**self._base(track), "qas": synthetic_qas(self.cfg, track, self.split, index)}
-
-
-def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Pad a list of items into a batch.
-
-    ``waveform`` -> (B, max_samples) zero-padded, plus ``lengths`` (B,) in samples; frame targets
-    (``transition``, ``activity``) -> padded to the longest with ``frame_lengths`` (B,); every other
-    key becomes a list.
-    """
-    out: dict[str, Any] = {}
-    waves = [b["waveform"] for b in batch]
-    out["waveform"] = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
-    out["lengths"] = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    for key in ("transition", "activity"):
-        if key in batch[0]:
-            out[key] = torch.nn.utils.rnn.pad_sequence([b[key] for b in batch], batch_first=True)
-            out["frame_lengths"] = torch.tensor([len(b[key]) for b in batch], dtype=torch.long)
-    for key in batch[0]:
-        if key not in out and key != "waveform":
-            out[key] = [b[key] for b in batch]
+def pick_questions(qas: list[QA], k: int, rng: np.random.Generator,
+                   type_weights: dict[str, float] | None = None) -> list[QA]:
+    """Up to ``k`` questions drawn without replacement, question types (:func:`metric_group`) in proportion
+    to their weights: each draw takes the type asked least so far relative to its weight, then a random
+    question of that type. Ties go to the heavier type, then at random: so when ``k`` is below the number
+    of types the heaviest are asked, and with equal weights the draw is a round-robin over the clip's types,
+    so a rare type (a TSG offset) is asked whenever the clip has one."""
+    pools: dict[str, list[QA]] = {}
+    for i in rng.permutation(len(qas)):
+        pools.setdefault(metric_group(qas[i]), []).append(qas[i])
+    weights = {t: (type_weights or {}).get(t, 1.0) for t in pools}
+    pools = {t: p for t, p in pools.items() if weights[t] > 0}
+    asked = dict.fromkeys(pools, 0)
+    out: list[QA] = []
+    while len(out) < k and pools:
+        # Least asked relative to weight; among equals (every type in the first round) the heavier, then
+        # at random. Without the weight in the key, a first round with k below the number of types would
+        # pick uniformly and ignore the weights. (asked/weight of equal ratios are equal floats.)
+        r = dict(zip(pools, rng.random(len(pools))))
+        t = min(pools, key=lambda u: (asked[u] / weights[u], -weights[u], -r[u]))
+        out.append(pools[t].pop())
+        asked[t] += 1
+        if not pools[t]:
+            del pools[t]
     return out
 
 
-def qa_to_dict(qa: QA) -> dict[str, Any]:
-    """A QA as a plain dict (e.g. to log or to hand to TRL as dataset columns)."""
-    return asdict(qa)
+class QATracks(Dataset):
+    """Stage 3 training clips: the waveform and a task-balanced draw of ``k`` of its questions (all built for
+    ``tasks``, then :func:`pick_questions`).
 
+    Item: ``id``, ``waveform`` (samples,), ``sample_rate``, ``qas`` (list[QA]).
+    """
+
+    def __init__(self, data: DataConfig, split: str, length: int, k: int, tasks: list[str],
+                 type_weights: dict[str, float], seed: int = 0):
+        check_config(data)
+        self.data, self.split, self.length, self.k, self.tasks = data, split, length, k, tasks
+        self.type_weights, self.seed = type_weights, seed
+        self.rng = np.random.default_rng(seed)
+        self._qas: dict[int, list[QA]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a track index, or ``(position, index)`` from :class:`must.resume.StepSampler`; with a
+        position the question draw is seeded by it, so a resumed run asks exactly the same questions."""
+        i, self.rng = read_key(key, self.seed, self.rng)
+        # A clip with no question of the trained tasks (e.g. TSG only, a track where nothing enters
+        # late) gives its place to the next one, so no step is ever empty.
+        for j in range(i, i + self.length):
+            track, qas = self._track_qas(j % self.length)
+            if qas:
+                break
+        qas = pick_questions(qas, self.k, self.rng, self.type_weights)
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate, "qas": qas}
+
+    def _track_qas(self, i: int) -> tuple:
+        track = cached_track(self.data, self.split, i)
+        if i not in self._qas:
+            self._qas[i] = build_qas(track, track_seed(self.data.seed, self.split, i), self.split, self.tasks)
+        return track, self._qas[i]
+
+
+class EvalTracks(Dataset):
+    """Validation clips with the split's fixed questions (:func:`synthetic_qas`).
+
+    Item: ``id``, ``waveform`` (samples,), ``sample_rate``, ``qas`` (list[QA]), ``boundaries`` (seconds).
+    """
+
+    def __init__(self, data: DataConfig, split: str, length: int):
+        check_config(data)
+        self.data, self.split, self.length = data, split, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        track = cached_track(self.data, self.split, i)
+        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
+                "qas": synthetic_qas(self.data, track, self.split, i),
+                "boundaries": [t.time for t in track.transitions]}
+
+
+def mustbench_tracks(cfg: DataConfig, split: str, tasks: Sequence[str] | None = None):
+    """The tracks of one split of ``cfg.parquet`` (rows whose ``split`` column is ``split``, of ``tasks``).
+
+    Returns ``(tracks, qas, audio_dir)``: ``tracks`` is a :class:`must.data.real.SkipBroken` over a
+    :class:`must.data.real.MustBenchDataset` (items ``waveform``, ``qas``, ``track_id``, ``duration``), so
+    a file that is missing or fails to load is skipped and counted, and more than
+    ``cfg.max_broken_fraction`` failing stops training with the files named.
+    """
+    from must.data.real import MustBenchDataset, SkipBroken
+    from must.errors import MustError
+
+    check_config(cfg)
+    parquet = Path(cfg.parquet)
+    audio_dir = Path(cfg.audio_dir) if cfg.audio_dir else parquet.parent
+    stamp = parquet.stat().st_mtime_ns if parquet.is_file() else 0
+    rows = _parquet_rows(str(parquet), str(audio_dir), stamp)
+    qas = [q for q in rows if q.split == split and (tasks is None or q.task in tasks)]
+    if not qas:
+        splits = sorted({q.split for q in rows})
+        raise MustError(f"{parquet}: no rows with split '{split}' for tasks {list(tasks or cfg.tasks)} "
+                        f"(splits present: {splits})")
+    tracks = SkipBroken(MustBenchDataset(qas, audio_dir, cfg.sample_rate), cfg.max_broken_fraction)
+    return tracks, qas, audio_dir
+
+
+@lru_cache(maxsize=4)
+def _parquet_rows(parquet: str, audio_dir: str, stamp: int) -> tuple[QA, ...]:
+    """The parquet's rows, validated once (columns, tasks, every reference parsed) and shared by the train,
+    validation and evaluation splits; ``stamp`` (the file's mtime) makes an edited file read again."""
+    from must.data.real import load_mustbench
+
+    return tuple(load_mustbench(parquet, audio_dir, check_audio=False))
+
+
+class RealQATracks(Dataset):
+    """MusTBench tracks of one split of ``data.parquet`` and their questions, items as :class:`QATracks`'s
+    (plus ``boundaries``, empty).
+
+    Audio is decoded when an item is read. A file that is missing or fails to load is skipped, counted
+    and replaced by the next readable track (:class:`must.data.real.SkipBroken`); more than
+    ``data.max_broken_fraction`` of the files failing stops training with the files named.
+    ``k = 0`` keeps every question of a track (validation).
+    """
+
+    def __init__(self, data: DataConfig, split: str, k: int, tasks: list[str],
+                 type_weights: dict[str, float] | None = None, seed: int = 0):
+        self.tracks, self.qas, self.audio_dir = mustbench_tracks(data, split, tasks)
+        self.sample_rate, self.k, self.type_weights, self.seed = data.sample_rate, k, type_weights or {}, seed
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def broken(self) -> int:
+        """Audio files skipped so far."""
+        return len(self.tracks.failures)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, self.rng = read_key(key, self.seed, self.rng)
+        item = self.tracks[i]
+        qas = item["qas"] if self.k == 0 else pick_questions(item["qas"], self.k, self.rng, self.type_weights)
+        return {"id": item["track_id"], "waveform": item["waveform"].numpy(), "sample_rate": self.sample_rate,
+                "qas": qas, "boundaries": []}
 
 def check_config(cfg: DataConfig) -> None:
     """Raise ConfigError naming the ``data.*`` key for settings the generator cannot honour."""
@@ -197,30 +344,6 @@ def check_config(cfg: DataConfig) -> None:
         )
     if cfg.source == "mustbench" and not cfg.parquet:
         raise ConfigError("data.parquet: required when data.source is mustbench")
-
-
-def qa_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
-    """The QA dataset of a split for ``cfg.source``: synthetic (rendered on the fly) or MusTBench files.
-
-    For ``mustbench`` the parquet's rows whose ``split`` column equals ``split`` are used.
-    """
-    check_config(cfg)
-    if cfg.source == "synthetic":
-        return QADataset(cfg, split)
-    from pathlib import Path
-
-    from must.data.real import MustBenchDataset, load_mustbench
-
-    audio_dir = cfg.audio_dir or str(Path(cfg.parquet).parent)
-    qas = [q for q in load_mustbench(cfg.parquet, audio_dir) if q.split == split]
-    return MustBenchDataset(qas, audio_dir, cfg.sample_rate)
-
-
-def eval_qas(cfg: DataConfig) -> list[QA]:
-    """The held-out questions scored after training: the synthetic test split, or the parquet's test rows."""
-    check_config(cfg)
-    if cfg.source == "synthetic":
-        return synthetic_split(cfg, "test", render_audio=False)[1]
-    from must.data.real import load_mustbench
-
-    return [q for q in load_mustbench(cfg.parquet, cfg.audio_dir) if q.split == "test"]
+    for key in ("track_cache_bytes", "encoding_cache_bytes"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"data.{key}: a number of bytes >= 0, got {getattr(cfg, key)}")

@@ -329,58 +329,41 @@ class MusicLALM(nn.Module):
         """
         if len(questions) != encoding.batch_size:
             raise ValueError(f"{len(questions)} questions for {encoding.batch_size} encoded tracks")
-        side = padding_side or ("left" if answers is None else "right")
-        embed = self.llm.get_input_embeddings()
-        audio = self.project(encoding)
-        dtype = embed.weight.dtype  # the LLM's dtype (the projector may stay float32 beside a bf16 LLM)
-        eos = self.tokenizer.eos_token_id
-        rows, label_rows, audio_at = [], [], []
-        for i, q in enumerate(questions):
-            before, after = self.prompt_parts(q)
-            parts = [embed(torch.tensor(self._ids(before), device=self.device))]
-            if encoding.host_embeds is not None:
-                parts.append(encoding.host_embeds[i][encoding.host_mask[i]].to(self.device, audio.dtype))
-            audio_at.append(sum(len(p) for p in parts))  # where this row's MusT tokens start
-            parts.append(audio[i][encoding.mask[i].to(self.device)])
-            parts.append(embed(torch.tensor(self._ids(after), device=self.device)))
-            n_prompt = sum(len(p) for p in parts)
-            labels = [-100] * n_prompt
-            if answers is not None:
-                a_ids = self._ids(answers[i])[: self.cfg.max_answer_tokens] + [eos]
-                parts.append(embed(torch.tensor(a_ids, device=self.device)))
-                labels += a_ids
-            rows.append(torch.cat([p.to(dtype) for p in parts]))
-            label_rows.append(labels)
-        length = max(len(r) for r in rows)
-        b = len(rows)
-        inputs = audio.new_zeros(b, length, self.hidden_size, dtype=dtype)
-        attn = torch.zeros(b, length, dtype=torch.long, device=self.device)
-        labels = torch.full((b, length), -100, dtype=torch.long, device=self.device)
-        for i, (r, lab) in enumerate(zip(rows, label_rows)):
-            sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
-            inputs[i, sl], attn[i, sl] = r, 1
-            labels[i, sl] = torch.tensor(lab, device=self.device)
-        if self.pointer is not None:
-            starts = [a + (0 if side == "right" else length - len(r)) for a, r in zip(audio_at, rows)]
-            self.point_at(encoding, starts)
+        from must.models.prompts import pack_questions
+
+        # The packed layout with one question per row is exactly this row; its causal mask is the 2-D one.
+        packed = pack_questions(self, encoding, [[q] for q in questions],
+                                None if answers is None else [[a] for a in answers], block_masks=False)
+        dtype = self.llm.get_input_embeddings().weight.dtype  # the LLM's (the projector may stay float32)
+        inputs, labels, lengths = packed["inputs_embeds"].to(dtype), packed["labels"], packed["lengths"]
+        length = labels.shape[1]
+        attn = (torch.arange(length, device=self.device)[None] < lengths[:, None]).long()
+        if (padding_side or ("left" if answers is None else "right")) == "left":
+            # Right-aligned: row i rolled by its padding (the real tokens end where generation starts).
+            shift = (length - lengths)[:, None]
+            idx = (torch.arange(length, device=self.device)[None] - shift) % length
+            inputs = inputs.gather(1, idx[..., None].expand(-1, -1, inputs.shape[-1]))
+            labels, attn = labels.gather(1, idx), attn.gather(1, idx)
+            if self.pointer is not None:  # the audio moved with its row
+                self.point_at(encoding, packed["audio_start"] + (length - lengths), packed["clip"])
         # Explicit positions (as HF generation computes them) so left padding is right and no model
         # state (e.g. the Omni thinker's cached rope deltas) leaks between calls.
         positions = (attn.cumsum(-1) - 1).clamp_min(0)
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels, "position_ids": positions}
 
-    def point_at(self, encoding: AudioEncoding, starts: Sequence[int]) -> None:
-        """Tell the time pointer where the next LLM calls' audio tokens are: row ``i``'s MusT tokens
-        (``encoding.mask[i]``) start at sequence position ``starts[i]``."""
-        mask = encoding.mask.to(self.device)
+    def point_at(self, encoding: AudioEncoding, starts: torch.Tensor, clips: torch.Tensor) -> None:
+        """Tell the time pointer where the next LLM calls' audio tokens are: in sequence row ``r`` the MusT
+        tokens of clip ``clips[r]`` (``encoding.mask[clips[r]]``) start at position ``starts[r]``."""
+        mask = encoding.mask.to(self.device)[clips]
+        times = encoding.times.to(self.device)[clips]
         n = mask.sum(-1)
-        T = int(n.max())
-        offsets = torch.arange(T, device=self.device)
-        positions = torch.tensor(list(starts), device=self.device)[:, None] + offsets
+        offsets = torch.arange(int(n.max()), device=self.device)
+        positions = starts.to(self.device)[:, None] + offsets
         positions = positions.masked_fill(offsets >= n[:, None], -1)
         te = self.time_embedding
         steps = torch.full_like(positions, -1)
-        for i in range(mask.shape[0]):
-            steps[i, : n[i]] = time_tokens.steps(encoding.times[i].to(self.device)[mask[i]], te.cfg.resolution, te.count)
+        for r in range(mask.shape[0]):
+            steps[r, : n[r]] = time_tokens.steps(times[r][mask[r]], te.cfg.resolution, te.count)
         self.pointer.set_rows(positions, steps)
 
     def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:

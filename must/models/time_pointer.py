@@ -8,13 +8,15 @@ gains the score of the audio token nearest its time. ``benchmarks/tsg_probe.py -
 measured it on the abstract TSG lookup: Hit@3s 94-100 after 100 steps, where the tied time token alone
 is at 39-50 (and 88 after 600); ``benchmarks/results/grounded.md`` §5.
 
-The keys are read from the final norm's output (a forward hook) in the same LLM call that first sees the
-audio, and kept for the calls that continue it on a cache (generation); the logits are changed by a
-forward hook on the LM head, after :func:`must.models.time_tokens.tie_head`'s.
+The keys are read from the final norm's output (a forward hook) in the LLM call that starts the sequence
+(no cache yet: a pre-hook on the decoder tells), and kept for the calls that continue it on a cache
+(generation, GRPO's completions); the logits are changed by a forward hook on the LM head, after
+:func:`must.models.time_tokens.tie_head`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -35,7 +37,7 @@ class TimePointer(nn.Module):
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
         self.keys: torch.Tensor | None = None  # (B, T, H) of the call that saw the audio
-        self._states: torch.Tensor | None = None
+        self._fresh = True
 
     def set_rows(self, positions: torch.Tensor, steps: torch.Tensor) -> None:
         """The next LLM calls' audio tokens: ``positions`` (B, T) long in the sequence (-1 pads a row
@@ -48,23 +50,34 @@ class TimePointer(nn.Module):
         dist = dist.masked_fill(~valid[:, None, :], math.inf)
         self.positions, self.nearest, self.keys = positions, dist.argmin(-1), None
 
+    @contextlib.contextmanager
+    def only_row(self, row: int):
+        """Within the block, the LLM calls are of sequence row ``row`` alone (one call per row)."""
+        held = self.positions, self.nearest
+        self.positions, self.nearest, self.keys = held[0][row : row + 1], held[1][row : row + 1], None
+        try:
+            yield
+        finally:
+            self.positions, self.nearest, self.keys = held[0], held[1], None
+
     def clear(self) -> None:
         """No audio rows: the LM head is left as it is."""
-        self.positions = self.nearest = self.keys = self._states = None
+        self.positions = self.nearest = self.keys = None
+
+    def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 calls it ``cache``
+        self._fresh = cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
 
     def capture(self, module: nn.Module, inputs: tuple, states: torch.Tensor) -> None:
-        """Forward hook on the final norm: its (B, L, H) output, for the head hook of the same call."""
-        self._states = states if isinstance(states, torch.Tensor) else states[0]
-
-    def _keys_for(self, batch: int) -> torch.Tensor | None:
-        """(batch, T, H) keys: computed from this call's states when it holds every audio position (a call
-        from the sequence start), else those of the call that did (later calls on its cache)."""
-        states, pos = self._states, self.positions
-        if states is not None and states.shape[1] > int(pos.max()):
-            rows = self._expand(pos, states.shape[0]).clamp_min(0)
-            picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1]))
-            self.keys = self.k(picked.to(self.k.weight.dtype))
-        return None if self.keys is None else self._expand(self.keys, batch)
+        """Forward hook on the final norm: a call that starts the sequence (it holds the audio tokens) sets the
+        keys from its (B, L, H) output; calls continuing it on a cache keep them."""
+        if self.positions is None or not self._fresh:
+            return
+        states = states if isinstance(states, torch.Tensor) else states[0]
+        rows = self._expand(self.positions, states.shape[0]).clamp_min(0)
+        picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1]))
+        self.keys = self.k(picked.to(self.k.weight.dtype))
 
     @staticmethod
     def _expand(x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -80,10 +93,9 @@ class TimePointer(nn.Module):
         if self.positions is None:
             return logits
         h = inputs[0]
-        keys = self._keys_for(h.shape[0])
-        self._states = None  # this call's states are used; a later call brings its own
-        if keys is None:
+        if self.keys is None:
             return logits
+        keys = self._expand(self.keys, h.shape[0])
         scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
         near = self._expand(self.nearest, h.shape[0])  # (B, count)
         pointed = scores.gather(2, near[:, None, :].expand(-1, scores.shape[1], -1))  # (B, L, count)
@@ -103,5 +115,6 @@ def final_norm(llm: nn.Module) -> nn.Module:
 
 def attach(pointer: TimePointer, llm: nn.Module) -> list:
     """Hook ``pointer`` into ``llm`` (final norm and LM head); returns the handles."""
-    head = llm.get_output_embeddings()
-    return [final_norm(llm).register_forward_hook(pointer.capture), head.register_forward_hook(pointer.add)]
+    head, decoder = llm.get_output_embeddings(), llm.get_decoder()
+    return [decoder.register_forward_pre_hook(pointer.starts, with_kwargs=True),
+            final_norm(llm).register_forward_hook(pointer.capture), head.register_forward_hook(pointer.add)]

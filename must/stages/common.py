@@ -1,18 +1,17 @@
-"""Pure helpers the stages share: building the model, freezing, optimisers, a track cache, packed
-multi-question sequences, task-balanced answer-only loss, and evaluation on a synthetic split.
+"""Pure helpers the stages share: building the model, freezing, optimisers, the encoding cache, packed
+multi-question sequences, task-balanced answer-only loss, and the stages' one evaluation (:func:`evaluate`).
+
+The stages' datasets and the track cache are the data layer's (:mod:`must.data.datasets`, :mod:`must.data.cache`).
 
 No base classes: each stage module is self-contained and calls these functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import math
 import sys
-import time
-import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -23,14 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from must.data.config import DataConfig
-from must.data.types import QA, Track
+
+# The dataset layer is must.data.datasets; evaluate reads these two, and must/stages/grpo.py reads them here
+# until it moves to must/rl/.
+from must.data.datasets import cached_track, mustbench_tracks
 from must.errors import ConfigError
 from must.models import params
 from must.models.lalm import AudioEncoding, MusicLALM
 
-#: Chance level of the letter tasks (a uniformly random option), percent.
-CHANCE = {"LTR": 100 / 4, "GTO": 100 / 6}
-
+# The prompt builder is must.models.prompts (MusicLALM.prompt_inputs builds on it); the stages call it as
+# common.pack_questions (benchmarks/sft_step.py times it there).
+from must.models.prompts import block_mask, pack_questions  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- model
 
@@ -123,28 +125,6 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: str = "cos
 # ----------------------------------------------------------------------------------------- data
 
 
-_TRACKS: OrderedDict[tuple, Track] = OrderedDict()
-#: Tracks kept rendered in this process (the runner runs every stage in one process, so stage 1's
-#: renders serve stages 2-4 and every evaluation).
-TRACK_CACHE_SIZE = 4096
-
-
-def cached_track(cfg: DataConfig, split: str, index: int) -> Track:
-    """Track ``index`` of ``split`` (a pure function of the data config), rendered once per process."""
-    from must.data.datasets import synthetic_track
-
-    key = (cfg.seed, cfg.min_seconds, cfg.max_seconds, cfg.sample_rate, split, index)
-    track = _TRACKS.get(key)
-    if track is None:
-        track = synthetic_track(cfg, split, index)
-        _TRACKS[key] = track
-        if len(_TRACKS) > TRACK_CACHE_SIZE:
-            _TRACKS.popitem(last=False)
-    else:
-        _TRACKS.move_to_end(key)
-    return track
-
-
 def check_synthetic(cfg: DataConfig, stage: str) -> None:
     """Stages that need the synthetic tracks' strong labels (stage 1's curves, stage 2's captions): refuse a
     real-data config with a clear message."""
@@ -163,80 +143,34 @@ def check_data_source(cfg: DataConfig, stage: str) -> None:
         raise ConfigError(f"stage '{stage}': data.source 'mustbench' needs data.parquet (a MusTBench-format parquet)")
 
 
-def mustbench_tracks(cfg: DataConfig, split: str, tasks: Sequence[str] | None = None):
-    """The tracks of one split of ``cfg.parquet`` (rows whose ``split`` column is ``split``, of ``tasks``).
-
-    Returns ``(tracks, qas, audio_dir)``: ``tracks`` is a :class:`must.data.real.SkipBroken` over a
-    :class:`must.data.real.MustBenchDataset` (items ``waveform``, ``qas``, ``track_id``, ``duration``), so
-    a file that is missing or fails to load is skipped and counted, and more than
-    ``cfg.max_broken_fraction`` failing stops training with the files named.
-    """
-    from must.data.real import MustBenchDataset, SkipBroken
-    from must.errors import MustError
-
-    parquet = Path(cfg.parquet)
-    audio_dir = Path(cfg.audio_dir) if cfg.audio_dir else parquet.parent
-    stamp = parquet.stat().st_mtime_ns if parquet.is_file() else 0
-    rows = _parquet_rows(str(parquet), str(audio_dir), stamp)
-    qas = [q for q in rows if q.split == split and (tasks is None or q.task in tasks)]
-    if not qas:
-        splits = sorted({q.split for q in rows})
-        raise MustError(f"{parquet}: no rows with split '{split}' for tasks {list(tasks or cfg.tasks)} "
-                        f"(splits present: {splits})")
-    tracks = SkipBroken(MustBenchDataset(qas, audio_dir, cfg.sample_rate), cfg.max_broken_fraction)
-    return tracks, qas, audio_dir
-
-
-@lru_cache(maxsize=4)
-def _parquet_rows(parquet: str, audio_dir: str, stamp: int) -> tuple[QA, ...]:
-    """The parquet's rows, validated once (columns, tasks, every reference parsed) and shared by the train,
-    validation and evaluation splits; ``stamp`` (the file's mtime) makes an edited file read again."""
-    from must.data.real import load_mustbench
-
-    return tuple(load_mustbench(parquet, audio_dir, check_audio=False))
-
-
-def evaluate_parquet(model: MusicLALM, cfg: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,
-                     tasks: Sequence[str] | None = None) -> dict:
-    """``cfg.eval_split`` of ``cfg.parquet`` answered, scored and reported as ``must eval`` does
-    (``scores.json``, ``predictions.jsonl``, ``report.md``, ``plots/``); prints the table, returns the summary."""
-    from must.eval import evaluate_loaded, print_scores
-
-    _, qas, audio_dir = mustbench_tracks(cfg, cfg.eval_split, tasks)
-    scores = evaluate_loaded(model, [q.to_row() for q in qas], audio_dir, out_dir, model_name=name,
-                             max_new_tokens=max_new_tokens, progress=False)
-    print(f"\n[must] {name}: MusTBench on {cfg.parquet} (split '{cfg.eval_split}', {len(qas)} questions)")
-    print_scores(scores, name)
-    return summary(scores)
-
-
 class EncodingCache:
-    """Encoded audio per track id, kept while the encoder is frozen (detached, on the CPU).
+    """Encoded audio per track id, kept while the encoder is frozen (detached, on the CPU), at most ``max_bytes``
+    of tensors (``data.encoding_cache_bytes``; least recently used tracks dropped, and encoded again when met).
 
     With a frozen encoder an encoding never changes, so each track goes through the backbone once per
     stage however many epochs pass over it (deterministic sampling: the cached tokens are the eval ones).
     """
 
-    def __init__(self, max_items: int = 4096):
-        self.items: OrderedDict[str, AudioEncoding] = OrderedDict()
-        self.max_items = max_items
+    def __init__(self, max_bytes: int = 1024**3):
+        from must.data.cache import ByteLRU, encoding_bytes
+
+        self.items: ByteLRU[AudioEncoding] = ByteLRU(max_bytes, encoding_bytes)
         self.calls = 0
 
     def get(self, model: MusicLALM, ids: Sequence[str], waves: Sequence[np.ndarray | torch.Tensor],
             sample_rate: int) -> AudioEncoding:
-        """The (B, ...) encoding of ``waves``, encoding only the tracks not seen before."""
-        todo = [i for i, tid in enumerate(ids) if tid not in self.items]
+        """The (B, ...) encoding of ``waves``, encoding only the tracks not held."""
+        rows = {tid: self.items.get(tid) for tid in dict.fromkeys(ids)}
+        todo = [i for i, tid in enumerate(ids) if rows[tid] is None]
         if todo:
             with torch.no_grad():
                 enc = model.encode_audio([waves[i] for i in todo], sample_rate, stochastic=False)
             self.calls += 1
             for j, i in enumerate(todo):
                 row = enc.index_select([j])
-                n = int(row.mask.sum())
-                self.items[ids[i]] = trim_encoding(row, n)
-                if len(self.items) > self.max_items:
-                    self.items.popitem(last=False)
-        return stack_encodings([self.items[t] for t in ids], model.device)
+                # Kept for this batch even when the budget cannot hold it.
+                rows[ids[i]] = self.items.put(ids[i], trim_encoding(row, int(row.mask.sum())))
+        return stack_encodings([rows[t] for t in ids], model.device)
 
 
 def trim_encoding(enc: AudioEncoding, n_tokens: int) -> AudioEncoding:
@@ -276,143 +210,6 @@ def stack_encodings(rows: Sequence[AudioEncoding], device: torch.device) -> Audi
 
 # ----------------------------------------------------------------------------------------- packing
 
-
-def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequence[Sequence[str]],
-                   answers: Sequence[Sequence[str]] | None = None,
-                   max_answer_tokens: int | None = None) -> dict[str, torch.Tensor]:
-    """Several questions about one clip in one sequence: each question block sees the audio, not the others.
-
-    Row ``b`` is ``[chat prefix][host tokens][MusT tokens]`` once, then for each question ``j`` the block
-    ``[rest of the user turn + question j][assistant header][answer j + EOS]``. When the question comes
-    before the music (``model.cfg.question_position`` ``before`` or ``both``) the audio tokens depend on
-    it, so every question gets its own row (its question is then in the shared part too). Positions restart after
-    the audio for every block, and a 4-D mask lets a block attend to the shared prefix and causally to
-    itself only, so each block computes exactly what the unpacked prompt would (checked in the tests)
-    while the audio runs once.
-
-    Returns ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, 1, L, L) additive float (0 = attend),
-    ``position_ids`` (B, L), ``labels`` (B, L) (-100 but on answers + EOS), ``block`` (B, L) long
-    (-1 on the shared part and padding, else the question's index in the flattened list),
-    ``lengths`` (B,) long (each row's real tokens; the rest is right padding) and ``n_blocks`` (total questions). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``).
-    """
-    dev = model.device
-    cut = max_answer_tokens or model.cfg.max_answer_tokens
-    audio = model.project(encoding)
-    eos = model.tokenizer.eos_token_id
-    ids_of = _text_ids_memo(model)
-    # Lay every row out first (token ids and where they go, audio spans), then fill one padded tensor:
-    # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
-    text_ids, text_at, audio_at, rows = [], [], [], []
-    flat = 0
-    for b, qs, ans in _shared_groups(model, questions, answers):
-        r = len(rows)
-        before, first_after = model.prompt_parts(qs[0])
-        ids = ids_of(before)
-        text_ids += ids
-        text_at += [(r, i) for i in range(len(ids))]
-        n = len(ids)
-        pieces = []
-        if encoding.host_embeds is not None:
-            pieces.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
-        pieces.append(audio[b][encoding.mask[b].to(dev)])
-        for piece in pieces:
-            audio_at.append((r, n, piece))
-            n += len(piece)
-        n_shared = n
-        lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
-        for j, q in enumerate(qs):
-            after = first_after if j == 0 else model.prompt_parts(q)[1]
-            ids = ids_of(after)
-            a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
-            m = len(ids) + len(a_ids)
-            text_ids += ids + a_ids
-            text_at += [(r, i) for i in range(n, n + m)]
-            n += m
-            lab += [-100] * len(ids) + a_ids
-            blk += [flat] * m
-            pos += list(range(n_shared, n_shared + m))
-            flat += 1
-        rows.append((lab, blk, pos))
-    length = max(len(lab) for lab, _, _ in rows)
-    bsz = len(rows)
-    inputs = audio.new_zeros(bsz, length, model.hidden_size)
-    at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
-    emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
-    inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(audio.dtype))
-    for r, lo, piece in audio_at:
-        inputs[r, lo: lo + len(piece)] = piece
-    lab_t = torch.full((bsz, length), -100, dtype=torch.long)
-    blk_t = torch.full((bsz, length), -1, dtype=torch.long)
-    pos_t = torch.zeros(bsz, length, dtype=torch.long)
-    real = torch.zeros(bsz, length, dtype=torch.bool)
-    for i, (la, bl, po) in enumerate(rows):
-        n = len(la)
-        lab_t[i, :n] = torch.tensor(la)
-        blk_t[i, :n] = torch.tensor(bl)
-        pos_t[i, :n] = torch.tensor(po)
-        real[i, :n] = True
-    lab_t, blk_t, pos_t, real = (t.to(dev) for t in (lab_t, blk_t, pos_t, real))
-    allowed = block_mask(blk_t, real)
-    mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
-    return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
-            "block": blk_t, "lengths": real.sum(1), "n_blocks": flat}
-
-
-#: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
-#: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
-#: the memo starts afresh when the tokenizer object or its size changes.
-_IDS_MEMO: "weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]]" = weakref.WeakKeyDictionary()
-IDS_MEMO_SIZE = 65536
-
-
-def _text_ids_memo(model: MusicLALM):
-    """``model.text_ids``, memoised per model (least recently used texts dropped past ``IDS_MEMO_SIZE``)."""
-    key = (id(model.tokenizer), len(model.tokenizer))
-    held = _IDS_MEMO.get(model)
-    if held is None or held[0] != key:
-        held = _IDS_MEMO[model] = (key, OrderedDict())
-    memo = held[1]
-
-    def ids_of(text: str) -> list[int]:
-        ids = memo.get(text)
-        if ids is None:
-            ids = memo[text] = model.text_ids(text)
-            if len(memo) > IDS_MEMO_SIZE:
-                memo.popitem(last=False)
-        else:
-            memo.move_to_end(text)
-        return list(ids)
-
-    return ids_of
-
-
-def _shared_groups(model: MusicLALM, questions: Sequence[Sequence[str]],
-                   answers: Sequence[Sequence[str]] | None):
-    """(clip index, questions, answers or None) per packed row: all of a clip's questions share one row,
-    unless the question comes before the music (``model.question_position``), when the audio tokens
-    depend on the question and each question gets its own row."""
-    for b, qs in enumerate(questions):
-        ans = None if answers is None else answers[b]
-        if model.cfg.question_position == "after":
-            yield b, qs, ans
-        else:
-            for j, q in enumerate(qs):
-                yield b, [q], None if ans is None else [ans[j]]
-
-
-def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """(B, L) block ids (-1 = shared) and real-token mask -> (B, L, L) bool, True where query i may see key k.
-
-    Causal; a key in the shared part is seen by every query, a key in a block only by its own block.
-    Padding queries see themselves only (no all-masked rows, so no NaN).
-    """
-    n = block.shape[1]
-    allowed = block[:, :, None] == block[:, None, :]  # same block (the shared part is block -1 too)
-    allowed |= ((block == -1) & real)[:, None, :]  # the shared part is seen by every block
-    allowed &= torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
-    allowed &= real[:, None, :] & real[:, :, None]
-    allowed.diagonal(dim1=1, dim2=2)[~real] = True
-    return allowed
 
 
 def per_block_loss(logits: torch.Tensor, labels: torch.Tensor, block: torch.Tensor, n_blocks: int,
@@ -465,12 +262,14 @@ def answer_logits(llm: torch.nn.Module, packed: dict[str, torch.Tensor]) -> tupl
     return llm(**inputs, use_cache=False).logits, positions
 
 
-def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: bool = False) -> torch.Tensor:
+def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: bool = False,
+                 pointer: Any = None) -> torch.Tensor:
     """(n_blocks,) answer-only loss of each question of a packed batch (:func:`pack_questions`).
 
     ``by_row``: one LLM call per row, cut to its own length, instead of one call on the padded batch.
     On a CPU, where the batch is computed row after row anyway, this skips the padding (a quarter of the
     tokens of the tiny recipe's SFT batches, more of the quadratic attention); the losses are the same.
+    ``pointer``: the model's time pointer (``model.pointer``), told which row each call holds.
     """
     if not by_row or packed["inputs_embeds"].shape[0] == 1:
         logits, positions = answer_logits(llm, packed)
@@ -480,7 +279,8 @@ def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: 
         row = {"inputs_embeds": packed["inputs_embeds"][b: b + 1, :n],
                "attention_mask": packed["attention_mask"][b: b + 1, :, :n, :n],
                "position_ids": packed["position_ids"][b: b + 1, :n], "labels": packed["labels"][b: b + 1, :n]}
-        logits, positions = answer_logits(llm, row)
+        with pointer.only_row(b) if pointer is not None else contextlib.nullcontext():
+            logits, positions = answer_logits(llm, row)
         # A block lies in one row: the other rows add exactly 0 to its loss.
         losses = per_block_loss(logits, row["labels"], packed["block"][b: b + 1, :n], packed["n_blocks"], positions)
         total = losses if total is None else total + losses
@@ -505,98 +305,51 @@ def balanced_loss(losses: torch.Tensor, tasks: Sequence[str],
 # ----------------------------------------------------------------------------------------- evaluation
 
 
-def generate_answers(model: MusicLALM, tracks: Sequence[Track], qas: Sequence[QA], max_new_tokens: int = 40,
-                     batch_size: int = 32) -> dict[str, str]:
-    """Greedy answers, QA id -> text. Tracks are encoded once each, several at a time, and the
-    questions of several tracks share one ``generate`` call of up to ``batch_size`` rows: on the CPU a
-    decoding step costs about the same for 4 rows as for 32, and per-track calls made evaluation of
-    the tiny recipe's 384 test questions take minutes."""
-    by_track: dict[str, list[QA]] = {}
-    for qa in qas:
-        by_track.setdefault(qa.track_id, []).append(qa)
-    asked = [t for t in tracks if by_track.get(t.id)]
-    out: dict[str, str] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            group: list[Track] = []
-            for k, track in enumerate(asked):
-                group.append(track)
-                n_rows = sum(len(by_track[t.id]) for t in group)
-                if n_rows >= batch_size or k == len(asked) - 1:
-                    out.update(_answer_group(model, group, by_track, max_new_tokens, batch_size))
-                    group = []
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _answer_group(model: MusicLALM, group: Sequence[Track], by_track: dict[str, list[QA]],
-                  max_new_tokens: int, batch_size: int) -> dict[str, str]:
-    """The answers to every question of ``group``'s tracks (same sample rate), encoded in one call."""
-    enc = model.encode_audio([t.audio for t in group], group[0].sample_rate, stochastic=False)
-    rows = [(i, qa) for i, t in enumerate(group) for qa in by_track[t.id]]
-    out = {}
-    for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo: lo + batch_size]
-        texts = model.generate(enc.index_select([i for i, _ in chunk]), [qa.question for _, qa in chunk],
-                               max_new_tokens=max_new_tokens)
-        for (_, qa), t in zip(chunk, texts):
-            out[qa.id] = t[0]  # the whole output: a grounded trace is split by the caller
-    return out
-
-
-def evaluate_split(model: MusicLALM, data: DataConfig, out_dir: Path, split: str = "test", name: str = "model",
-                   max_new_tokens: int = 40, max_tracks: int | None = None, quiet: bool = False) -> dict:
-    """Answer every question of a synthetic split, score it as ``must score`` does (trivial baselines
-    beside), write ``scores.json`` and ``predictions.jsonl`` to ``out_dir``, print the table and chance.
-
-    Returns a small summary (the sub-metrics, their baselines, seconds) for the stage's record.
-    """
+def evaluate(model: MusicLALM, data: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,
+             max_tracks: int | None = None, tasks: Sequence[str] | None = None, split: str = "test",
+             quiet: bool = False) -> dict:
+    """A stage's evaluation, the same for every stage and data source: the synthetic ``split`` (its first
+    ``max_tracks`` tracks, rendered from the run's cache) or ``data.eval_split`` of ``data.parquet`` (its
+    ``tasks``), answered, scored and reported by :func:`must.eval.evaluate_loaded` as ``must eval`` does:
+    ``scores.json`` (trivial baselines beside), ``predictions.jsonl``, ``report.md``, ``plots/`` in ``out_dir``.
+    Prints the table and chance; returns :func:`must.eval.summary` for the stage's record."""
     from must.data.datasets import split_questions, split_size
-    from must.eval import print_scores, score_predictions, write_json
+    from must.eval import CHANCE, evaluate_loaded, print_scores, summary
 
     out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    n = split_size(data, split) if max_tracks is None else min(max_tracks, split_size(data, split))
-    tracks = [cached_track(data, split, i) for i in range(n)]
-    qas = split_questions(data, tracks, split)
-    if not quiet:  # answering can take minutes: say what is running before the table comes
-        print(f"[must] {name}: answering {len(qas)} questions on {len(tracks)} {split} tracks …", flush=True)
-    outputs = generate_answers(model, tracks, qas, max_new_tokens)
-    parts = {k: model.split_answer(v) for k, v in outputs.items()}
-    preds = {k: v[0] for k, v in parts.items()}
-    scores = score_predictions(preds, [qa.to_row() for qa in qas])
-    seconds = time.perf_counter() - t0
-    scores["seconds"] = round(seconds, 2)
-    scores["chance"] = dict(CHANCE)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "scores.json", scores)
-    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
-        for qa in qas:
-            rec = {"id": qa.id, "task": qa.task, "qa_type": qa.qa_type, "prediction": preds.get(qa.id),
-                   "answer": qa.answer}
-            _, trace, reason = parts.get(qa.id, (None, None, None))
-            if trace is not None:  # the model's own trace beside the answer it ends with
-                rec.update(trace=trace, reference_trace=qa.trace, reason=reason)
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    if not quiet:
+    if data.source == "mustbench":
+        _, qas, audio = mustbench_tracks(data, data.eval_split, tasks)
+        what = f"{data.parquet} (split '{data.eval_split}', {len(qas)} questions)"
+        references = [q.to_row() for q in qas]
+    else:
+        n = split_size(data, split) if max_tracks is None else min(max_tracks, split_size(data, split))
+        tracks = {t.id: t for t in (cached_track(data, split, i) for i in range(n))}
+        qas = split_questions(data, list(tracks.values()), split)
         counts = {t: sum(q.task == t for q in qas) for t in dict.fromkeys(q.task for q in qas)}
-        print(f"\n[must] {name}: MusTBench on the synthetic {split} split ({len(tracks)} tracks, {len(qas)} "
-              f"questions {counts}), {seconds:.0f} s", file=sys.stdout)
+        what = f"the synthetic {split} split ({len(tracks)} tracks, {len(qas)} questions {counts})"
+        references = [{**q.to_row(), "trace": q.trace} for q in qas]  # the labels' trace beside a grounded answer
+
+        def audio(track_id: str) -> tuple[np.ndarray, int]:
+            return tracks[track_id].audio, tracks[track_id].sample_rate
+
+    if not quiet:  # answering can take minutes: say what is running before the table comes
+        print(f"[must] {name}: answering {len(qas)} questions of {what} …", flush=True)
+    scores = evaluate_loaded(model, references, audio, out_dir, model_name=name, batch_size=32,
+                             max_new_tokens=max_new_tokens, progress=False, notes=[f"data: {what}"])
+    if not quiet:
+        print(f"\n[must] {name}: MusTBench on {what}, {scores['seconds']:.0f} s", file=sys.stdout)
         print_scores(scores, name)
         print("chance level: " + ", ".join(f"{k} {v:.1f}" for k, v in CHANCE.items()) + "\n", flush=True)
     return summary(scores)
 
 
-def summary(scores: dict) -> dict:
-    """The sub-metrics of a scores dict and of its baseline, flat (``tsg_onset``, …, ``baseline/tsg_onset``)."""
-    keys = {"tsg_onset": ("TSG", "onset"), "tsg_offset": ("TSG", "offset"), "ltr": ("LTR", "accuracy"),
-            "tad_meteor": ("TAD", "meteor"), "gto": ("GTO", "accuracy"), "mtr_iou": ("MTR", "iou"),
-            "mtr_f1": ("MTR", "f1")}
-    out: dict[str, Any] = {"overall": scores.get("overall"), "seconds": scores.get("seconds")}
-    for k, (task, sub) in keys.items():
-        out[k] = (scores.get(task) or {}).get(sub)
-        out[f"baseline/{k}"] = ((scores.get("baseline") or {}).get(task) or {}).get(sub)
-    return out
+def evaluate_split(model: MusicLALM, data: DataConfig, out_dir: Path, split: str = "test", name: str = "model",
+                   max_new_tokens: int = 40, max_tracks: int | None = None, quiet: bool = False) -> dict:
+    """:func:`evaluate` on a synthetic split (the name must/stages/grpo.py calls until it moves to must/rl/)."""
+    return evaluate(model, data, out_dir, name, max_new_tokens, max_tracks, split=split, quiet=quiet)
+
+
+def evaluate_parquet(model: MusicLALM, cfg: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,
+                     tasks: Sequence[str] | None = None) -> dict:
+    """:func:`evaluate` on the parquet (the name must/stages/grpo.py calls until it moves to must/rl/)."""
+    return evaluate(model, cfg, out_dir, name, max_new_tokens, tasks=tasks)

@@ -21,43 +21,17 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from must.data.config import DataConfig
-from must.data.targets import mood_change_clips, source_activity, transition_curve
+from must.data.datasets import Stage1Tracks, cached_track, collate
+from must.data.targets import source_activity
 from must.errors import ConfigError
 from must.models.lalm import MusicLALM
 from must.resume import step_sampler
 from must.stages import common
 from must.stages.options.encoder_adapt import Options
 from must.tracking import TransitionCurve, log_transition_plot
-
-
-class Stage1Tracks(Dataset):
-    """Synthetic tracks with stage-1 targets at the encoder's frame rate (rendered once per process)."""
-
-    def __init__(self, data: DataConfig, split: str, frame_rate: float, length: int):
-        self.data, self.split, self.frame_rate, self.length = data, split, frame_rate, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict:
-        track = common.cached_track(self.data, self.split, i)
-        clips = mood_change_clips(track, self.data.mood_window_s)
-        return {
-            "waveform": track.audio,
-            "sample_rate": track.sample_rate,
-            "transition": torch.from_numpy(transition_curve(track, self.frame_rate, self.data.transition_sigma_s)),
-            "activity": torch.from_numpy(source_activity(track, self.frame_rate)),
-            "mood": torch.tensor(clips, dtype=torch.float32).reshape(-1, 3),
-            "boundaries": [t.time for t in track.transitions],
-        }
-
-
-def _collate(items: list[dict]) -> dict:
-    return {k: [it[k] for it in items] for k in items[0]}
-
 
 # ----------------------------------------------------------------------------------------- losses
 
@@ -177,11 +151,11 @@ class EncoderAdaptation(L.LightningModule):
         ds = Stage1Tracks(self.data, "train", self.model.encoder.frame_rate, self.data.train_tracks)
         # Rank-sharded and resumable order (see must.resume.StepSampler).
         sampler = step_sampler(self, len(ds), self.options.batch_size, getattr(self, "seed", 0))
-        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
+        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         ds = Stage1Tracks(self.data, "val", self.model.encoder.frame_rate, self.data.val_tracks)
-        return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=_collate)
+        return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=collate)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -246,7 +220,7 @@ class EncoderAdaptation(L.LightningModule):
         width = max(1, round(o.source_crop_seconds * rate))
         waves, targets = [], []
         for i in rng.integers(0, self.data.train_tracks, o.source_crops):
-            track = common.cached_track(self.data, "train", int(i))
+            track = cached_track(self.data, "train", int(i))
             activity = source_activity(track, rate)
             f0 = int(rng.integers(0, max(1, len(activity) - width + 1)))
             per_frame = track.sample_rate / rate
@@ -330,9 +304,8 @@ class EncoderAdaptation(L.LightningModule):
     def evaluate(self, out_dir: Path, name: str) -> dict:
         """The model's MusTBench scores on the synthetic test split, into ``out_dir`` (stage 1 trains no answers:
         the recipe runs this only before training, ``eval_init``, for the untrained model's table)."""
-        return common.evaluate_split(self.model, self.data, Path(out_dir), name=name,
-                                     max_new_tokens=self.options.eval_max_new_tokens,
-                                     max_tracks=self.options.eval_max_tracks)
+        return common.evaluate(self.model, self.data, Path(out_dir), name, self.options.eval_max_new_tokens,
+                               self.options.eval_max_tracks)
 
 
 def _select_frames(frames, rows: list[int]):

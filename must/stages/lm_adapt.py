@@ -13,44 +13,15 @@ from pathlib import Path
 from typing import List
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from must.data.config import DataConfig
-from must.data import traces
-from must.data.synth import caption_text
+from must.data.datasets import CaptionTracks, collate
 from must.models.lalm import MusicLALM
-from must.resume import read_key, step_sampler
+from must.resume import step_sampler
 from must.stages import common
 from must.stages.options.lm_adapt import CAPTION_PROMPTS, Options  # noqa: F401 (CAPTION_PROMPTS: re-exported)
-
-
-class CaptionTracks(Dataset):
-    """Synthetic tracks and their timestamped captions (rendered once per process)."""
-
-    def __init__(self, data: DataConfig, split: str, length: int, prompts: List[str], seed: int = 0,
-                 answer_format: str = "plain"):
-        self.data, self.split, self.length, self.prompts, self.seed = data, split, length, prompts, seed
-        # Grounded models caption in their answers' language: every source's entries and exits, every
-        # change and the arousal extremes, each sentence a thing next to its time (both directions).
-        self.caption = traces.caption if answer_format == "grounded" else caption_text
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """``key``: a track index, or ``(position, index)`` (prompt choice then seeded by the position)."""
-        i, self.rng = read_key(key, self.seed, self.rng)
-        track = common.cached_track(self.data, self.split, i)
-        prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
-        return {"id": track.id, "waveform": track.audio, "sample_rate": track.sample_rate,
-                "prompt": prompt, "caption": self.caption(track)}
-
-
-def _collate(items: list[dict]) -> dict:
-    return {k: [it[k] for it in items] for k in items[0]}
 
 
 def caption_loss(model: MusicLALM, encoding, prompts: List[str], captions: List[str],
@@ -84,7 +55,8 @@ class LMAdaptation(L.LightningModule):
         self.options = o = options or Options()
         common.set_trainable(model, *train_globs(model, o))
         self.encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
-        self.cache = common.EncodingCache() if o.reuse_encodings and not self.encoder_trains else None
+        reuse = o.reuse_encodings and not self.encoder_trains  # frozen encoder: each track encoded once
+        self.cache = common.EncodingCache(data.encoding_cache_bytes) if reuse else None
         self.max_tokens = o.max_caption_tokens
 
     train_globs = staticmethod(train_globs)
@@ -99,12 +71,12 @@ class LMAdaptation(L.LightningModule):
                            self.model.cfg.answer_format)
         # Rank-sharded and resumable order (see must.resume.StepSampler).
         sampler = step_sampler(self, len(ds), self.options.batch_size, self.seed, positions=True)
-        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=_collate, drop_last=True)
+        return DataLoader(ds, batch_size=self.options.batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         ds = CaptionTracks(self.data, "val", self.data.val_tracks, self.options.prompts[:1], self.seed,
                            self.model.cfg.answer_format)
-        return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=_collate)
+        return DataLoader(ds, batch_size=self.options.batch_size, collate_fn=collate)
 
     def _encode(self, batch: dict):
         if self.cache is not None:
@@ -130,9 +102,8 @@ class LMAdaptation(L.LightningModule):
 
     def evaluate(self, out_dir: Path, name: str) -> dict:
         """The model's MusTBench scores on the synthetic test split, into ``out_dir``."""
-        return common.evaluate_split(self.model, self.data, Path(out_dir), name=name,
-                                     max_new_tokens=self.options.eval_max_new_tokens,
-                                     max_tracks=self.options.eval_max_tracks)
+        return common.evaluate(self.model, self.data, Path(out_dir), name, self.options.eval_max_new_tokens,
+                               self.options.eval_max_tracks)
 
     def save_model(self, path: Path) -> None:
         """The whole MusicLALM folder (the next stage starts from it)."""

@@ -1,0 +1,169 @@
+"""The one prompt builder: chat prompt, host and MusT audio tokens, and answers laid out as model inputs.
+
+:func:`pack_questions` packs several questions about one clip into one sequence (training: SFT, captions);
+:meth:`must.models.lalm.MusicLALM.prompt_inputs` is the same layout with one question per row, under a plain
+2-D mask (generation, GRPO, ``forward``). Token ids of prompt and answer texts are memoised per model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from must.models.lalm import AudioEncoding, MusicLALM
+
+
+def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequence[Sequence[str]],
+                   answers: Sequence[Sequence[str]] | None = None,
+                   max_answer_tokens: int | None = None, block_masks: bool = True) -> dict[str, torch.Tensor]:
+    """Several questions about one clip in one sequence: each question block sees the audio, not the others.
+
+    Row ``b`` is ``[chat prefix][host tokens][MusT tokens]`` once, then for each question ``j`` the block
+    ``[rest of the user turn + question j][assistant header][answer j + EOS]``. When the question comes
+    before the music (``model.cfg.question_position`` ``before`` or ``both``) the audio tokens depend on
+    it, so every question gets its own row (its question is then in the shared part too). Positions restart after
+    the audio for every block, and a 4-D mask lets a block attend to the shared prefix and causally to
+    itself only, so each block computes exactly what the unpacked prompt would (checked in the tests)
+    while the audio runs once.
+
+    Returns ``inputs_embeds`` (B, L, H), ``attention_mask`` (B, 1, L, L) additive float (0 = attend),
+    ``position_ids`` (B, L), ``labels`` (B, L) (-100 but on answers + EOS), ``block`` (B, L) long
+    (-1 on the shared part and padding, else the question's index in the flattened list),
+    ``lengths`` (B,) long (each row's real tokens; the rest is right padding), ``n_blocks`` (total
+    questions), ``audio_start`` (B,) long (where each row's MusT tokens start) and ``clip`` (B,) long (the
+    clip of ``encoding`` each row asks about). With a time pointer (``model.pointer``) it is told those rows. Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``). Without
+    ``block_masks`` the (B, 1, L, L) mask is not built (``attention_mask`` None: one question per row needs
+    only a causal mask over ``lengths``, :meth:`~must.models.lalm.MusicLALM.prompt_inputs`).
+    """
+    dev = model.device
+    cut = max_answer_tokens or model.cfg.max_answer_tokens
+    audio = model.project(encoding)
+    eos = model.tokenizer.eos_token_id
+    ids_of = _text_ids_memo(model)
+    # Lay every row out first (token ids and where they go, audio spans), then fill one padded tensor:
+    # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
+    text_ids, text_at, audio_at, rows, must_at, clips = [], [], [], [], [], []
+    flat = 0
+    for b, qs, ans in _shared_groups(model, questions, answers):
+        r = len(rows)
+        before, first_after = model.prompt_parts(qs[0])
+        ids = ids_of(before)
+        text_ids += ids
+        text_at += [(r, i) for i in range(len(ids))]
+        n = len(ids)
+        pieces = []
+        if encoding.host_embeds is not None:
+            pieces.append(encoding.host_embeds[b][encoding.host_mask[b]].to(dev, audio.dtype))
+        pieces.append(audio[b][encoding.mask[b].to(dev)])
+        for piece in pieces:
+            audio_at.append((r, n, piece))
+            n += len(piece)
+        must_at.append(n - len(pieces[-1]))  # the MusT tokens are the last piece
+        clips.append(b)
+        n_shared = n
+        lab, blk, pos = [-100] * n_shared, [-1] * n_shared, list(range(n_shared))
+        for j, q in enumerate(qs):
+            after = first_after if j == 0 else model.prompt_parts(q)[1]
+            ids = ids_of(after)
+            a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
+            m = len(ids) + len(a_ids)
+            text_ids += ids + a_ids
+            text_at += [(r, i) for i in range(n, n + m)]
+            n += m
+            lab += [-100] * len(ids) + a_ids
+            blk += [flat] * m
+            pos += list(range(n_shared, n_shared + m))
+            flat += 1
+        rows.append((lab, blk, pos))
+    length = max(len(lab) for lab, _, _ in rows)
+    bsz = len(rows)
+    at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
+    emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
+    # The wider of the projector's and the LLM's dtypes (a float32 projector beside a bf16 LLM is common).
+    inputs = audio.new_zeros(bsz, length, model.hidden_size, dtype=torch.promote_types(audio.dtype, emb.dtype))
+    inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(inputs.dtype))
+    for r, lo, piece in audio_at:
+        inputs[r, lo: lo + len(piece)] = piece
+    lab_t = torch.full((bsz, length), -100, dtype=torch.long)
+    blk_t = torch.full((bsz, length), -1, dtype=torch.long)
+    pos_t = torch.zeros(bsz, length, dtype=torch.long)
+    real = torch.zeros(bsz, length, dtype=torch.bool)
+    for i, (la, bl, po) in enumerate(rows):
+        n = len(la)
+        lab_t[i, :n] = torch.tensor(la)
+        blk_t[i, :n] = torch.tensor(bl)
+        pos_t[i, :n] = torch.tensor(po)
+        real[i, :n] = True
+    lab_t, blk_t, pos_t, real = (t.to(dev) for t in (lab_t, blk_t, pos_t, real))
+    mask = None
+    if block_masks:
+        allowed = block_mask(blk_t, real)
+        mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
+    audio_start = torch.tensor(must_at, dtype=torch.long, device=dev)
+    clip = torch.tensor(clips, dtype=torch.long, device=dev)
+    if model.pointer is not None:  # the time pointer reads these rows' audio tokens
+        model.point_at(encoding, audio_start, clip)
+    return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
+            "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip}
+
+
+#: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
+#: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
+#: the memo starts afresh when the tokenizer object or its size changes.
+_IDS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
+IDS_MEMO_SIZE = 65536
+
+
+def _text_ids_memo(model: MusicLALM):
+    """``model.text_ids``, memoised per model (least recently used texts dropped past ``IDS_MEMO_SIZE``)."""
+    key = (id(model.tokenizer), len(model.tokenizer))
+    held = _IDS_MEMO.get(model)
+    if held is None or held[0] != key:
+        held = _IDS_MEMO[model] = (key, OrderedDict())
+    memo = held[1]
+
+    def ids_of(text: str) -> list[int]:
+        ids = memo.get(text)
+        if ids is None:
+            ids = memo[text] = model.text_ids(text)
+            if len(memo) > IDS_MEMO_SIZE:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(text)
+        return list(ids)
+
+    return ids_of
+
+
+def _shared_groups(model: MusicLALM, questions: Sequence[Sequence[str]],
+                   answers: Sequence[Sequence[str]] | None):
+    """(clip index, questions, answers or None) per packed row: all of a clip's questions share one row,
+    unless the question comes before the music (``model.question_position``), when the audio tokens
+    depend on the question and each question gets its own row."""
+    for b, qs in enumerate(questions):
+        ans = None if answers is None else answers[b]
+        if model.cfg.question_position == "after":
+            yield b, qs, ans
+        else:
+            for j, q in enumerate(qs):
+                yield b, [q], None if ans is None else [ans[j]]
+
+
+def block_mask(block: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, L) block ids (-1 = shared) and real-token mask -> (B, L, L) bool, True where query i may see key k.
+
+    Causal; a key in the shared part is seen by every query, a key in a block only by its own block.
+    Padding queries see themselves only (no all-masked rows, so no NaN).
+    """
+    n = block.shape[1]
+    allowed = block[:, :, None] == block[:, None, :]  # same block (the shared part is block -1 too)
+    allowed |= ((block == -1) & real)[:, None, :]  # the shared part is seen by every block
+    allowed &= torch.ones(n, n, dtype=torch.bool, device=block.device).tril()
+    allowed &= real[:, None, :] & real[:, :, None]
+    allowed.diagonal(dim1=1, dim2=2)[~real] = True
+    return allowed
