@@ -522,11 +522,11 @@ def captions_variants(recipe, args, out: Path) -> None:
 
 def prerender(recipe) -> float:
     """Render every training track (the recipe's stage 1 does) before any clock runs; seconds."""
-    from must.stages import common
+    from must.data.datasets import cached_track
 
     t0 = time.perf_counter()
     for i in range(recipe.data.train_tracks):
-        common.cached_track(recipe.data, "train", i)
+        cached_track(recipe.data, "train", i)
     return time.perf_counter() - t0
 
 

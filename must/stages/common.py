@@ -341,15 +341,3 @@ def evaluate(model: MusicLALM, data: DataConfig, out_dir: Path, name: str, max_n
         print_scores(scores, name)
         print("chance level: " + ", ".join(f"{k} {v:.1f}" for k, v in CHANCE.items()) + "\n", flush=True)
     return summary(scores)
-
-
-def evaluate_split(model: MusicLALM, data: DataConfig, out_dir: Path, split: str = "test", name: str = "model",
-                   max_new_tokens: int = 40, max_tracks: int | None = None, quiet: bool = False) -> dict:
-    """:func:`evaluate` on a synthetic split (the name must/stages/grpo.py calls until it moves to must/rl/)."""
-    return evaluate(model, data, out_dir, name, max_new_tokens, max_tracks, split=split, quiet=quiet)
-
-
-def evaluate_parquet(model: MusicLALM, cfg: DataConfig, out_dir: Path, name: str, max_new_tokens: int = 40,
-                     tasks: Sequence[str] | None = None) -> dict:
-    """:func:`evaluate` on the parquet (the name must/stages/grpo.py calls until it moves to must/rl/)."""
-    return evaluate(model, cfg, out_dir, name, max_new_tokens, tasks=tasks)

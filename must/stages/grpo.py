@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from must.data.datasets import mustbench_tracks
 from must.errors import ConfigError, MustError
 from must.rl.data import PromptBatches, QAPrompts, SynthTracks, refill_rows
 from must.rl.decoding import completion_logits
@@ -174,17 +175,14 @@ class GRPOStage(L.LightningModule):
         common.check_data_source(cfg, ctx.stage.name)
         model = common.build_model(ctx)
         set_trainable(model, *train_globs(model, o))
-        policy = MusicPolicy(model, cfg.sample_rate, common.EncodingCache())
+        policy = MusicPolicy(model, cfg.sample_rate, common.EncodingCache(cfg.encoding_cache_bytes))
         real = cfg.source == "mustbench"
         # A MusTBench parquet carries every reward column (task, answer, answers; duration from the audio).
-        tracks = common.mustbench_tracks(cfg, cfg.train_split)[0] if real else SynthTracks(cfg, "train")
+        tracks = mustbench_tracks(cfg, cfg.train_split)[0] if real else SynthTracks(cfg, "train")
         data = QAPrompts(tracks, o.questions_per_clip, ctx.seed, model.cfg.answer_format)
 
         def evaluate(policy: MusicPolicy, out_dir: Path, name: str) -> dict:
-            if real:
-                return common.evaluate_parquet(policy.model, cfg, out_dir, name, o.eval_max_new_tokens)
-            return common.evaluate_split(policy.model, cfg, out_dir, name=name, max_new_tokens=o.eval_max_new_tokens,
-                                         max_tracks=o.eval_max_tracks)
+            return common.evaluate(policy.model, cfg, out_dir, name, o.eval_max_new_tokens, o.eval_max_tracks)
 
         return cls(policy, rewards, data, o, eval_fn=evaluate, seed=ctx.seed, stage_dir=ctx.stage_dir)
 

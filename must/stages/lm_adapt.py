@@ -28,9 +28,9 @@ def caption_loss(model: MusicLALM, encoding, prompts: List[str], captions: List[
                  max_tokens: int | None = None) -> torch.Tensor:
     """(B,) next-token loss of each caption given its audio and prompt, normalised per caption."""
     packed = common.pack_questions(model, encoding, [[p] for p in prompts], [[c] for c in captions], max_tokens)
-    logits = model.llm(inputs_embeds=packed["inputs_embeds"], attention_mask=packed["attention_mask"],
-                       position_ids=packed["position_ids"], use_cache=False).logits
-    return common.per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"])
+    # As SFT: on a CPU one call per row at its own length, and the LM head on the caption positions only
+    # (benchmarks/results/step_overhead.md: the padded all-positions call made this step 3.3x the bare LLM).
+    return common.block_losses(model.llm, packed, by_row=model.device.type == "cpu", pointer=model.pointer)
 
 
 def train_globs(model: MusicLALM, options: Options) -> tuple[list[str], list[str]]:
@@ -92,6 +92,14 @@ class LMAdaptation(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/caption_loss", loss, batch_size=bs)
         return loss
+
+    def on_train_start(self) -> None:
+        # Frozen all-zero LoRA adapters (left for stage 3) add exactly 0.0: off for the fit, as in SFT.
+        self._inert_lora = common.disable_inert_lora(self.model.llm)
+
+    def on_train_end(self) -> None:
+        common.enable_lora(getattr(self, "_inert_lora", []))
+        self._inert_lora = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses = caption_loss(self.model, self._encode(batch), batch["prompt"], batch["caption"], self.max_tokens)
