@@ -1,5 +1,7 @@
 """Time pointer: nearest audio token per time step, the logits it adds, cached generation, save/load."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,15 @@ def test_each_time_step_points_at_the_nearest_audio_token():
     p.set_rows(torch.tensor([[3, 4, -1], [9, -1, -1]]), torch.tensor([[2, 5, -1], [7, -1, -1]]))
     # Ties (second 3.5 would be one) never arise on whole steps here: 3 is 1 from 2 and 2 from 5.
     assert p.nearest.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0] * 8]
+    assert p.step_of.tolist() == [[2, 5, 8], [7, 8, 8]]  # 8: the spare slot of padding
+    assert p.empty[0].tolist() == [True, True, False, True, True, False, True, True]
+    # Two tokens of step 1 (log-sum-exp), none of steps 0 and 2+ (nearest token's score).
+    p.set_rows(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 1, 3]]))
+    scores = torch.tensor([[[0.0, 1.0, 5.0]]])
+    got = p.per_step(scores, 1)[0, 0]
+    assert got[1].item() == pytest.approx(math.log(math.exp(0.0) + math.exp(1.0)))
+    assert got[3].item() == pytest.approx(5.0) and got[0].item() == pytest.approx(0.0)  # 0: nearest is token 0
+    assert got[7].item() == pytest.approx(5.0)
     with pytest.raises(ValueError, match="at least one audio token"):
         p.set_rows(torch.tensor([[-1, -1]]), torch.tensor([[-1, -1]]))
 
@@ -55,7 +66,10 @@ def test_pointer_adds_query_key_scores_to_the_time_logits_only(model):
     p, te = model.pointer, model.time_embedding
     keys = p.k(states[0, p.positions[0]])  # (T, H)
     scores = p.q(states[0]) @ keys.T / states.shape[-1] ** 0.5  # (L, T)
-    want = scores[:, p.nearest[0]]  # (L, count): each time step's nearest audio token
+    # (L, count): each step's log-sum-exp over its audio tokens; a step without one takes the nearest token's.
+    steps = te.count
+    want = torch.stack([scores[:, p.step_of[0] == s].logsumexp(-1) if (p.step_of[0] == s).any()
+                        else scores[:, p.nearest[0, s]] for s in range(steps)], -1)
     diff = on - off
     span = slice(te.first, te.first + te.count)
     torch.testing.assert_close(diff[0, :, span], want, rtol=1e-4, atol=1e-4)

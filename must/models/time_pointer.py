@@ -4,7 +4,8 @@ With time tokens alone, the position that writes a time must fetch, by attention
 the audio token it is looking for and copy it out through the tied LM-head row. The pointer gives that
 step its own head, as E.T. Chat points into its input frames: a query from the position that writes a
 time is matched against a key from every audio token's last-layer state, and each time token's logit
-gains the score of the audio token nearest its time. ``benchmarks/tsg_probe.py --answer pointer``
+gains the log-sum-exp of its audio tokens' scores (the tokens whose time embedding it is; past the clip,
+the nearest token's). ``benchmarks/tsg_probe.py --answer pointer``
 measured it on the abstract TSG lookup: Hit@3s 94-100 after 100 steps, where the tied time token alone
 is at 39-50 (and 88 after 600); ``benchmarks/results/grounded.md`` §5.
 
@@ -49,16 +50,21 @@ class TimePointer(nn.Module):
         dist = (steps[:, None, :] - grid[None, :, None]).abs().float()  # (B, count, T)
         dist = dist.masked_fill(~valid[:, None, :], math.inf)
         self.positions, self.nearest, self.keys = positions, dist.argmin(-1), None
+        # Each audio token belongs to its own time step (the one its time embedding is); padding to a spare slot.
+        self.step_of = torch.where(valid, steps.clamp(0, self.count - 1), self.count)
+        held = torch.zeros(steps.shape[0], self.count + 1, dtype=torch.bool, device=steps.device)
+        self.empty = ~held.scatter_(1, self.step_of, True)[:, : self.count]  # (B, count) steps with no token
 
     @contextlib.contextmanager
     def only_row(self, row: int):
         """Within the block, the LLM calls are of sequence row ``row`` alone (one call per row)."""
-        held = self.positions, self.nearest
-        self.positions, self.nearest, self.keys = held[0][row : row + 1], held[1][row : row + 1], None
+        held = self.positions, self.nearest, self.step_of, self.empty
+        self.positions, self.nearest, self.step_of, self.empty = (x[row : row + 1] for x in held)
+        self.keys = None
         try:
             yield
         finally:
-            self.positions, self.nearest, self.keys = held[0], held[1], None
+            (self.positions, self.nearest, self.step_of, self.empty), self.keys = held, None
 
     def clear(self) -> None:
         """No audio rows: the LM head is left as it is."""
@@ -88,6 +94,19 @@ class TimePointer(nn.Module):
             raise ValueError(f"time pointer: a call of {batch} rows for {x.shape[0]} audio rows")
         return x.repeat_interleave(batch // x.shape[0], 0)
 
+    def per_step(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B, L, T) audio-token scores -> (B, L, count) time-step scores: the log-sum-exp over the audio tokens
+        of each step (the tokens whose time embedding that step's token is), or for a step without one (past
+        the clip) the score of the nearest token."""
+        step_of = self._expand(self.step_of, batch)[:, None, :].expand_as(scores)
+        top = scores.detach().amax(-1, keepdim=True)
+        e = (scores - top).exp()
+        sums = e.new_zeros(*scores.shape[:2], self.count + 1).scatter_add(2, step_of, e)[..., : self.count]
+        near = self._expand(self.nearest, batch)[:, None, :].expand(-1, scores.shape[1], -1)
+        empty = self._expand(self.empty, batch)[:, None, :]
+        sums = torch.where(empty, e.gather(2, near), sums)
+        return sums.log() + top
+
     def add(self, module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
         """Forward hook on the LM head: time-token logits += q(h) . k(audio token nearest each time) / sqrt(H)."""
         if self.positions is None:
@@ -97,8 +116,7 @@ class TimePointer(nn.Module):
             return logits
         keys = self._expand(self.keys, h.shape[0])
         scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
-        near = self._expand(self.nearest, h.shape[0])  # (B, count)
-        pointed = scores.gather(2, near[:, None, :].expand(-1, scores.shape[1], -1))  # (B, L, count)
+        pointed = self.per_step(scores, h.shape[0])
         logits = logits.clone()
         logits[..., self.first : self.first + self.count] += pointed.to(logits.dtype)
         return logits
