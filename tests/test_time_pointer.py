@@ -116,3 +116,29 @@ def test_save_and_load_keeps_the_pointer_and_the_logits(tmp_path, model):
 def test_pointer_needs_time_tokens():
     with pytest.raises(ConfigError, match="time_embedding.pointer.*kind: tokens"):
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "digits", "pointer": True}})
+
+
+def test_grpo_batches_point_each_prompt_at_its_own_audio(model):
+    """GRPO builds prompts one by one and left-pads them together, and its sampler drops finished rows:
+    greedy samples of the padded batch must equal each prompt's own generation."""
+    from must.rl.decoding import sample
+    from must.rl.policy import MusicPolicy
+
+    policy = MusicPolicy(model, SR)
+    rows = [{"waveform": _noise(s, seed=i), "track_id": f"t{i}", "question": q}
+            for i, (s, q) in enumerate([(5.0, "When does the bass start?"), (9.0, "When do the drums stop?")])]
+    items = policy.encode(rows)
+    alone = [model.generate_ids(enc, [q], max_new_tokens=6)[0].tolist() for enc, q in items]
+    embeds, mask = policy.embed(items)
+    assert int(mask[0].sum()) < embeds.shape[1]  # the shorter clip's prompt is left-padded
+    p = model.pointer
+    # "EOS" = the first prompt's second token: its rows leave the batch after step 2, the others go on.
+    eos = {alone[0][1]}
+    assert eos.isdisjoint(alone[1][:3])
+    out = sample(policy.lm, embeds, mask, 3, 6, sorted(eos), model.tokenizer.pad_token_id, greedy=True,
+                 follow_rows=policy.follow_rows)
+    assert p.row_index is None and out.completion_ids.shape[0] == 6
+    for i, own in enumerate(alone):
+        n = next((k + 1 for k, t in enumerate(own) if t in eos), len(own))
+        for g in range(3):
+            assert out.completion_ids[3 * i + g].tolist()[:n] == own[:n], (i, g)

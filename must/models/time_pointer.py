@@ -39,6 +39,7 @@ class TimePointer(nn.Module):
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
         self.keys: torch.Tensor | None = None  # (B, T, H) of the call that saw the audio
         self._fresh = True
+        self.row_index: torch.Tensor | None = None  # see follow
 
     def set_rows(self, positions: torch.Tensor, steps: torch.Tensor) -> None:
         """The next LLM calls' audio tokens: ``positions`` (B, T) long in the sequence (-1 pads a row
@@ -49,11 +50,26 @@ class TimePointer(nn.Module):
         grid = torch.arange(self.count, device=steps.device)
         dist = (steps[:, None, :] - grid[None, :, None]).abs().float()  # (B, count, T)
         dist = dist.masked_fill(~valid[:, None, :], math.inf)
-        self.positions, self.nearest, self.keys = positions, dist.argmin(-1), None
+        self.positions, self.nearest, self.keys, self.row_index = positions, dist.argmin(-1), None, None
         # Each audio token belongs to its own time step (the one its time embedding is); padding to a spare slot.
         self.step_of = torch.where(valid, steps.clamp(0, self.count - 1), self.count)
         held = torch.zeros(steps.shape[0], self.count + 1, dtype=torch.bool, device=steps.device)
         self.empty = ~held.scatter_(1, self.step_of, True)[:, : self.count]  # (B, count) steps with no token
+
+    def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, steps) of one row as :meth:`set_rows` takes them, padding dropped."""
+        valid = self.positions[row] >= 0
+        return self.positions[row][valid], self.step_of[row][valid]
+
+    def stack_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor]], shifts: list[int]) -> None:
+        """:meth:`set_rows` from rows gathered one at a time (:meth:`row`), row ``i`` moved ``shifts[i]`` on
+        (the left padding a batch of separately built prompts gets)."""
+        n = max(len(p) for p, _ in rows)
+        positions = torch.full((len(rows), n), -1, dtype=torch.long, device=rows[0][0].device)
+        steps = torch.full_like(positions, -1)
+        for i, ((p, st), shift) in enumerate(zip(rows, shifts)):
+            positions[i, : len(p)], steps[i, : len(p)] = p + shift, st
+        self.set_rows(positions, steps)
 
     @contextlib.contextmanager
     def only_row(self, row: int):
@@ -68,7 +84,7 @@ class TimePointer(nn.Module):
 
     def clear(self) -> None:
         """No audio rows: the LM head is left as it is."""
-        self.positions = self.nearest = self.keys = None
+        self.positions = self.nearest = self.keys = self.row_index = None
 
     def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
@@ -81,29 +97,42 @@ class TimePointer(nn.Module):
         if self.positions is None or not self._fresh:
             return
         states = states if isinstance(states, torch.Tensor) else states[0]
-        rows = self._expand(self.positions, states.shape[0]).clamp_min(0)
+        n = self.positions.shape[0]
+        if states.shape[0] != n:  # each prompt repeated for its samples (adjacent): one copy of each is enough
+            if states.shape[0] % n:
+                raise ValueError(f"time pointer: a call of {states.shape[0]} rows for {n} audio rows")
+            states = states.reshape(n, -1, *states.shape[1:])[:, 0]
+        rows = self.positions.clamp_min(0)
         picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1]))
         self.keys = self.k(picked.to(self.k.weight.dtype))
 
-    @staticmethod
-    def _expand(x: torch.Tensor, batch: int) -> torch.Tensor:
-        """Rows of ``x`` repeated for a call of ``batch`` rows (several samples per prompt sit adjacent)."""
-        if x.shape[0] == batch:
-            return x
-        if batch % x.shape[0]:
-            raise ValueError(f"time pointer: a call of {batch} rows for {x.shape[0]} audio rows")
-        return x.repeat_interleave(batch // x.shape[0], 0)
+    def follow(self, index: torch.Tensor | None) -> None:
+        """The next calls' rows are the audio rows ``index`` (a sampler that drops finished rows says which
+        remain); None: rows map by repetition (``batch`` = k x the audio rows, each repeated k times, adjacent)."""
+        self.row_index = index
+
+    def _index(self, batch: int) -> torch.Tensor:
+        """(batch,) the audio row of each row of a call of ``batch`` rows."""
+        n = self.positions.shape[0]
+        if self.row_index is not None:
+            if len(self.row_index) != batch:
+                raise ValueError(f"time pointer: a call of {batch} rows while following {len(self.row_index)}")
+            return self.row_index
+        if batch % n:
+            raise ValueError(f"time pointer: a call of {batch} rows for {n} audio rows")
+        return torch.arange(n, device=self.positions.device).repeat_interleave(batch // n)
 
     def per_step(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
         """(B, L, T) audio-token scores -> (B, L, count) time-step scores: the log-sum-exp over the audio tokens
         of each step (the tokens whose time embedding that step's token is), or for a step without one (past
         the clip) the score of the nearest token."""
-        step_of = self._expand(self.step_of, batch)[:, None, :].expand_as(scores)
+        idx = self._index(batch)
+        step_of = self.step_of[idx][:, None, :].expand_as(scores)
         top = scores.detach().amax(-1, keepdim=True)
         e = (scores - top).exp()
         sums = e.new_zeros(*scores.shape[:2], self.count + 1).scatter_add(2, step_of, e)[..., : self.count]
-        near = self._expand(self.nearest, batch)[:, None, :].expand(-1, scores.shape[1], -1)
-        empty = self._expand(self.empty, batch)[:, None, :]
+        near = self.nearest[idx][:, None, :].expand(-1, scores.shape[1], -1)
+        empty = self.empty[idx][:, None, :]
         sums = torch.where(empty, e.gather(2, near), sums)
         return sums.log() + top
 
@@ -114,7 +143,7 @@ class TimePointer(nn.Module):
         h = inputs[0]
         if self.keys is None:
             return logits
-        keys = self._expand(self.keys, h.shape[0])
+        keys = self.keys[self._index(h.shape[0])]
         scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
         pointed = self.per_step(scores, h.shape[0])
         logits = logits.clone()

@@ -27,7 +27,7 @@ gets never depends on which other rows have stopped, so the prefix-shared path a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +93,7 @@ def sample(
     generator: torch.Generator | None = None,
     share_prefix: bool = True,
     timings: dict[str, float] | None = None,
+    follow_rows: Callable[[Tensor | None], None] | None = None,
 ) -> Samples:
     """Draw ``num_samples`` completions for each prompt.
 
@@ -111,6 +112,9 @@ def sample(
         share_prefix: prefill each prompt once and expand its cache (True), or repeat the prompt G times
             before the prefill (False: the plain path, for checks and comparison).
         timings: when given, seconds spent are added under ``prefill`` and ``decode``.
+        follow_rows: told, before each decoding call, the prompt of each row still decoding (a (rows,) long
+            tensor; rows of finished completions leave the batch), and None at the end (the policy's
+            ``follow_rows``: a time pointer keeps its audio keys per prompt).
     """
     t0 = time.perf_counter()
     G, device = num_samples, prompt_embeds.device
@@ -136,6 +140,7 @@ def sample(
     active = torch.arange(rows, device=device)  # full-batch index of each row still in the cache
     attn = prompt_mask
     steps = 0
+    prompt_of = torch.arange(rows, device=device) // G  # rows of one prompt sit adjacent
     for t in range(max_new_tokens):
         u = None if greedy else torch.rand(rows, device=device, generator=generator)[active]
         tok = _pick(logits, u, temperature, top_p)
@@ -152,9 +157,13 @@ def sample(
             cache.batch_select_indices(keep)
             active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
         attn = torch.cat([attn, attn.new_ones(attn.size(0), 1)], dim=1)
+        if follow_rows is not None:
+            follow_rows(prompt_of[active])
         out = lm(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True, **{_CACHE: cache})
         cache, logits, next_pos = getattr(out, _CACHE), out.logits[:, -1], next_pos + 1
 
+    if follow_rows is not None:
+        follow_rows(None)
     if timings is not None:
         timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
         timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t1

@@ -152,11 +152,17 @@ class MusicPolicy(nn.Module):
 
     def embed(self, items: list[tuple[Any, str]]) -> tuple[Tensor, Tensor]:
         """Left-padded prompt embeddings (B, P, H) and mask (B, P); differentiable w.r.t. the projector."""
-        seqs = []
+        seqs, rows = [], []
+        pointer = self.model.pointer
         for enc, question in items:
             p = self.model.prompt_embeds(enc, [question])
             seqs.append(p["inputs_embeds"][0][p["attention_mask"][0].bool()])
-        return left_pad(seqs, 0.0)
+            if pointer is not None:  # where this prompt's audio tokens are, before the batch is padded
+                rows.append(pointer.row(0))
+        embeds, mask = left_pad(seqs, 0.0)
+        if pointer is not None:
+            pointer.stack_rows(rows, [embeds.shape[1] - len(s) for s in seqs])
+        return embeds, mask
 
     def param_groups(self, lrs: dict[str, float], default_lr: float, weight_decay: float = 0.0) -> list[dict]:
         """The model's groups: globs match MusicLALM's names (``projector.*``, ``llm.*lora_*``), as in stages 1-3."""
@@ -164,6 +170,11 @@ class MusicPolicy(nn.Module):
 
     def save_pretrained(self, path: Path) -> None:
         self.model.save_pretrained(path)
+
+    @property
+    def follow_rows(self):
+        """The model's time pointer's row map, for a sampler that drops finished rows (None without one)."""
+        return None if self.model.pointer is None else self.model.pointer.follow
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def sample_completions(
     embeds, mask = policy.embed(encoded)
     o = options
     return sample(policy.lm, embeds, mask, o.num_generations, o.max_completion_length, eos_token_ids, pad_token_id,
-                  temperature=o.temperature, top_p=o.top_p, share_prefix=o.share_prefix, timings=timings)
+                  temperature=o.temperature, top_p=o.top_p, share_prefix=o.share_prefix, timings=timings,
+                  follow_rows=getattr(policy, "follow_rows", None))
 
 
 def completion_token_ids(completion_ids: Tensor, completion_mask: Tensor) -> list[list[int]]:
