@@ -131,7 +131,8 @@ def _pretrained_folder(path):
 @pytest.mark.parametrize("host", ["none", "qwen2_audio"])
 def test_pretrained_llms_and_hosts_get_the_tokens_and_keep_them(tmp_path, host):
     torch.manual_seed(0)
-    cfg = {**TOKENS, "host": {"kind": host}}
+    # With the time pointer on too (small.yaml's SmolLM2 and the host LALMs): it hooks their final norm and head.
+    cfg = {**TOKENS, "host": {"kind": host}, "time_embedding": {"kind": "tokens", "pointer": True}}
     if host == "none":
         cfg["llm"] = {"source": str(_pretrained_folder(tmp_path / "smol")), "lora": {"r": 4}}
     m = MusicLALM.from_config(cfg).eval()
@@ -147,3 +148,4 @@ def test_pretrained_llms_and_hosts_get_the_tokens_and_keep_them(tmp_path, host):
     m2 = MusicLALM.from_pretrained(tmp_path / "out").eval()
     assert len(m2.tokenizer) == len(m.tokenizer)
     assert torch.equal(logits, m2(m2.encode_audio([_noise(6.0)], SR), q, a).logits)
+    assert m2.pointer is not None and m2.pointer.keys is not None  # the pointer ran in the loaded model
