@@ -49,6 +49,7 @@ VARIANTS = {
     "no_source": "(e) no source-activity head",
     "plain": "(f) plain answers (time tokens kept)",
     "digits": "(g) M:SS digits, plain answers (the paper's text path)",
+    "no_pointer": "(h) time tokens without the time pointer",
 }
 
 
@@ -76,6 +77,9 @@ def variant_recipe(base, variant: str, out: Path, scale: float):
     elif variant == "digits":
         recipe.model.answer_format = "plain"
         recipe.model.time_embedding.kind = "digits"
+        recipe.model.time_embedding.pointer = False  # it points time tokens, which digits have not
+    elif variant == "no_pointer":
+        recipe.model.time_embedding.pointer = False
     if recipe.model.answer_format == "plain":  # the trace rewards have nothing to read
         for stage in recipe.stages:
             if stage.kind == "grpo":

@@ -30,6 +30,8 @@ def test_variants_drop_stages_and_change_the_model_at_the_same_budget(tmp_path):
     assert (BASE.model.answer_format, BASE.model.time_embedding.kind) == ("grounded", "tokens")
     assert (v["plain"].model.answer_format, v["plain"].model.time_embedding.kind) == ("plain", "tokens")
     assert (v["digits"].model.answer_format, v["digits"].model.time_embedding.kind) == ("plain", "digits")
+    assert not v["digits"].model.time_embedding.pointer and not v["no_pointer"].model.time_embedding.pointer
+    assert BASE.model.time_embedding.pointer and v["all"].model.time_embedding.pointer
     grpo = {name: next(s for s in r.stages if s.kind == "grpo").options for name, r in v.items() if name != "sft_only"
             and name != "captions_sft"}
     assert list(grpo["plain"]["reward_funcs"]) == ["must_reward"] and "trace_step_reward" in grpo["all"]["reward_funcs"]
