@@ -142,3 +142,14 @@ def test_grpo_batches_point_each_prompt_at_its_own_audio(model):
         n = next((k + 1 for k, t in enumerate(own) if t in eos), len(own))
         for g in range(3):
             assert out.completion_ids[3 * i + g].tolist()[:n] == own[:n], (i, g)
+
+
+def test_per_step_scores_stay_finite_however_far_apart():
+    p = TimePointer(hidden=4, first=0, count=3)
+    p.set_rows(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 0, 1]]))
+    scores = torch.tensor([[[500.0, 499.0, -500.0]]], requires_grad=True)  # step 1 is 1000 below step 0
+    got = p.per_step(scores, 1)[0, 0]
+    assert got[0].item() == pytest.approx(500.0 + math.log1p(math.exp(-1.0)))
+    assert got[1].item() == pytest.approx(-500.0) and got[2].item() == pytest.approx(-500.0)  # 2: nearest token
+    got[1].backward()
+    assert torch.isfinite(scores.grad).all() and scores.grad.tolist() == [[[0.0, 0.0, 1.0]]]

@@ -38,6 +38,8 @@ class TimePointer(nn.Module):
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
         self.keys: torch.Tensor | None = None  # (B, T, H) of the call that saw the audio
+        self.step_of: torch.Tensor | None = None  # (B, T) each audio token's time step, ``count`` on padding
+        self.empty: torch.Tensor | None = None  # (B, count) the steps no audio token of the row holds
         self._fresh = True
         self.row_index: torch.Tensor | None = None  # see follow
 
@@ -84,7 +86,7 @@ class TimePointer(nn.Module):
 
     def clear(self) -> None:
         """No audio rows: the LM head is left as it is."""
-        self.positions = self.nearest = self.keys = self.row_index = None
+        self.positions = self.nearest = self.keys = self.row_index = self.step_of = self.empty = None
 
     def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
@@ -127,17 +129,18 @@ class TimePointer(nn.Module):
         of each step (the tokens whose time embedding that step's token is), or for a step without one (past
         the clip) the score of the nearest token."""
         idx = self._index(batch)
-        step_of = self.step_of[idx][:, None, :].expand_as(scores)
-        top = scores.detach().amax(-1, keepdim=True)
-        e = (scores - top).exp()
-        sums = e.new_zeros(*scores.shape[:2], self.count + 1).scatter_add(2, step_of, e)[..., : self.count]
+        step_of = self.step_of[idx][:, None, :].expand_as(scores)  # padding goes to the spare slot ``count``
+        # Each step's own maximum: exact and stable however far apart the steps' scores are.
+        shape = (*scores.shape[:2], self.count + 1)
+        top = scores.new_full(shape, -math.inf).scatter_reduce(2, step_of, scores.detach(), "amax")
+        e = (scores - top.gather(2, step_of)).exp()
+        sums = e.new_zeros(shape).scatter_add(2, step_of, e)
+        pointed = (sums.log() + top)[..., : self.count]
         near = self.nearest[idx][:, None, :].expand(-1, scores.shape[1], -1)
-        empty = self.empty[idx][:, None, :]
-        sums = torch.where(empty, e.gather(2, near), sums)
-        return sums.log() + top
+        return torch.where(self.empty[idx][:, None, :], scores.gather(2, near), pointed)
 
     def add(self, module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        """Forward hook on the LM head: time-token logits += q(h) . k(audio token nearest each time) / sqrt(H)."""
+        """Forward hook on the LM head: time-token logits += :meth:`per_step` of ``q(h) . k(audio tokens) / sqrt(H)``."""
         if self.positions is None:
             return logits
         h = inputs[0]
