@@ -98,3 +98,13 @@ class Graded(Producer):
     @staticmethod
     def train_globs(model, options):
         return ["layer.weight"], []
+
+
+def toy_recipe(tmp_path: Path, *stages: dict, logger: str = "none") -> Path:
+    """``tmp_path/toy.yaml``: a recipe named ``toy`` writing to ``tmp_path/out`` with these stage blocks (JSON
+    is YAML); a stage's ``trainer`` gets ``enable_progress_bar: false`` unless it says otherwise."""
+    blocks = [{**s, "trainer": {"enable_progress_bar": False, **s.get("trainer", {})}} for s in stages]
+    path = tmp_path / "toy.yaml"
+    path.write_text(json.dumps({"name": "toy", "output_dir": str(tmp_path / "out"), "logger": {"kind": logger},
+                                "stages": blocks}, indent=2))
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,15 @@ from must.cli import main
 from must.config import load_recipe
 from must.errors import MustError
 from must.runner import RunOptions, run_recipe
+from tests._stages import toy_recipe
 
 
 def recipe_file(tmp_path: Path, logger: str = "none", steps: int = 10, every: int = 5) -> Path:
-    path = tmp_path / "toy.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: toy
-        output_dir: {tmp_path / "out"}
-        logger: {{kind: {logger}}}
-        stages:
-          - name: a
-            kind: tests._stages:Producer
-            trainer: {{max_steps: {steps}, checkpoint_every_n_steps: {every}, enable_progress_bar: false}}
-          - name: b
-            kind: tests._stages:Consumer
-            init_from: a
-            trainer: {{max_steps: 3, enable_progress_bar: false}}
-    """))
-    return path
+    return toy_recipe(tmp_path,
+                      {"name": "a", "kind": "tests._stages:Producer",
+                       "trainer": {"max_steps": steps, "checkpoint_every_n_steps": every}},
+                      {"name": "b", "kind": "tests._stages:Consumer", "init_from": "a", "trainer": {"max_steps": 3}},
+                      logger=logger)
 
 
 def test_stages_chain_and_write_records(tmp_path):

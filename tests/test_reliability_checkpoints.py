@@ -20,24 +20,13 @@ from must.cli import main
 from must.config import load_recipe
 from must.errors import MustError
 from must.runner import RunOptions, run_recipe
+from tests._stages import toy_recipe
 
 
 def _recipe(tmp_path: Path, kind: str = "tests._stages:Producer", steps: int = 10, every: int = 2) -> Path:
-    path = tmp_path / "toy.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: toy
-        output_dir: {tmp_path / "out"}
-        logger: {{kind: none}}
-        stages:
-          - name: a
-            kind: tests._stages:Producer
-            trainer: {{max_steps: 3, enable_progress_bar: false}}
-          - name: b
-            kind: {kind}
-            init_from: a
-            trainer: {{max_steps: {steps}, checkpoint_every_n_steps: {every}, enable_progress_bar: false}}
-    """))
-    return path
+    return toy_recipe(tmp_path, {"name": "a", "kind": "tests._stages:Producer", "trainer": {"max_steps": 3}},
+                      {"name": "b", "kind": kind, "init_from": "a",
+                       "trainer": {"max_steps": steps, "checkpoint_every_n_steps": every}})
 
 
 def _ckpt_step(stage_dir: Path) -> int:
@@ -209,8 +198,9 @@ def test_a_refused_run_leaves_recipe_yaml_describing_the_run_that_happened(tmp_p
 
 def test_a_stage_whose_init_from_failed_is_named_again_not_a_missing_checkpoint(tmp_path, capsys):
     (tmp_path / "not_a_model").mkdir()
-    path = _recipe(tmp_path).read_text().replace("init_from: a", f"init_from: {tmp_path / 'not_a_model'}")
-    (tmp_path / "toy.yaml").write_text(path)
+    toy_recipe(tmp_path, {"name": "a", "kind": "tests._stages:Producer", "trainer": {"max_steps": 3}},
+               {"name": "b", "kind": "tests._stages:Producer", "init_from": str(tmp_path / "not_a_model"),
+                "trainer": {"max_steps": 10, "checkpoint_every_n_steps": 2}})
     for attempt in range(2):
         assert main(["run", str(tmp_path / "toy.yaml")]) == 2
         err = capsys.readouterr()

@@ -12,27 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from tests._stages import toy_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe(tmp_path: Path) -> Path:
-    path = tmp_path / "toy.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: toy
-        output_dir: {tmp_path / "out"}
-        logger: {{kind: none}}
-        stages:
-          - name: a
-            kind: tests._scale_stages:PausingProducer
-            trainer: {{max_steps: 6, checkpoint_every_n_steps: 2, enable_progress_bar: false}}
-    """))
-    return path
+    return toy_recipe(tmp_path, {"name": "a", "kind": "tests._scale_stages:PausingProducer",
+                                 "trainer": {"max_steps": 6, "checkpoint_every_n_steps": 2}})
 
 
 def _must(*args: str, pause_at: int | None = None) -> subprocess.Popen:

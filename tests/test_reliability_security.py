@@ -7,13 +7,13 @@ import ast
 import json
 import pickle
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests._fixtures import shared_fixture
+from tests._stages import toy_recipe
 
 PACKAGE = Path(__file__).resolve().parents[1] / "must"
 
@@ -81,16 +81,7 @@ def test_a_checkpoint_carrying_code_is_refused_on_resume(tmp_path):
     from must.config import load_recipe
     from must.runner import RunOptions, run_recipe
 
-    recipe = tmp_path / "toy.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        name: toy
-        output_dir: {tmp_path / "out"}
-        logger: {{kind: none}}
-        stages:
-          - name: a
-            kind: tests._stages:Producer
-            trainer: {{max_steps: 4, enable_progress_bar: false}}
-    """))
+    recipe = toy_recipe(tmp_path, {"name": "a", "kind": "tests._stages:Producer", "trainer": {"max_steps": 4}})
     ckpt = tmp_path / "out" / "a" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     marker = tmp_path / "pwned"

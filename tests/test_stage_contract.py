@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -19,6 +18,7 @@ from must.runner import run_recipe
 from must.stages import common
 from must.stages.options.groups import Evaluation, Optimisation, Parameters
 from must.stages.protocol import check_stage, protocol_errors
+from tests._stages import toy_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = (Optimisation, Parameters, Evaluation)
@@ -53,28 +53,13 @@ def test_a_class_off_the_protocol_is_refused_naming_each_gap():
         check_stage(Half, "stages[0].kind")
 
 
-def _recipe(tmp_path: Path, options_a: str, options_b: str) -> Path:
-    path = tmp_path / "toy.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: toy
-        output_dir: {tmp_path / "out"}
-        logger: {{kind: none}}
-        stages:
-          - name: a
-            kind: tests._stages:Graded
-            options: {options_a}
-            trainer: {{max_steps: 3, enable_progress_bar: false}}
-          - name: b
-            kind: tests._stages:Graded
-            init_from: a
-            options: {options_b}
-            trainer: {{max_steps: 2, enable_progress_bar: false}}
-    """))
-    return path
-
-
 def test_runner_scores_before_and_after_through_the_stages_evaluate(tmp_path):
-    records = run_recipe(load_recipe(_recipe(tmp_path, "{eval_init: true, eval_final: false}", "{eval_init: false}")))
+    path = toy_recipe(tmp_path,
+                      {"name": "a", "kind": "tests._stages:Graded", "options": {"eval_init": True, "eval_final": False},
+                       "trainer": {"max_steps": 3}},
+                      {"name": "b", "kind": "tests._stages:Graded", "init_from": "a", "options": {"eval_init": False},
+                       "trainer": {"max_steps": 2}})
+    records = run_recipe(load_recipe(path))
     out = tmp_path / "out"
     # a: scored once, before training (a fresh model loaded nothing), and not after.
     assert records["a"]["eval"] == {"init": {"loaded_sum": None}}
