@@ -14,10 +14,11 @@ import shutil
 import time
 import traceback
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from must import strategies
 from must.config import (

@@ -332,13 +332,15 @@ class MusicLALM(nn.Module):
         from must.models.prompts import pack_questions
 
         # The packed layout with one question per row is exactly this row; its causal mask is the 2-D one.
+        left = (padding_side or ("left" if answers is None else "right")) == "left"
         packed = pack_questions(self, encoding, [[q] for q in questions],
-                                None if answers is None else [[a] for a in answers], block_masks=False)
+                                None if answers is None else [[a] for a in answers], block_masks=False,
+                                point=not left)  # left-padded rows move: the pointer is told where, below
         dtype = self.llm.get_input_embeddings().weight.dtype  # the LLM's (the projector may stay float32)
         inputs, labels, lengths = packed["inputs_embeds"].to(dtype), packed["labels"], packed["lengths"]
         length = labels.shape[1]
         attn = (torch.arange(length, device=self.device)[None] < lengths[:, None]).long()
-        if (padding_side or ("left" if answers is None else "right")) == "left":
+        if left:
             # Right-aligned: row i rolled by its padding (the real tokens end where generation starts).
             shift = (length - lengths)[:, None]
             idx = (torch.arange(length, device=self.device)[None] - shift) % length

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequence[Sequence[str]],
                    answers: Sequence[Sequence[str]] | None = None,
-                   max_answer_tokens: int | None = None, block_masks: bool = True) -> dict[str, torch.Tensor]:
+                   max_answer_tokens: int | None = None, block_masks: bool = True,
+                   point: bool = True) -> dict[str, torch.Tensor]:
     """Several questions about one clip in one sequence: each question block sees the audio, not the others.
 
     Row ``b`` is ``[chat prefix][host tokens][MusT tokens]`` once, then for each question ``j`` the block
@@ -36,7 +37,8 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     (-1 on the shared part and padding, else the question's index in the flattened list),
     ``lengths`` (B,) long (each row's real tokens; the rest is right padding), ``n_blocks`` (total
     questions), ``audio_start`` (B,) long (where each row's MusT tokens start) and ``clip`` (B,) long (the
-    clip of ``encoding`` each row asks about). With a time pointer (``model.pointer``) it is told those rows. Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``). Without
+    clip of ``encoding`` each row asks about). With a time pointer (``model.pointer``) it is told those rows,
+    unless ``point`` is False (a caller that moves the rows tells it itself). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``). Without
     ``block_masks`` the (B, 1, L, L) mask is not built (``attention_mask`` None: one question per row needs
     only a causal mask over ``lengths``, :meth:`~must.models.lalm.MusicLALM.prompt_inputs`).
     """
@@ -106,7 +108,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
     audio_start = torch.tensor(must_at, dtype=torch.long, device=dev)
     clip = torch.tensor(clips, dtype=torch.long, device=dev)
-    if model.pointer is not None:  # the time pointer reads these rows' audio tokens
+    if point and model.pointer is not None:  # the time pointer reads these rows' audio tokens
         model.point_at(encoding, audio_start, clip)
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip}

@@ -84,10 +84,6 @@ class TimePointer(nn.Module):
         finally:
             (self.positions, self.nearest, self.step_of, self.empty), self.keys = held, None
 
-    def clear(self) -> None:
-        """No audio rows: the LM head is left as it is."""
-        self.positions = self.nearest = self.keys = self.row_index = self.step_of = self.empty = None
-
     def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 calls it ``cache``

@@ -23,14 +23,6 @@ from typing import Any, Protocol
 
 from must.errors import ConfigError
 
-#: Each member: (required, the positional parameters after self/cls it must accept).
-MEMBERS: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "from_context": (True, ("ctx",)),
-    "save_model": (True, ("path",)),
-    "train_globs": (False, ("model", "options")),
-    "evaluate": (False, ("out_dir", "name")),
-}
-
 
 class Stage(Protocol):
     """What a stage class offers (see the module docstring)."""
@@ -46,6 +38,24 @@ class Stage(Protocol):
     def save_model(self, path: Path) -> None: ...
 
     def evaluate(self, out_dir: Path, name: str) -> dict: ...
+
+
+#: The members a stage class must have; the others of :class:`Stage` are optional.
+REQUIRED = ("from_context", "save_model")
+
+
+def _arguments(member: Any) -> tuple[str, ...]:
+    """The positional parameters of a :class:`Stage` member after self/cls (its static and class methods unwrapped)."""
+    func = getattr(member, "__func__", member)
+    names = [p.name for p in inspect.signature(func).parameters.values()]
+    return tuple(names[0 if isinstance(member, staticmethod) else 1 :])
+
+
+#: Each member of :class:`Stage` (but ``Options``): (required, the positional parameters it must accept).
+MEMBERS: dict[str, tuple[bool, tuple[str, ...]]] = {
+    name: (name in REQUIRED, _arguments(Stage.__dict__[name]))
+    for name in ("from_context", "save_model", "train_globs", "evaluate")
+}
 
 
 def _positional(func: Any, drop_first: bool) -> int | None:
