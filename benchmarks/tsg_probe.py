@@ -84,7 +84,8 @@ def digits(seconds: float) -> list[int]:
 
 def draw(n: int, args, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """``n`` clips: features (n, T, 2S) [sounding | starts here], asked source (n,), answer ids (n, 4),
-    the answer's time (n,) in seconds, and token times (T,) in seconds."""
+    the asked time (n,) in seconds (the source's first onset, or with ``--ask offset`` its final offset),
+    and token times (T,) in seconds."""
     T, S = args.tokens, args.sources
     times = torch.arange(T) * STEP_S + STEP_S / 2
     span = T * STEP_S
@@ -93,20 +94,22 @@ def draw(n: int, args, gen: torch.Generator) -> dict[str, torch.Tensor]:
     edges = (torch.rand(n, S, 2 * args.runs, generator=gen) * (span - 6) + 3).sort(-1).values
     sounding = torch.zeros(n, S, T, dtype=torch.bool)
     first = torch.full((n, S), math.inf)  # onset of the first run that holds a token, seconds
+    last = torch.full((n, S), -math.inf)  # offset of the last run that holds a token, seconds
     for r in reversed(range(args.runs)):
         on, off = edges[..., 2 * r, None], edges[..., 2 * r + 1, None]
-        if args.runs == 1:
+        if args.runs == 1 and args.ask == "onset":
             off = torch.full_like(off, span)  # one run: the source plays on to the end
         run = (times >= on) & (times < off) & present[..., None]
         sounding |= run
         first = torch.where(run.any(-1), on[..., 0], first)  # a run shorter than a token is silent
+        last = torch.where(run.any(-1) & (last == -math.inf), off[..., 0], last)
     starts = sounding & ~F.pad(sounding, (1, 0))[..., :-1]
     feats = [sounding.float(), starts.float() if args.features == "onset" else torch.zeros(n, S, T)]
     heard = sounding.any(-1).float() + 1e-9  # ask about a source that sounds
     asked = torch.multinomial(heard, 1, generator=gen).squeeze(1)
-    first = first[torch.arange(n), asked]
+    at = (first if args.ask == "onset" else last)[torch.arange(n), asked]
     return {"features": torch.cat(feats, 1).transpose(1, 2), "asked": asked,
-            "answer": torch.tensor([answer_ids(t, args) for t in first.tolist()]), "onset": first, "times": times}
+            "answer": torch.tensor([answer_ids(t, args) for t in at.tolist()]), "at": at, "times": times}
 
 
 def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
@@ -130,7 +133,7 @@ def sequence(batch: dict, args, llm, proj, gates) -> torch.Tensor:
 
 @torch.no_grad()
 def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
-    """Greedy answers to ``batch``'s questions, % within 3 s of the first onset (unparsable = miss)."""
+    """Greedy answers to ``batch``'s questions, % within 3 s of the asked time (unparsable = miss)."""
     width = batch["answer"].shape[1]
     x = sequence(batch, args, llm, proj, gates)[:, :-width]
     emb = llm.get_input_embeddings()
@@ -140,7 +143,7 @@ def hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
         out.append(nxt)
         x = torch.cat([x, emb(nxt)[:, None]], 1)
     hits = 0
-    for ids, onset in zip(torch.stack(out, 1).tolist(), batch["onset"].tolist()):
+    for ids, onset in zip(torch.stack(out, 1).tolist(), batch["at"].tolist()):
         if args.answer == "token":
             hits += ids[0] >= TIME0(args) and abs(ids[0] - TIME0(args) - onset) <= 3
             continue
@@ -164,15 +167,15 @@ def pointer_logits(batch: dict, args, llm, proj, gates) -> torch.Tensor:
 
 
 def pointer_target(batch: dict) -> torch.Tensor:
-    """(n,) index of the first audio token at or after the asked source's first onset (where it first sounds)."""
-    return (batch["times"][None] >= batch["onset"][:, None]).float().argmax(-1)
+    """(n,) index of the first audio token at or after the asked time (where the source first sounds, or first falls silent)."""
+    return (batch["times"][None] >= batch["at"][:, None]).float().argmax(-1)
 
 
 @torch.no_grad()
 def pointer_hit_at_3s(batch: dict, args, llm, proj, gates) -> float:
-    """% of ``batch``'s questions whose highest-scoring audio token is within 3 s of the first onset."""
+    """% of ``batch``'s questions whose highest-scoring audio token is within 3 s of the asked time."""
     got = batch["times"][pointer_logits(batch, args, llm, proj, gates).argmax(-1)]
-    return 100.0 * ((got - batch["onset"]).abs() <= 3).float().mean().item()
+    return 100.0 * ((got - batch["at"]).abs() <= 3).float().mean().item()
 
 
 def must_model(overrides: list[str], time_logit_scale: float = 1.0):
@@ -210,19 +213,20 @@ def must_encoding(batch: dict, model):
 
 
 def must_questions(batch: dict, gen: torch.Generator, form: str = "natural",
-                   answer_format: str = "plain") -> tuple[list[str], list[str]]:
-    """TSG onset questions and their targets: the task builder's four phrasings (``natural``) or the
+                   answer_format: str = "plain", kind: str = "onset") -> tuple[list[str], list[str]]:
+    """TSG ``kind`` (onset or offset) questions and their targets: the task builder's four phrasings (``natural``) or the
     source's name alone (``name``); targets ``M:SS``, or grounded traces (``onset bass 0:12 → 0:12``)."""
     from must.data import traces
     from must.data.synth import SOURCE_LABELS, SOURCE_NAMES
-    from must.data.tasks import _ONSET_Q
+    from must.data.tasks import _OFFSET_Q, _ONSET_Q
 
-    pick = torch.randint(len(_ONSET_Q), (len(batch["asked"]),), generator=gen).tolist()
-    templates = _ONSET_Q if form == "natural" else ("{x}",) * len(_ONSET_Q)
+    phrasings = _ONSET_Q if kind == "onset" else _OFFSET_Q
+    pick = torch.randint(len(phrasings), (len(batch["asked"]),), generator=gen).tolist()
+    templates = phrasings if form == "natural" else ("{x}",) * len(phrasings)
     names = [SOURCE_NAMES[k] for k in batch["asked"].tolist()]
     qs = [templates[p].format(x=SOURCE_LABELS[x]) for p, x in zip(pick, names)]
-    times = [format_time(t) for t in batch["onset"].tolist()]
-    targets = [traces.target(t, traces.tsg(x, "onset", t), answer_format) for x, t in zip(names, times)]
+    times = [format_time(t) for t in batch["at"].tolist()]
+    targets = [traces.target(t, traces.tsg(x, kind, t), answer_format) for x, t in zip(names, times)]
     return qs, targets
 
 
@@ -234,7 +238,7 @@ def must_hit_at_3s(batch: dict, model, questions: list[str]) -> float:
     texts = model.generate(must_encoding(batch, model), questions, max_new_tokens=16)
     model.train()
     hits = 0
-    for (text,), onset in zip(texts, batch["onset"].tolist()):
+    for (text,), onset in zip(texts, batch["at"].tolist()):
         got = parse_time(model.split_answer(text)[0]).value
         hits += got is not None and abs(got - onset) <= 3
     return 100.0 * hits / len(texts)
@@ -250,6 +254,8 @@ def main(argv=None) -> None:
     p.add_argument("--sources", type=int, default=8, help="source vocabulary")
     p.add_argument("--present", type=int, default=4, help="sources present in each clip")
     p.add_argument("--runs", type=int, default=1, help="runs (start..stop) per present source")
+    p.add_argument("--ask", choices=("onset", "offset"), default="onset",
+                   help="ask the asked source's first onset, or its final offset (one run: it stops before the end)")
     p.add_argument("--features", choices=("onset", "activity"), default="onset",
                    help="tokens carry activity and onset flags, or activity alone")
     p.add_argument("--answer", choices=("digits", "token", "pointer"), default="digits",
@@ -282,20 +288,20 @@ def main(argv=None) -> None:
         model.cfg.question_position = args.layout
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        held_q, _ = must_questions(held_out, torch.Generator().manual_seed(7), args.question)
+        held_q, _ = must_questions(held_out, torch.Generator().manual_seed(7), args.question, kind=args.ask)
     else:
         llm, proj, gates = build(args)
         params = [*llm.parameters(), *proj.parameters(), gates]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     print(f"model={args.model} layout={args.layout} answer={args.answer} source_last={args.source_last} "
-          f"runs={args.runs} features={args.features} "
+          f"runs={args.runs} features={args.features} ask={args.ask} "
           f"present={args.present}/{args.sources}")
     t0, smooth = time.time(), math.nan
     for step in range(1, args.steps + 1):
         batch = draw(args.batch, args, gen)
         if args.model == "must":
-            qs, answers = must_questions(batch, gen, args.question, model.cfg.answer_format)
+            qs, answers = must_questions(batch, gen, args.question, model.cfg.answer_format, args.ask)
             loss = model(must_encoding(batch, model), qs, answers).loss
         elif args.answer == "pointer":
             loss = F.cross_entropy(pointer_logits(batch, args, llm, proj, gates), pointer_target(batch))

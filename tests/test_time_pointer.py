@@ -153,3 +153,31 @@ def test_per_step_scores_stay_finite_however_far_apart():
     assert got[1].item() == pytest.approx(-500.0) and got[2].item() == pytest.approx(-500.0)  # 2: nearest token
     got[1].backward()
     assert torch.isfinite(scores.grad).all() and scores.grad.tolist() == [[[0.0, 0.0, 1.0]]]
+
+
+def test_running_max_sees_strictly_before_or_after_and_skips_padding():
+    from must.models.time_pointer import running_max
+
+    x = torch.tensor([[[1.0], [3.0], [2.0], [9.0]]])  # (1, 4, 1); the last token is padding
+    valid = torch.tensor([[True, True, True, False]])
+    assert running_max(x, valid)[0, :3, 0].tolist() == [0.0, 1.0, 3.0]  # nothing before token 0: 0
+    assert running_max(x, valid, later=True)[0, :3, 0].tolist() == [3.0, 2.0, 0.0]  # padding's 9 unseen
+
+
+def test_context_keys_add_the_running_maxima_of_the_audio_before_and_after():
+    from must.models.time_pointer import running_max
+
+    torch.manual_seed(0)
+    p = TimePointer(hidden=4, first=0, count=8, context=True)
+    p.set_rows(torch.tensor([[1, 2, 3, -1]]), torch.tensor([[0, 1, 2, -1]]))
+    states = torch.randn(1, 5, 4)
+    p.starts(None, (), {})  # a fresh call
+    p.capture(None, (), states)
+    a = states[:, 1:4]
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    want = p.k(a) + running_max(p.before(a), valid) + running_max(p.after(a), valid, later=True)
+    assert torch.allclose(p.keys[:, :3], want)
+    # Nothing follows the last audio token: its key has no "after" part.
+    assert torch.allclose(p.keys[0, 2], (p.k(a) + running_max(p.before(a), valid))[0, 2])
+    with pytest.raises(ConfigError, match="pointer_context.*pointer: true"):
+        MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_context": True}})

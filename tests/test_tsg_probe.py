@@ -18,14 +18,15 @@ _spec.loader.exec_module(probe)
 
 def _args(**kw):
     return probe.argparse.Namespace(**{"tokens": 100, "sources": 8, "present": 4, "runs": 1,
-                                       "features": "onset", "answer": "digits", "source_last": False, **kw})
+                                       "features": "onset", "answer": "digits", "source_last": False,
+                                       "ask": "onset", **kw})
 
 
 def test_clip_flags_the_first_onset_and_answers_it():
     batch = probe.draw(16, _args(runs=2), torch.Generator().manual_seed(0))
     assert batch["features"].shape == (16, 100, 16)
     for i in range(16):
-        k, onset = int(batch["asked"][i]), float(batch["onset"][i])
+        k, onset = int(batch["asked"][i]), float(batch["at"][i])
         sounding, starts = batch["features"][i, :, k], batch["features"][i, :, 8 + k]
         first = int(torch.nonzero(starts)[0])  # the first token flagged as a start of the asked source
         assert abs(float(batch["times"][first]) - onset) <= probe.STEP_S  # ... is at its first onset
@@ -33,6 +34,18 @@ def test_clip_flags_the_first_onset_and_answers_it():
         m, _, tens, ones = batch["answer"][i].tolist()
         assert f"{m}:{tens}{ones}" == format_time(onset)
     assert (batch["features"][..., 8:].sum(1) <= 2).all()  # two runs: at most two starts per source
+
+
+def test_offset_question_asks_where_the_source_falls_silent_for_good():
+    batch = probe.draw(16, _args(runs=2, ask="offset"), torch.Generator().manual_seed(0))
+    for i in range(16):
+        k, offset = int(batch["asked"][i]), float(batch["at"][i])
+        sounding = batch["features"][i, :, k]
+        last = int(torch.nonzero(sounding)[-1])  # the last token where the asked source sounds
+        assert abs(float(batch["times"][last]) + probe.STEP_S / 2 - offset) <= probe.STEP_S
+        assert sounding[last + 1 :].sum() == 0
+        m, _, tens, ones = batch["answer"][i].tolist()
+        assert f"{m}:{tens}{ones}" == format_time(offset)
 
 
 class ScriptedLM(torch.nn.Module):
@@ -55,7 +68,7 @@ class ScriptedLM(torch.nn.Module):
 
 def _scored(args, onsets, script) -> tuple[float, int]:
     batch = probe.draw(len(onsets), args, torch.Generator().manual_seed(0))
-    batch["onset"] = torch.tensor(onsets)
+    batch["at"] = torch.tensor(onsets)
     llm = ScriptedLM(torch.tensor(script), probe.TIME0(args) + probe.n_seconds(args))
     proj, gates = torch.nn.Linear(2 * args.sources, 8), torch.ones(3, 8)
     return probe.hit_at_3s(batch, args, llm, proj, gates), llm.calls
@@ -97,7 +110,7 @@ def test_must_hit_at_3s_parses_the_generated_text():
         encoder = probe.argparse.Namespace(hidden_size=32)
 
     batch = probe.draw(3, _args(), torch.Generator().manual_seed(0))
-    batch["onset"] = torch.tensor([10.0, 20.0, 12.0])
+    batch["at"] = torch.tensor([10.0, 20.0, 12.0])
     # 0:12 for 10 s hits, "12 seconds" parses but is 8 s off, "soon" does not parse
     assert probe.must_hit_at_3s(batch, Model(), ["q"] * 3) == 100.0 / 3
 
@@ -120,7 +133,7 @@ def test_time_token_answer_and_source_last_layout():
     batch = probe.draw(8, args, torch.Generator().manual_seed(0))
     # the answer is one token: the first time token plus the onset's whole second
     assert batch["answer"].shape == (8, 1)
-    assert batch["answer"][:, 0].tolist() == [probe.TIME0(args) + round(t) for t in batch["onset"].tolist()]
+    assert batch["answer"][:, 0].tolist() == [probe.TIME0(args) + round(t) for t in batch["at"].tolist()]
     llm, proj, gates = probe.build(args)
     assert llm.config.tie_word_embeddings and llm.config.vocab_size == probe.TIME0(args) + probe.n_seconds(args)
     emb = llm.get_input_embeddings()

@@ -118,6 +118,9 @@ class TimeEmbeddingConfig:
     pointer: bool = False
     """``tokens``: the time tokens' logits also point into the audio (a query from the position writing a
     time against keys from the audio tokens' last-layer states; ``must.models.time_pointer``)."""
+    pointer_context: bool = False
+    """``pointer``: each key also holds what sounds anywhere before and after its audio token (running maxima),
+    so a first onset and a final offset are one comparison (``benchmarks/results/grounded.md`` §6)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

@@ -144,6 +144,8 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
     if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
+    if cfg.time_embedding.pointer_context and not cfg.time_embedding.pointer:
+        raise ConfigError("model.time_embedding.pointer_context widens the time pointer's keys: set model.time_embedding.pointer: true")
 
 
 class MusicLALM(nn.Module):

@@ -30,10 +30,14 @@ class TimePointer(nn.Module):
     """Query and key maps (H -> H) and the rows of the current batch: where each row's audio tokens sit
     and which time step each holds."""
 
-    def __init__(self, hidden: int, first: int, count: int):
+    def __init__(self, hidden: int, first: int, count: int, context: bool = False):
         super().__init__()
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.k = nn.Linear(hidden, hidden, bias=False)
+        # ``time_embedding.pointer_context``: a key also holds the running maximum of a map of the audio
+        # tokens before it and of those after it, so "first onset" and "final offset" are linear in the key.
+        self.before = nn.Linear(hidden, hidden, bias=False) if context else None
+        self.after = nn.Linear(hidden, hidden, bias=False) if context else None
         self.first, self.count = first, count
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
@@ -101,8 +105,11 @@ class TimePointer(nn.Module):
                 raise ValueError(f"time pointer: a call of {states.shape[0]} rows for {n} audio rows")
             states = states.reshape(n, -1, *states.shape[1:])[:, 0]
         rows = self.positions.clamp_min(0)
-        picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1]))
-        self.keys = self.k(picked.to(self.k.weight.dtype))
+        picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1])).to(self.k.weight.dtype)
+        self.keys = self.k(picked)
+        if self.before is not None:
+            valid = self.positions >= 0
+            self.keys = self.keys + running_max(self.before(picked), valid) + running_max(self.after(picked), valid, True)
 
     def follow(self, index: torch.Tensor | None) -> None:
         """The next calls' rows are the audio rows ``index`` (a sampler that drops finished rows says which
@@ -148,6 +155,19 @@ class TimePointer(nn.Module):
         logits = logits.clone()
         logits[..., self.first : self.first + self.count] += pointed.to(logits.dtype)
         return logits
+
+
+def running_max(x: torch.Tensor, valid: torch.Tensor, later: bool = False) -> torch.Tensor:
+    """(B, T, H) -> (B, T, H): at token ``j`` the per-channel maximum of ``x`` over the valid tokens before ``j``
+    (``later``: after it), 0 where there are none. A causal state cannot know that a source never comes back;
+    this maximum over the later tokens can (tokens are in time order)."""
+    x = x.masked_fill(~valid[..., None], -math.inf)
+    if later:
+        x = x.flip(1)
+    run = torch.cummax(x, dim=1).values
+    run = torch.cat([run.new_full(run[:, :1].shape, -math.inf), run[:, :-1]], 1)  # strictly before
+    run = run.flip(1) if later else run
+    return run.masked_fill(run == -math.inf, 0.0)
 
 
 def final_norm(llm: nn.Module) -> nn.Module:
