@@ -181,25 +181,3 @@ def test_context_keys_add_the_running_maxima_of_the_audio_before_and_after():
     assert torch.allclose(p.keys[0, 2], (p.k(a) + running_max(p.before(a), valid))[0, 2])
     with pytest.raises(ConfigError, match="pointer_context.*pointer: true"):
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_context": True}})
-
-
-def test_gate_scales_what_the_pointer_adds_position_by_position():
-    torch.manual_seed(0)
-    p = TimePointer(hidden=4, first=2, count=3, gate=True)
-    p.set_rows(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 2]]))  # one audio token per step
-    states = torch.randn(1, 5, 4)
-    p.starts(None, (), {})
-    p.capture(None, (), states)
-    h, logits = states[:, 3:], torch.zeros(1, 2, 6)  # two positions after the audio, vocabulary of 6
-    with torch.no_grad():
-        p.gate.bias.fill_(-100.0)  # shut: nothing is added
-        assert p.add(None, (h,), logits).abs().max() == 0
-        p.gate.bias.zero_()
-        p.gate.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
-        got = p.add(None, (h,), logits)
-        scores = p.q(h) @ p.keys[0].T / 2.0  # (1, 2, 3): one token a step, so a step's score is its token's
-        want = scores * torch.sigmoid(h[..., :1])
-    torch.testing.assert_close(got[..., 2:5], want)
-    assert got[..., :2].abs().max() == 0 and got[..., 5:].abs().max() == 0
-    with pytest.raises(ConfigError, match="pointer_gate.*pointer: true"):
-        MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_gate": True}})

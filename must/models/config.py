@@ -121,9 +121,6 @@ class TimeEmbeddingConfig:
     pointer_context: bool = False
     """``pointer``: each key also holds what sounds anywhere before and after its audio token (running maxima),
     so a first onset and a final offset are one comparison (``benchmarks/results/grounded.md`` §6)."""
-    pointer_gate: bool = False
-    """``pointer``: a learned per-position weight in (0, 1) on what the pointer adds, so times copied from the
-    prompt (LTR's and TAD's asked time) are not outvoted by the audio (``benchmarks/results/grounded.md`` §6)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

@@ -43,7 +43,7 @@ class TimeEmbedding(nn.Module):
             # weigh the time against the content without untying it from the text's time tokens.
             self.gate = nn.Parameter(torch.ones(hidden))
             # Its q/k maps are time_embedding.* parameters: saved, loaded and trained with the embedding.
-            self.pointer = TimePointer(hidden, self.first, self.count, cfg.pointer_context, cfg.pointer_gate) if cfg.pointer else None
+            self.pointer = TimePointer(hidden, self.first, self.count, cfg.pointer_context) if cfg.pointer else None
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
 

@@ -30,7 +30,7 @@ class TimePointer(nn.Module):
     """Query and key maps (H -> H) and the rows of the current batch: where each row's audio tokens sit
     and which time step each holds."""
 
-    def __init__(self, hidden: int, first: int, count: int, context: bool = False, gate: bool = False):
+    def __init__(self, hidden: int, first: int, count: int, context: bool = False):
         super().__init__()
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.k = nn.Linear(hidden, hidden, bias=False)
@@ -38,9 +38,6 @@ class TimePointer(nn.Module):
         # tokens before it and of those after it, so "first onset" and "final offset" are linear in the key.
         self.before = nn.Linear(hidden, hidden, bias=False) if context else None
         self.after = nn.Linear(hidden, hidden, bias=False) if context else None
-        # ``time_embedding.pointer_gate``: a per-position weight in (0, 1) on what the pointer adds, so a time
-        # copied from the prompt (LTR's and TAD's "at 0:13") is not outvoted by the audio's salient times.
-        self.gate = nn.Linear(hidden, 1) if gate else None
         self.first, self.count = first, count
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
@@ -146,8 +143,7 @@ class TimePointer(nn.Module):
         return torch.where(self.empty[idx][:, None, :], scores.gather(2, near), pointed)
 
     def add(self, module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
-        """Forward hook on the LM head: time-token logits += :meth:`per_step` of ``q(h) . k(audio tokens) / sqrt(H)``
-        (times ``sigmoid(gate(h))`` with a gate)."""
+        """Forward hook on the LM head: time-token logits += :meth:`per_step` of ``q(h) . k(audio tokens) / sqrt(H)``."""
         if self.positions is None:
             return logits
         h = inputs[0]
@@ -156,8 +152,6 @@ class TimePointer(nn.Module):
         keys = self.keys[self._index(h.shape[0])]
         scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
         pointed = self.per_step(scores, h.shape[0])
-        if self.gate is not None:
-            pointed = pointed * torch.sigmoid(self.gate(h.to(self.gate.weight.dtype)))
         logits = logits.clone()
         logits[..., self.first : self.first + self.count] += pointed.to(logits.dtype)
         return logits
