@@ -181,3 +181,95 @@ def test_context_keys_add_the_running_maxima_of_the_audio_before_and_after():
     assert torch.allclose(p.keys[0, 2], (p.k(a) + running_max(p.before(a), valid))[0, 2])
     with pytest.raises(ConfigError, match="pointer_context.*pointer: true"):
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_context": True}})
+
+
+def test_prompt_time_keys_join_their_step_and_only_their_own_block_sees_them():
+    p = TimePointer(hidden=4, first=0, count=4)
+    # Audio tokens of steps 0, 1 (positions 0, 1); prompt time tokens of step 1 (block 0, position 3) and
+    # step 2 (block 1, position 5). Step 2 has no audio token: its score is still the nearest audio token's.
+    p.set_rows(torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 1, 1, 2]]),
+               torch.tensor([[True, True, False, False]]), torch.tensor([[-1, -1, 0, 1]]))
+    assert p.empty.tolist() == [[False, False, True, True]] and p.nearest.tolist() == [[0, 1, 1, 1]]
+    scores = torch.tensor([[[0.0, 1.0, 2.0, 7.0], [0.0, 1.0, 2.0, 7.0]]])  # (1, 2 queries, 4 keys)
+    both = p.per_step(scores, 1)[0, 0]
+    assert both[1].item() == pytest.approx(math.log(math.exp(1.0) + math.exp(2.0)))
+    assert both[2].item() == pytest.approx(1.0)  # empty of audio: the nearest audio token (step 1), not the prompt's
+    p.query_blocks = torch.tensor([[0, 1]])  # query 0 is block 0's, query 1 block 1's
+    own = p.per_step(scores, 1)[0]
+    assert own[0, 1].item() == pytest.approx(math.log(math.exp(1.0) + math.exp(2.0)))  # its own prompt's key
+    assert own[1, 1].item() == pytest.approx(1.0)  # block 1 does not see block 0's time token
+    # Prompt keys get no context part: the running maxima are over the audio tokens only.
+    c = TimePointer(hidden=4, first=0, count=4, context=True)
+    c.set_rows(torch.tensor([[0, 1, 3]]), torch.tensor([[0, 1, 1]]), torch.tensor([[True, True, False]]))
+    states = torch.randn(1, 4, 4)
+    c.starts(None, (), {})
+    c.capture(None, (), states)
+    assert torch.allclose(c.keys[0, 2], c.k(states[0, 3]))
+
+
+def test_packed_blocks_point_at_their_own_prompt_times_and_never_at_answers():
+    from must.models.prompts import pack_questions
+
+    torch.manual_seed(0)
+    cfg = {**POINTER, "time_embedding": {"kind": "tokens", "pointer": True, "pointer_prompt": True}}
+    m = MusicLALM.from_config(cfg).eval()
+    enc = m.encode_audio([_noise(6.0)], SR)
+    qs = [["What is happening at 0:02?", "When does the bass enter?", "Which change is at 0:04?"]]
+    ans = [["drums 0:02 → A", "bass enters 0:03 → 0:03", "change 0:04 → B"]]
+    with torch.no_grad():
+        packed = pack_questions(m, enc, qs, ans)
+    p, first = m.pointer, m.time_embedding.first
+    prompt = ~p.audio[0] & (p.positions[0] >= 0)
+    assert p.step_of[0][prompt].tolist() == [2, 4] and p.blocks[0][prompt].tolist() == [0, 2]
+    ids = packed["inputs_embeds"]  # the marked positions hold those time tokens' embeddings, in their blocks
+    table = m.llm.get_input_embeddings().weight
+    for pos, step, block in zip(p.positions[0][prompt], p.step_of[0][prompt], p.blocks[0][prompt]):
+        assert torch.equal(ids[0, pos], table[first + step]) and packed["block"][0, pos] == block
+        assert packed["labels"][0, pos] == -100  # a question's token, not an answer's
+    assert torch.equal(p.query_blocks, packed["block"])
+    off = MusicLALM.from_config(POINTER).eval()
+    with torch.no_grad():
+        pack_questions(off, off.encode_audio([_noise(6.0)], SR), qs, ans)
+    assert bool(off.pointer.audio[off.pointer.positions >= 0].all())  # without pointer_prompt: audio keys only
+    with pytest.raises(ConfigError, match="pointer_prompt.*pointer: true"):
+        MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_prompt": True}})
+
+
+def test_left_padded_batches_keep_each_prompt_time_key_on_its_token():
+    """Generation and GRPO left-pad prompts of different lengths: every prompt time key must move with its
+    row, so batched greedy answers equal each prompt's own, and the prompt's time key changes them."""
+    from must.rl.policy import MusicPolicy
+
+    torch.manual_seed(0)
+    cfg = {**POINTER, "time_embedding": {"kind": "tokens", "pointer": True, "pointer_prompt": True}}
+    m = MusicLALM.from_config(cfg).eval()
+    with torch.no_grad():
+        m.pointer.q.weight.mul_(8.0)
+    waves = [_noise(5.0, seed=3), _noise(9.0, seed=4)]
+    qs = ["What is happening at 0:02?", "Which of these is heard at 0:07, of all the options given?"]
+    enc = m.encode_audio(waves, SR)
+    with torch.no_grad():
+        batch = m.generate_ids(enc, qs, max_new_tokens=5).tolist()
+        alone = [m.generate_ids(m.encode_audio([w], SR), [q], max_new_tokens=5)[0].tolist() for w, q in zip(waves, qs)]
+    eos = set(m._eos_ids())
+    for got, own in zip(batch, alone):
+        n = next((i + 1 for i, t in enumerate(own) if t in eos), len(own))
+        assert got[:n] == own[:n]
+    policy = MusicPolicy(m, SR)
+    items = policy.encode([{"waveform": w, "track_id": f"t{i}", "question": q}
+                           for i, (w, q) in enumerate(zip(waves, qs))])
+    embeds, _ = policy.embed(items)
+    p, table = m.pointer, m.llm.get_input_embeddings().weight
+    for r, step in enumerate([2, 7]):  # each row's prompt key sits on its own time token after the padding
+        (pos,) = p.positions[r][(p.positions[r] >= 0) & ~p.audio[r]].tolist()
+        assert p.step_of[r, (p.positions[r] == pos)].item() == step
+        assert torch.equal(embeds[r, pos], table[m.time_embedding.first + step])
+    # The key matters: without it (same weights) the time logits of the first question differ.
+    with torch.no_grad():
+        on = m(enc, qs[:1] * 2, ["at 0:02 → A"] * 2).logits
+        m.time_embedding.cfg.pointer_prompt = False
+        off = m(enc, qs[:1] * 2, ["at 0:02 → A"] * 2).logits
+        m.time_embedding.cfg.pointer_prompt = True
+    first, count = m.time_embedding.first, m.time_embedding.count
+    assert not torch.allclose(on[..., first : first + count], off[..., first : first + count])
+    assert torch.equal(on[..., :first], off[..., :first])

@@ -121,6 +121,9 @@ class TimeEmbeddingConfig:
     pointer_context: bool = False
     """``pointer``: each key also holds what sounds anywhere before and after its audio token (running maxima),
     so a first onset and a final offset are one comparison (``benchmarks/results/grounded.md`` §6)."""
+    pointer_prompt: bool = False
+    """``pointer``: it also points at the prompt's own time tokens, so copying the asked time (LTR's and TAD's
+    "at 0:13") is one step, as naming an audio token's is (``benchmarks/results/grounded.md`` §6)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

@@ -144,8 +144,9 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
     if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
-    if cfg.time_embedding.pointer_context and not cfg.time_embedding.pointer:
-        raise ConfigError("model.time_embedding.pointer_context widens the time pointer's keys: set model.time_embedding.pointer: true")
+    for key in ("pointer_context", "pointer_prompt"):
+        if getattr(cfg.time_embedding, key) and not cfg.time_embedding.pointer:
+            raise ConfigError(f"model.time_embedding.{key} shapes the time pointer: set model.time_embedding.pointer: true")
 
 
 class MusicLALM(nn.Module):
@@ -349,26 +350,38 @@ class MusicLALM(nn.Module):
             inputs = inputs.gather(1, idx[..., None].expand(-1, -1, inputs.shape[-1]))
             labels, attn = labels.gather(1, idx), attn.gather(1, idx)
             if self.pointer is not None:  # the audio moved with its row
-                self.point_at(encoding, packed["audio_start"] + (length - lengths), packed["clip"])
+                self.point_at(encoding, packed["audio_start"] + (length - lengths), packed["clip"],
+                              packed["time_marks"], (length - lengths).tolist())
         # Explicit positions (as HF generation computes them) so left padding is right and no model
         # state (e.g. the Omni thinker's cached rope deltas) leaks between calls.
         positions = (attn.cumsum(-1) - 1).clamp_min(0)
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels, "position_ids": positions}
 
-    def point_at(self, encoding: AudioEncoding, starts: torch.Tensor, clips: torch.Tensor) -> None:
-        """Tell the time pointer where the next LLM calls' audio tokens are: in sequence row ``r`` the MusT
-        tokens of clip ``clips[r]`` (``encoding.mask[clips[r]]``) start at position ``starts[r]``."""
+    def point_at(self, encoding: AudioEncoding, starts: torch.Tensor, clips: torch.Tensor,
+                 marks: list[list[tuple[int, int, int]]] | None = None, shifts: list[int] | None = None) -> None:
+        """Tell the time pointer where the next LLM calls' keys are: in sequence row ``r`` the MusT tokens of
+        clip ``clips[r]`` (``encoding.mask[clips[r]]``) start at position ``starts[r]``; with
+        ``time_embedding.pointer_prompt``, ``marks[r]`` lists the row's prompt time tokens as (position, step,
+        block) (:func:`~must.models.prompts.pack_questions`), moved ``shifts[r]`` on."""
         mask = encoding.mask.to(self.device)[clips]
         times = encoding.times.to(self.device)[clips]
-        n = mask.sum(-1)
-        offsets = torch.arange(int(n.max()), device=self.device)
-        positions = starts.to(self.device)[:, None] + offsets
-        positions = positions.masked_fill(offsets >= n[:, None], -1)
+        n = mask.sum(-1).tolist()
         te = self.time_embedding
-        steps = torch.full_like(positions, -1)
-        for r in range(mask.shape[0]):
-            steps[r, : n[r]] = time_tokens.steps(times[r][mask[r]], te.cfg.resolution, te.count)
-        self.pointer.set_rows(positions, steps)
+        marks = marks if te.cfg.pointer_prompt and marks is not None else [[] for _ in n]
+        shifts = shifts or [0] * len(n)
+        width = max(k + len(m) for k, m in zip(n, marks))
+        positions = torch.full((len(n), width), -1, dtype=torch.long, device=self.device)
+        steps, blocks = torch.full_like(positions, -1), torch.full_like(positions, -1)
+        audio = torch.zeros_like(positions, dtype=torch.bool)
+        for r, (k, row_marks) in enumerate(zip(n, marks)):
+            positions[r, :k] = int(starts[r]) + torch.arange(k, device=self.device)
+            steps[r, :k] = time_tokens.steps(times[r][mask[r]], te.cfg.resolution, te.count)
+            audio[r, :k] = True
+            if row_marks:  # after the audio tokens: the prompt's own time tokens
+                at = torch.tensor(row_marks, dtype=torch.long, device=self.device)
+                positions[r, k : k + len(at)] = at[:, 0] + shifts[r]
+                steps[r, k : k + len(at)], blocks[r, k : k + len(at)] = at[:, 1], at[:, 2]
+        self.pointer.set_rows(positions, steps, audio, blocks)
 
     def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded generation prompts: ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L)."""

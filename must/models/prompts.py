@@ -36,8 +36,9 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     ``position_ids`` (B, L), ``labels`` (B, L) (-100 but on answers + EOS), ``block`` (B, L) long
     (-1 on the shared part and padding, else the question's index in the flattened list),
     ``lengths`` (B,) long (each row's real tokens; the rest is right padding), ``n_blocks`` (total
-    questions), ``audio_start`` (B,) long (where each row's MusT tokens start) and ``clip`` (B,) long (the
-    clip of ``encoding`` each row asks about). With a time pointer (``model.pointer``) it is told those rows,
+    questions), ``audio_start`` (B,) long (where each row's MusT tokens start), ``clip`` (B,) long (the
+    clip of ``encoding`` each row asks about) and ``time_marks`` (per row, its prompt's time tokens as
+    (position, time step, block; -1 shared)). With a time pointer (``model.pointer``) it is told those rows,
     unless ``point`` is False (a caller that moves the rows tells it itself). Answers are cut to ``max_answer_tokens`` (None: ``model.cfg.max_answer_tokens``). Without
     ``block_masks`` the (B, 1, L, L) mask is not built (``attention_mask`` None: one question per row needs
     only a causal mask over ``lengths``, :meth:`~must.models.lalm.MusicLALM.prompt_inputs`).
@@ -49,7 +50,14 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     ids_of = _text_ids_memo(model)
     # Lay every row out first (token ids and where they go, audio spans), then fill one padded tensor:
     # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
-    text_ids, text_at, audio_at, rows, must_at, clips = [], [], [], [], [], []
+    text_ids, text_at, audio_at, rows, must_at, clips, marks = [], [], [], [], [], [], []
+    te = model.time_embedding
+    first, count = (te.first, te.count) if getattr(te, "pointer", None) is not None else (0, 0)
+
+    def time_marks(ids: list[int], at: int, block: int) -> list[tuple[int, int, int]]:
+        """(position, time step, block) of the prompt's time tokens among ``ids`` placed from ``at`` on."""
+        return [(at + i, t - first, block) for i, t in enumerate(ids) if first <= t < first + count]
+
     flat = 0
     for b, qs, ans in _shared_groups(model, questions, answers):
         r = len(rows)
@@ -57,6 +65,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         ids = ids_of(before)
         text_ids += ids
         text_at += [(r, i) for i in range(len(ids))]
+        row_marks = time_marks(ids, 0, -1)  # a question before the music is shared by the row's blocks
         n = len(ids)
         pieces = []
         if encoding.host_embeds is not None:
@@ -73,6 +82,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             after = first_after if j == 0 else model.prompt_parts(q)[1]
             ids = ids_of(after)
             a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
+            row_marks += time_marks(ids, n, flat)  # the question's, never the answer's: no label leaks
             m = len(ids) + len(a_ids)
             text_ids += ids + a_ids
             text_at += [(r, i) for i in range(n, n + m)]
@@ -82,6 +92,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             pos += list(range(n_shared, n_shared + m))
             flat += 1
         rows.append((lab, blk, pos))
+        marks.append(row_marks)
     length = max(len(lab) for lab, _, _ in rows)
     bsz = len(rows)
     at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
@@ -108,10 +119,13 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         mask = torch.where(allowed, 0.0, torch.finfo(inputs.dtype).min).to(inputs.dtype)[:, None]
     audio_start = torch.tensor(must_at, dtype=torch.long, device=dev)
     clip = torch.tensor(clips, dtype=torch.long, device=dev)
-    if point and model.pointer is not None:  # the time pointer reads these rows' audio tokens
-        model.point_at(encoding, audio_start, clip)
+    if point and model.pointer is not None:  # the time pointer reads these rows' audio (and prompt) time tokens
+        model.point_at(encoding, audio_start, clip, marks)
+        if block_masks:  # packed: each block points at its own prompt's times only
+            model.pointer.query_blocks = blk_t
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
-            "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip}
+            "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip,
+            "time_marks": marks}
 
 
 #: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not

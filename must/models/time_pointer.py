@@ -27,8 +27,8 @@ from must.errors import ConfigError
 
 
 class TimePointer(nn.Module):
-    """Query and key maps (H -> H) and the rows of the current batch: where each row's audio tokens sit
-    and which time step each holds."""
+    """Query and key maps (H -> H) and the rows of the current batch: where each row's keys sit (its audio
+    tokens, and with ``time_embedding.pointer_prompt`` its prompt's own time tokens) and which time step each holds."""
 
     def __init__(self, hidden: int, first: int, count: int, context: bool = False):
         super().__init__()
@@ -39,54 +39,68 @@ class TimePointer(nn.Module):
         self.before = nn.Linear(hidden, hidden, bias=False) if context else None
         self.after = nn.Linear(hidden, hidden, bias=False) if context else None
         self.first, self.count = first, count
-        self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the audio tokens, -1: none
+        self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the keys, -1: none
+        self.audio: torch.Tensor | None = None  # (B, T) which keys are audio tokens (else prompt time tokens)
+        self.blocks: torch.Tensor | None = None  # (B, T) a prompt time token's question block, -1: all see it
+        self.query_blocks: torch.Tensor | None = None  # (B, L) each position's block in a packed call (pack_questions)
         self.nearest: torch.Tensor | None = None  # (B, count) per time step, the index of the nearest audio token
         self.keys: torch.Tensor | None = None  # (B, T, H) of the call that saw the audio
-        self.step_of: torch.Tensor | None = None  # (B, T) each audio token's time step, ``count`` on padding
+        self.step_of: torch.Tensor | None = None  # (B, T) each key's time step, ``count`` on padding
         self.empty: torch.Tensor | None = None  # (B, count) the steps no audio token of the row holds
         self._fresh = True
         self.row_index: torch.Tensor | None = None  # see follow
 
-    def set_rows(self, positions: torch.Tensor, steps: torch.Tensor) -> None:
-        """The next LLM calls' audio tokens: ``positions`` (B, T) long in the sequence (-1 pads a row
-        with fewer tokens) and ``steps`` (B, T) their time steps. Forgets the previous batch's keys."""
+    def set_rows(self, positions: torch.Tensor, steps: torch.Tensor, audio: torch.Tensor | None = None,
+                 blocks: torch.Tensor | None = None) -> None:
+        """The next LLM calls' keys: ``positions`` (B, T) long in the sequence (-1 pads a row with fewer) and
+        ``steps`` (B, T) their time steps. ``audio`` (B, T) bool tells the audio tokens from the prompt's own
+        time tokens (None: all audio); ``blocks`` (B, T) long the packed question block a prompt time token
+        belongs to (-1: seen by every block). Forgets the previous batch's keys."""
         valid = positions >= 0
-        if not valid.any(-1).all():
+        audio = valid if audio is None else audio & valid
+        if not audio.any(-1).all():
             raise ValueError("time pointer: every row needs at least one audio token")
         grid = torch.arange(self.count, device=steps.device)
         dist = (steps[:, None, :] - grid[None, :, None]).abs().float()  # (B, count, T)
-        dist = dist.masked_fill(~valid[:, None, :], math.inf)
+        dist = dist.masked_fill(~audio[:, None, :], math.inf)
         self.positions, self.nearest, self.keys, self.row_index = positions, dist.argmin(-1), None, None
-        # Each audio token belongs to its own time step (the one its time embedding is); padding to a spare slot.
+        self.audio = audio
+        self.blocks = torch.full_like(positions, -1) if blocks is None else blocks
+        self.query_blocks = None
+        # Each key belongs to its own time step (the one its time token is); padding to a spare slot.
         self.step_of = torch.where(valid, steps.clamp(0, self.count - 1), self.count)
         held = torch.zeros(steps.shape[0], self.count + 1, dtype=torch.bool, device=steps.device)
-        self.empty = ~held.scatter_(1, self.step_of, True)[:, : self.count]  # (B, count) steps with no token
+        audio_step = torch.where(audio, self.step_of, self.count)
+        self.empty = ~held.scatter_(1, audio_step, True)[:, : self.count]  # (B, count) steps with no audio token
 
-    def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positions, steps) of one row as :meth:`set_rows` takes them, padding dropped."""
+    def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions, steps, audio) of one row as :meth:`set_rows` takes them, padding dropped."""
         valid = self.positions[row] >= 0
-        return self.positions[row][valid], self.step_of[row][valid]
+        return self.positions[row][valid], self.step_of[row][valid], self.audio[row][valid]
 
-    def stack_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor]], shifts: list[int]) -> None:
+    def stack_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], shifts: list[int]) -> None:
         """:meth:`set_rows` from rows gathered one at a time (:meth:`row`), row ``i`` moved ``shifts[i]`` on
         (the left padding a batch of separately built prompts gets)."""
-        n = max(len(p) for p, _ in rows)
+        n = max(len(p) for p, _, _ in rows)
         positions = torch.full((len(rows), n), -1, dtype=torch.long, device=rows[0][0].device)
         steps = torch.full_like(positions, -1)
-        for i, ((p, st), shift) in enumerate(zip(rows, shifts)):
-            positions[i, : len(p)], steps[i, : len(p)] = p + shift, st
-        self.set_rows(positions, steps)
+        audio = torch.zeros_like(positions, dtype=torch.bool)
+        for i, ((p, st, au), shift) in enumerate(zip(rows, shifts)):
+            positions[i, : len(p)], steps[i, : len(p)], audio[i, : len(p)] = p + shift, st, au
+        self.set_rows(positions, steps, audio)
 
     @contextlib.contextmanager
     def only_row(self, row: int):
         """Within the block, the LLM calls are of sequence row ``row`` alone (one call per row)."""
-        held = self.positions, self.nearest, self.step_of, self.empty
-        self.positions, self.nearest, self.step_of, self.empty = (x[row : row + 1] for x in held)
+        held = self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks
+        self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks = (
+            None if x is None else x[row : row + 1] for x in held)
         self.keys = None
         try:
             yield
         finally:
-            (self.positions, self.nearest, self.step_of, self.empty), self.keys = held, None
+            (self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks,
+             self.query_blocks), self.keys = held, None
 
     def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
@@ -107,9 +121,10 @@ class TimePointer(nn.Module):
         rows = self.positions.clamp_min(0)
         picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1])).to(self.k.weight.dtype)
         self.keys = self.k(picked)
-        if self.before is not None:
-            valid = self.positions >= 0
-            self.keys = self.keys + running_max(self.before(picked), valid) + running_max(self.after(picked), valid, True)
+        if self.before is not None:  # over the audio tokens only; the prompt's time tokens get none
+            audio = self.audio
+            context = running_max(self.before(picked), audio) + running_max(self.after(picked), audio, True)
+            self.keys = self.keys + context * audio[..., None]
 
     def follow(self, index: torch.Tensor | None) -> None:
         """The next calls' rows are the audio rows ``index`` (a sampler that drops finished rows says which
@@ -128,11 +143,15 @@ class TimePointer(nn.Module):
         return torch.arange(n, device=self.positions.device).repeat_interleave(batch // n)
 
     def per_step(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
-        """(B, L, T) audio-token scores -> (B, L, count) time-step scores: the log-sum-exp over the audio tokens
-        of each step (the tokens whose time embedding that step's token is), or for a step without one (past
-        the clip) the score of the nearest token."""
+        """(B, L, T) key scores -> (B, L, count) time-step scores: the log-sum-exp over the keys of each step
+        (the audio tokens whose time embedding that step's token is, and the prompt's own time tokens of that
+        step), or for a step without an audio token (past the clip) the score of the nearest audio token."""
         idx = self._index(batch)
         step_of = self.step_of[idx][:, None, :].expand_as(scores)  # padding goes to the spare slot ``count``
+        if self.query_blocks is not None and self.query_blocks.shape[1] == scores.shape[1]:
+            # A packed block sees the audio and its own prompt's time tokens, not the other blocks' (spare slot).
+            blocks, own = self.blocks[idx][:, None, :], self.query_blocks[idx][:, :, None]
+            step_of = torch.where((blocks < 0) | (blocks == own), step_of, self.count)
         # Each step's own maximum: exact and stable however far apart the steps' scores are.
         shape = (*scores.shape[:2], self.count + 1)
         top = scores.new_full(shape, -math.inf).scatter_reduce(2, step_of, scores.detach(), "amax")

@@ -1,0 +1,39 @@
+"""benchmarks/trace_times.py: the shares it reports on a hand-built predictions file, and a clear error."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "trace_times", Path(__file__).resolve().parents[1] / "benchmarks" / "trace_times.py")
+tt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tt)
+
+
+def test_shares_of_copied_first_times_and_single_time_traces(tmp_path, capsys):
+    rows = [
+        {"task": "LTR", "trace": "0:14 drums → A", "reference_trace": "0:13 drums → A"},  # 1 s off: a copy
+        {"task": "LTR", "trace": "0:30 bass → B", "reference_trace": "0:13 drums → A"},  # 17 s off
+        {"task": "LTR", "trace": "", "reference_trace": "0:13 drums → A"},  # no time at all
+        {"task": "GTO", "trace": "X 0:05 Y 0:05 Z 0:05 → A", "reference_trace": "X 0:05 Y 0:20 Z 0:41 → A"},
+        {"task": "GTO", "trace": "X 0:05 Y 0:21 Z 1:01 → B", "reference_trace": "X 0:05 Y 0:20 Z 1:01 → B"},
+    ]
+    got = tt.summarise(rows)
+    assert got["LTR"]["rows"] == 3 and got["LTR"]["first_within_3s"] == pytest.approx(100 / 3)
+    assert got["GTO"]["first_within_3s"] == 100.0 and got["GTO"]["one_time_only"] == 50.0
+    assert tt.times("at 1:01 and 0:07") == [61, 7]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tt.main([str(path)])
+    out = capsys.readouterr().out
+    assert re.search(r"LTR +3 rows +first within 3 s +33\.3% +one time only +0\.0%", out), out
+
+
+def test_a_file_that_is_not_predictions_is_named(tmp_path):
+    bad = tmp_path / "scores.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="scores.json: not a predictions file"):
+        tt.main([str(bad)])
