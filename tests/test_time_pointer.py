@@ -194,7 +194,8 @@ def test_prompt_time_keys_join_their_step_and_only_their_own_block_sees_them():
     both = p.per_step(scores, 1)[0, 0]
     assert both[1].item() == pytest.approx(math.log(math.exp(1.0) + math.exp(2.0)))
     assert both[2].item() == pytest.approx(1.0)  # empty of audio: the nearest audio token (step 1), not the prompt's
-    p.query_blocks = torch.tensor([[0, 1]])  # query 0 is block 0's, query 1 block 1's
+    p.set_rows(torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 1, 1, 2]]), torch.tensor([[True, True, False, False]]),
+               torch.tensor([[-1, -1, 0, 1]]), torch.tensor([[0, 1]]))  # query 0 is block 0's, query 1 block 1's
     own = p.per_step(scores, 1)[0]
     assert own[0, 1].item() == pytest.approx(math.log(math.exp(1.0) + math.exp(2.0)))  # its own prompt's key
     assert own[1, 1].item() == pytest.approx(1.0)  # block 1 does not see block 0's time token

@@ -358,11 +358,13 @@ class MusicLALM(nn.Module):
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": labels, "position_ids": positions}
 
     def point_at(self, encoding: AudioEncoding, starts: torch.Tensor, clips: torch.Tensor,
-                 marks: list[list[tuple[int, int, int]]] | None = None, shifts: list[int] | None = None) -> None:
+                 marks: list[list[tuple[int, int, int]]] | None = None, shifts: list[int] | None = None,
+                 query_blocks: torch.Tensor | None = None) -> None:
         """Tell the time pointer where the next LLM calls' keys are: in sequence row ``r`` the MusT tokens of
         clip ``clips[r]`` (``encoding.mask[clips[r]]``) start at position ``starts[r]``; with
         ``time_embedding.pointer_prompt``, ``marks[r]`` lists the row's prompt time tokens as (position, step,
-        block) (:func:`~must.models.prompts.pack_questions`), moved ``shifts[r]`` on."""
+        block) (:func:`~must.models.prompts.pack_questions`), moved ``shifts[r]`` on; ``query_blocks`` (B, L)
+        the packed call's block per position (each block then sees only its own prompt's time keys)."""
         mask = encoding.mask.to(self.device)[clips]
         times = encoding.times.to(self.device)[clips]
         n = mask.sum(-1).tolist()
@@ -381,7 +383,7 @@ class MusicLALM(nn.Module):
                 at = torch.tensor(row_marks, dtype=torch.long, device=self.device)
                 positions[r, k : k + len(at)] = at[:, 0] + shifts[r]
                 steps[r, k : k + len(at)], blocks[r, k : k + len(at)] = at[:, 1], at[:, 2]
-        self.pointer.set_rows(positions, steps, audio, blocks)
+        self.pointer.set_rows(positions, steps, audio, blocks, query_blocks)
 
     def prompt_embeds(self, encoding: AudioEncoding, questions: list[str]) -> dict[str, torch.Tensor]:
         """Left-padded generation prompts: ``inputs_embeds`` (B, L, H) and ``attention_mask`` (B, L)."""

@@ -52,7 +52,8 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
     text_ids, text_at, audio_at, rows, must_at, clips, marks = [], [], [], [], [], [], []
     te = model.time_embedding
-    first, count = (te.first, te.count) if getattr(te, "pointer", None) is not None else (0, 0)
+    # Only pointer_prompt reads the marks: otherwise the empty range skips the per-token scan's matches.
+    first, count = (te.first, te.count) if model.pointer is not None and te.cfg.pointer_prompt else (0, 0)
 
     def time_marks(ids: list[int], at: int, block: int) -> list[tuple[int, int, int]]:
         """(position, time step, block) of the prompt's time tokens among ``ids`` placed from ``at`` on."""
@@ -120,9 +121,8 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     audio_start = torch.tensor(must_at, dtype=torch.long, device=dev)
     clip = torch.tensor(clips, dtype=torch.long, device=dev)
     if point and model.pointer is not None:  # the time pointer reads these rows' audio (and prompt) time tokens
-        model.point_at(encoding, audio_start, clip, marks)
-        if block_masks:  # packed: each block points at its own prompt's times only
-            model.pointer.query_blocks = blk_t
+        # packed: each block points at its own prompt's times only
+        model.point_at(encoding, audio_start, clip, marks, query_blocks=blk_t if block_masks else None)
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip,
             "time_marks": marks}

@@ -51,11 +51,12 @@ class TimePointer(nn.Module):
         self.row_index: torch.Tensor | None = None  # see follow
 
     def set_rows(self, positions: torch.Tensor, steps: torch.Tensor, audio: torch.Tensor | None = None,
-                 blocks: torch.Tensor | None = None) -> None:
+                 blocks: torch.Tensor | None = None, query_blocks: torch.Tensor | None = None) -> None:
         """The next LLM calls' keys: ``positions`` (B, T) long in the sequence (-1 pads a row with fewer) and
         ``steps`` (B, T) their time steps. ``audio`` (B, T) bool tells the audio tokens from the prompt's own
         time tokens (None: all audio); ``blocks`` (B, T) long the packed question block a prompt time token
-        belongs to (-1: seen by every block). Forgets the previous batch's keys."""
+        belongs to (-1: seen by every block); ``query_blocks`` (B, L) long each position's block in a packed
+        call (:func:`~must.models.prompts.pack_questions`; None: one question per row). Forgets the previous batch's keys."""
         valid = positions >= 0
         audio = valid if audio is None else audio & valid
         if not audio.any(-1).all():
@@ -66,7 +67,7 @@ class TimePointer(nn.Module):
         self.positions, self.nearest, self.keys, self.row_index = positions, dist.argmin(-1), None, None
         self.audio = audio
         self.blocks = torch.full_like(positions, -1) if blocks is None else blocks
-        self.query_blocks = None
+        self.query_blocks = query_blocks
         # Each key belongs to its own time step (the one its time token is); padding to a spare slot.
         self.step_of = torch.where(valid, steps.clamp(0, self.count - 1), self.count)
         held = torch.zeros(steps.shape[0], self.count + 1, dtype=torch.bool, device=steps.device)
