@@ -5,7 +5,7 @@ import pytest
 
 from must.data import generate_track
 from must.data.tasks import GTO_LETTERS, GTO_ORDERS, build_qas
-from must.data.traces import caption, final_answer, gto, ltr, mtr, tad, target, tsg
+from must.data.traces import caption, change_key, final_answer, gto, ltr, mtr, tad, target, tsg
 from must.parsing import parse_answer, parse_intervals, parse_time
 from must.rewards import REWARDS, must_reward
 from must.timecode import format_time
@@ -15,10 +15,22 @@ from must.rewards.trace import format_score, step_score, steps, trace_format_rew
 def test_builders_write_each_time_after_its_thing_and_the_answer_last():
     assert tsg("bass", "onset", "0:12") == "onset bass 0:12 → 0:12"
     assert tsg("bass", "offset", "0:40") == "offset bass 0:40 → 0:40"
-    assert ltr("1:12", "The drums come in.", "B") == "1:12 The drums come in. → B"
-    assert tad("1:12", "The drums come in.") == "1:12 → The drums come in."
-    assert gto({"X": "0:40", "Y": "0:12", "Z": "1:05"}, ("Y", "X", "Z"), "C") == "X 0:40 Y 0:12 Z 1:05 Y → X → Z → C"
+    assert ltr("1:12", "onset kick", "The kick comes in.", "B") == "1:12 onset kick The kick comes in. → B"
+    assert tad("1:12", "onset kick", "The kick comes in.") == "1:12 onset kick → The kick comes in."
+    keys = {"X": "onset kick", "Y": "louder", "Z": "offset bass"}
+    assert (gto({"X": "0:40", "Y": "0:12", "Z": "1:05"}, keys, ("Y", "X", "Z"), "C")
+            == "X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → C")
     assert mtr("highest", ["0:20–0:35", "1:00–1:10"]) == "arousal highest 0:20–0:35, 1:00–1:10 → 0:20–0:35, 1:00–1:10"
+
+
+def test_change_key_names_the_first_phrase_key_whatever_the_wording():
+    assert change_key({"in": ["kick", "snare"], "loudness": [0.3, 0.9]}) == "onset kick"
+    assert change_key({"out": ["bass"]}) == "offset bass"
+    assert change_key({"loudness": [0.9, 0.3], "brightness": [0.2, 0.8]}) == "quieter"
+    assert change_key({"tempo": [120, 100]}) == "slower"
+    assert change_key({"brightness": [0.2, 0.8]}) == "brighter"
+    assert change_key({"key": [0, 7]}) == "key"
+    assert change_key({}) == "nothing"
 
 
 def test_final_answer_is_after_the_last_arrow_and_a_missing_one_is_a_reason():
@@ -68,7 +80,9 @@ def test_grounded_caption_names_every_entry_and_change_in_time_order():
     for src, runs in track.sources.items():
         assert f"onset {src} {format_time(runs[0][0])}" in text
     for t in track.transitions:
-        assert f"{format_time(t.time)} {t.description}" in text
+        key, at = change_key(t.change), format_time(t.time)
+        assert f"{at} {key} {t.description}" in text  # time → key → wording
+        assert f"{key} {at}" in text  # key → time ("onset pad 0:40" or "faster 0:13")
     onsets = sorted((runs[0][0], src) for src, runs in track.sources.items())
     where = [text.index(f"onset {src} {format_time(on)}") for on, src in onsets]
     assert where == sorted(where)  # events in time order

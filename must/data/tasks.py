@@ -170,24 +170,24 @@ def build_ltr(track: Track, rng: np.random.Generator) -> list[tuple]:
     for t in track.transitions:
         sig = change_signature(t.change)
         wrong = _distractors(track, rng, [sig], 2) + [_pick(rng, NO_CHANGE_TEXTS)]
-        out.append(_ltr_item(rng, t.time, describe_change(t.change, rng), wrong, t.kind))
+        out.append(_ltr_item(rng, t.time, describe_change(t.change, rng), wrong, t.kind, traces.change_key(t.change)))
     # Sometimes ask at a moment where nothing changes, so "no change" is a real answer too.
     quiet = _quiet_time(track, rng)
     if quiet is not None and rng.random() < 0.5:
         wrong = _distractors(track, rng, [], 3)
         if len(wrong) == 3:
-            out.append(_ltr_item(rng, quiet, _pick(rng, NO_CHANGE_TEXTS), wrong, "no_change"))
+            out.append(_ltr_item(rng, quiet, _pick(rng, NO_CHANGE_TEXTS), wrong, "no_change", traces.change_key({})))
     return out
 
 
-def _ltr_item(rng, time, correct, wrong, category):
+def _ltr_item(rng, time, correct, wrong, category, key):
     pos = int(rng.integers(4))
     wrong = [wrong[i] for i in rng.permutation(len(wrong))]
     options = wrong[:pos] + [correct] + wrong[pos:]
     t = format_time(time)
     q = _pick(rng, _LTR_Q).format(t=t) + "\n" + _lettered(options, LTR_LETTERS)
     letter = LTR_LETTERS[pos]
-    return (category, "single_choice", q, letter, [letter], traces.ltr(t, correct, letter))
+    return (category, "single_choice", q, letter, [letter], traces.ltr(t, key, correct, letter))
 
 
 def _quiet_time(track: Track, rng: np.random.Generator) -> float | None:
@@ -208,7 +208,7 @@ def build_tad(track: Track, rng: np.random.Generator) -> list[tuple]:
         if refs[1] == refs[0]:
             refs = refs[:1]
         at = format_time(t.time)
-        out.append((t.kind, "description", _pick(rng, _TAD_Q).format(t=at), refs[0], refs, traces.tad(at, refs[0])))
+        out.append((t.kind, "description", _pick(rng, _TAD_Q).format(t=at), refs[0], refs, traces.tad(at, traces.change_key(t.change), refs[0])))
     return out
 
 
@@ -233,7 +233,8 @@ def build_gto(track: Track, rng: np.random.Generator, max_questions: int = 2) ->
         lines.append(_pick(rng, _GTO_ASK))
         lines += [f"{GTO_LETTERS[i]}. {' → '.join(o)}" for i, o in enumerate(GTO_ORDERS)]
         times = {name: format_time(named[name].time) for name in "XYZ"}
-        trace = traces.gto(times, order, GTO_LETTERS[letter])
+        keys = {name: traces.change_key(named[name].change) for name in "XYZ"}
+        trace = traces.gto(times, keys, order, GTO_LETTERS[letter])
         out.append(
             ("ordering", "single_choice", "\n".join(lines), GTO_LETTERS[letter], [GTO_LETTERS[letter]], trace)
         )

@@ -4,15 +4,18 @@ With ``model.answer_format: grounded`` the SFT targets, the captions and the GRP
 traces built exactly from the strong labels::
 
     TSG   onset bass 0:12 → 0:12            (offsets: "offset bass 0:40 → 0:40")
-    LTR   1:12 the drums come in → B        (the time asked, what changed there, the option letter)
-    TAD   1:12 → the drums come in          (the time asked, then the description)
-    GTO   X 0:40 Y 0:12 Z 1:05 Y → X → Z → E
+    LTR   1:12 onset kick The kick comes in. → B   (the time asked, its change's key, the option, its letter)
+    TAD   1:12 onset kick → The kick comes in.     (the time asked, its change's key, the description)
+    GTO   X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → E
     MTR   arousal highest 0:20–0:35 → 0:20–0:35
 
 Every time is written right after the thing it belongs to, and that thing is one token (a source's
 short name, ``kick`` rather than "kick drum", whose last token "drum" would not say which), so the
 position that predicts the time already holds what is asked (one attention step into the audio; ``benchmarks/tsg_probe.py
---source-last``), and the letter tasks reach their letter through what was just written. Only the
+--source-last``), and the letter tasks reach their letter through what was just written. A change is named by its
+*key* (:func:`change_key`: ``onset kick``, ``louder``…), a fixed short phrase, so GTO's ``X`` is first
+turned into what X is (a copy from the question) and only then into a time (one lookup into the audio),
+and LTR's time into what changes there before the option's free wording. Only the
 text after the last ``→`` is the MusTBench answer (:func:`final_answer`); it is all that is scored.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from must.data.synth import change_keys
 from must.data.types import Track
 from must.timecode import format_interval, format_time
 
@@ -32,20 +36,40 @@ def tsg(source: str, kind: str, time: str) -> str:
     return f"{kind} {source} {time} {ARROW} {time}"
 
 
-def ltr(time: str, change: str, letter: str) -> str:
-    """``1:12 <what changes there> → B``: the asked time, the true option's text, its letter."""
-    return f"{time} {change} {ARROW} {letter}"
+#: A change's key by its first phrase key (:func:`must.data.synth.change_keys`); ``in`` / ``out``
+#: become ``onset <source>`` / ``offset <source>``, the words TSG's traces and the captions use.
+_KEY_WORDS = {"tempo+": "faster", "tempo-": "slower", "key": "key", "loudness+": "louder", "loudness-": "quieter",
+              "brightness+": "brighter", "brightness-": "darker", "density+": "denser", "density-": "sparser"}
 
 
-def tad(time: str, description: str) -> str:
-    """``1:12 → <description>``: the asked time, then the change it points at."""
-    return f"{time} {ARROW} {description}"
+def change_key(change: Mapping) -> str:
+    """The fixed short name of a structured change, from its first phrase key: ``onset kick`` (the
+    first source that enters), ``offset bass``, ``louder``, ``darker``…; ``nothing`` for no change.
+    Deterministic, unlike the option texts' drawn wordings, so it can be learned from the audio."""
+    keys = change_keys(dict(change))
+    if not keys:
+        return "nothing"
+    first = keys[0]
+    if first in ("in", "out"):
+        return f"{'onset' if first == 'in' else 'offset'} {change[first][0]}"
+    return _KEY_WORDS[first]
 
 
-def gto(times: Mapping[str, str], order: Sequence[str], letter: str) -> str:
-    """``X 0:40 Y 0:12 Z 1:05 Y → X → Z → E``: each transition's time, their order as the option
-    writes it, the option's letter."""
-    named = " ".join(f"{name} {times[name]}" for name in "XYZ")
+def ltr(time: str, key: str, change: str, letter: str) -> str:
+    """``1:12 onset kick The kick comes in. → B``: the asked time, the key of its change
+    (:func:`change_key`), the true option's text, its letter."""
+    return f"{time} {key} {change} {ARROW} {letter}"
+
+
+def tad(time: str, key: str, description: str) -> str:
+    """``1:12 onset kick → The kick comes in.``: the asked time, its change's key, the description."""
+    return f"{time} {key} {ARROW} {description}"
+
+
+def gto(times: Mapping[str, str], keys: Mapping[str, str], order: Sequence[str], letter: str) -> str:
+    """``X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → E``: each transition's key
+    (what X is, copied from the question) and time, their order as the option writes it, its letter."""
+    named = " ".join(f"{name} {keys[name]} {times[name]}" for name in "XYZ")
     return f"{named} {f' {ARROW} '.join(order)} {ARROW} {letter}"
 
 
@@ -74,8 +98,9 @@ def target(answer: str, trace: str, answer_format: str) -> str:
 
 def caption(track: Track) -> str:
     """The grounded caption of a track: every event in time order, in the traces' language, both
-    directions: ``onset bass 0:12.`` (thing → time, every run's start and end), ``0:25 the drums
-    come in.`` (time → thing), ``arousal highest 0:25–0:40.``, each sentence one lookup."""
+    directions: ``onset bass 0:12.`` (thing → time, every run's start and end; ``louder 0:25.`` for a
+    change that is not a source's), ``0:25 onset drums The drums come in.`` (time → key → wording),
+    ``arousal highest 0:25–0:40.``, each sentence one lookup."""
     from must.data.tasks import arousal_extreme  # tasks imports this module
 
     events: list[tuple[float, int, str]] = []
@@ -85,7 +110,10 @@ def caption(track: Track) -> str:
             if off < track.duration - 0.5:
                 events.append((off, 1, f"offset {src} {format_time(off)}."))
     for t in track.transitions:
-        events.append((t.time, 0, f"{format_time(t.time)} {t.description}"))
+        key, at = change_key(t.change), format_time(t.time)
+        if not key.startswith(("onset ", "offset ")):
+            events.append((t.time, 0, f"{key} {at}."))
+        events.append((t.time, 0, f"{at} {key} {t.description}"))
     if len({a.value for a in track.arousal}) >= 2:
         for which in ("highest", "lowest"):
             spans = arousal_extreme(track, which)
