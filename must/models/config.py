@@ -124,6 +124,9 @@ class TimeEmbeddingConfig:
     pointer_prompt: bool = False
     """``pointer``: it also points at the prompt's own time tokens, so copying the asked time (LTR's and TAD's
     "at 0:13") is one step, as naming an audio token's is (``benchmarks/results/grounded.md`` §6)."""
+    pointer_options: bool = False
+    """``pointer``: the answer letters (A-F) also point at their option lines in the prompt (a key from each
+    line's last token), so choosing the option a trace has just described is one comparison (§7 there)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

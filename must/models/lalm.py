@@ -144,7 +144,7 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
     if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
-    for key in ("pointer_context", "pointer_prompt"):
+    for key in ("pointer_context", "pointer_prompt", "pointer_options"):
         if getattr(cfg.time_embedding, key) and not cfg.time_embedding.pointer:
             raise ConfigError(f"model.time_embedding.{key} shapes the time pointer: set model.time_embedding.pointer: true")
 
@@ -362,14 +362,14 @@ class MusicLALM(nn.Module):
                  query_blocks: torch.Tensor | None = None) -> None:
         """Tell the time pointer where the next LLM calls' keys are: in sequence row ``r`` the MusT tokens of
         clip ``clips[r]`` (``encoding.mask[clips[r]]``) start at position ``starts[r]``; with
-        ``time_embedding.pointer_prompt``, ``marks[r]`` lists the row's prompt time tokens as (position, step,
-        block) (:func:`~must.models.prompts.pack_questions`), moved ``shifts[r]`` on; ``query_blocks`` (B, L)
+        ``time_embedding.pointer_prompt`` / ``pointer_options``, ``marks[r]`` lists the row's prompt time tokens and
+        option-line ends as (position, slot, block) (:func:`~must.models.prompts.pack_questions`), moved ``shifts[r]`` on; ``query_blocks`` (B, L)
         the packed call's block per position (each block then sees only its own prompt's time keys)."""
         mask = encoding.mask.to(self.device)[clips]
         times = encoding.times.to(self.device)[clips]
         n = mask.sum(-1).tolist()
         te = self.time_embedding
-        marks = marks if te.cfg.pointer_prompt and marks is not None else [[] for _ in n]
+        marks = marks if marks is not None else [[] for _ in n]  # pack_questions lists only the enabled keys
         shifts = shifts or [0] * len(n)
         width = max(k + len(m) for k, m in zip(n, marks))
         positions = torch.full((len(n), width), -1, dtype=torch.long, device=self.device)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -55,9 +56,15 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     # Only pointer_prompt reads the marks: otherwise the empty range skips the per-token scan's matches.
     first, count = (te.first, te.count) if model.pointer is not None and te.cfg.pointer_prompt else (0, 0)
 
-    def time_marks(ids: list[int], at: int, block: int) -> list[tuple[int, int, int]]:
-        """(position, time step, block) of the prompt's time tokens among ``ids`` placed from ``at`` on."""
-        return [(at + i, t - first, block) for i, t in enumerate(ids) if first <= t < first + count]
+    options = model.pointer is not None and te.cfg.pointer_options
+
+    def time_marks(ids: list[int], at: int, block: int, text: str) -> list[tuple[int, int, int]]:
+        """(position, slot, block) of the prompt's time tokens among ``ids`` (the tokens of ``text``) placed
+        from ``at`` on, and with ``pointer_options`` of its option lines' last tokens (slot ``count + letter``)."""
+        marks = [(at + i, t - first, block) for i, t in enumerate(ids) if first <= t < first + count]
+        if options:
+            marks += [(at + i, model.pointer.count + letter, block) for i, letter in option_ends(model, text)]
+        return marks
 
     flat = 0
     for b, qs, ans in _shared_groups(model, questions, answers):
@@ -66,7 +73,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         ids = ids_of(before)
         text_ids += ids
         text_at += [(r, i) for i in range(len(ids))]
-        row_marks = time_marks(ids, 0, -1)  # a question before the music is shared by the row's blocks
+        row_marks = time_marks(ids, 0, -1, before)  # a question before the music is shared by the row's blocks
         n = len(ids)
         pieces = []
         if encoding.host_embeds is not None:
@@ -83,7 +90,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             after = first_after if j == 0 else model.prompt_parts(q)[1]
             ids = ids_of(after)
             a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
-            row_marks += time_marks(ids, n, flat)  # the question's, never the answer's: no label leaks
+            row_marks += time_marks(ids, n, flat, after)  # the question's, never the answer's: no label leaks
             m = len(ids) + len(a_ids)
             text_ids += ids + a_ids
             text_at += [(r, i) for i in range(n, n + m)]
@@ -126,6 +133,40 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip,
             "time_marks": marks}
+
+
+#: An option line of a multiple-choice question: ``B. the drums come in`` (or ``(B) …``, ``B) …``), letters A-F.
+_OPTION_LINE = re.compile(r"(?m)^\(?([A-F])[.)] .*\S")
+
+
+def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
+    """(token index in ``model.text_ids(text)``, letter index 0-5) of the last token of each option line of
+    ``text``: the one token whose state has read the whole option (``time_embedding.pointer_options``).
+    Memoised per model; [] when the text has no options."""
+    memo = model.__dict__.setdefault("_option_memo", OrderedDict())
+    if text in memo:
+        return memo[text]
+    te = model.cfg.time_embedding
+    spelled = text if te.kind != "tokens" else _to_tokens(text, te.resolution, model.time_embedding.count)
+    out: list[tuple[int, int]] = []
+    lines = list(_OPTION_LINE.finditer(spelled))
+    if lines:
+        enc = model.tokenizer(spelled, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [a for a, _ in enc["offset_mapping"]]
+        for m in lines:
+            end = m.start() + len(m.group(0).split("<|")[0].rstrip())  # the chat template's <|im_end|> may follow
+            last = max(i for i, a in enumerate(starts) if a < end)  # the token holding the line's last char
+            out.append((last, "ABCDEF".index(m.group(1))))
+    memo[text] = out
+    if len(memo) > IDS_MEMO_SIZE:
+        memo.popitem(last=False)
+    return out
+
+
+def _to_tokens(text: str, resolution: float, count: int) -> str:
+    from must.models.time_tokens import to_tokens
+
+    return to_tokens(text, resolution, count)
 
 
 #: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not

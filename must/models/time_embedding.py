@@ -20,6 +20,20 @@ from must.models.time_pointer import TimePointer
 from must.timecode import format_time
 
 
+#: The option letters the pointer can point (``time_embedding.pointer_options``): MusTBench's LTR A-D, GTO A-F.
+OPTION_LETTERS = "ABCDEF"
+
+
+def option_letter_ids(tokenizer) -> list[list[int]]:
+    """Per letter of :data:`OPTION_LETTERS` the ids of its one-token spellings: ``" B"`` (after a trace's
+    ``→``) and ``"B"`` (a plain answer opening the turn)."""
+    out = []
+    for letter in OPTION_LETTERS:
+        ids = {tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in (f" {letter}", letter)}
+        out.append(sorted(i[0] for i in ids if len(i) == 1))
+    return out
+
+
 class TimeEmbedding(nn.Module):
     """(B, T) token times in seconds -> (B, T, H) embeddings added to the projected audio tokens."""
 
@@ -43,7 +57,9 @@ class TimeEmbedding(nn.Module):
             # weigh the time against the content without untying it from the text's time tokens.
             self.gate = nn.Parameter(torch.ones(hidden))
             # Its q/k maps are time_embedding.* parameters: saved, loaded and trained with the embedding.
-            self.pointer = TimePointer(hidden, self.first, self.count, cfg.pointer_context) if cfg.pointer else None
+            letters = option_letter_ids(tokenizer) if cfg.pointer and cfg.pointer_options else None
+            self.pointer = (TimePointer(hidden, self.first, self.count, cfg.pointer_context, letters)
+                            if cfg.pointer else None)
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
 

@@ -9,6 +9,11 @@ the nearest token's). ``benchmarks/tsg_probe.py --answer pointer``
 measured it on the abstract TSG lookup: Hit@3s 94-100 after 100 steps, where the tied time token alone
 is at 39-50 (and 88 after 600); ``benchmarks/results/grounded.md`` §5.
 
+With ``time_embedding.pointer_options`` the same head also points the answer letters (A-F) at their options:
+each option line of the prompt (``B. the drums come in``) gives a key from its *last* token's state (the only
+one that has read the whole option, causally), and the letter's logit gains ``q(h) . k'(line end)``, so the
+letter after a trace that has just named what it found is one comparison, not a copy from the prompt.
+
 The keys are read from the final norm's output (a forward hook) in the LLM call that starts the sequence
 (no cache yet: a pre-hook on the decoder tells), and kept for the calls that continue it on a cache
 (generation, GRPO's completions); the logits are changed by a forward hook on the LM head, after
@@ -28,9 +33,12 @@ from must.errors import ConfigError
 
 class TimePointer(nn.Module):
     """Query and key maps (H -> H) and the rows of the current batch: where each row's keys sit (its audio
-    tokens, and with ``time_embedding.pointer_prompt`` its prompt's own time tokens) and which time step each holds."""
+    tokens, and with ``time_embedding.pointer_prompt`` its prompt's own time tokens) and which slot each holds:
+    a time step ``0 .. count - 1``, or with ``letters`` (``time_embedding.pointer_options``) ``count + i`` for
+    the end of option line ``i`` (letter ``"ABCDEF"[i]``), whose token ids are ``letters[i]`` (-1 pads)."""
 
-    def __init__(self, hidden: int, first: int, count: int, context: bool = False):
+    def __init__(self, hidden: int, first: int, count: int, context: bool = False,
+                 letters: list[list[int]] | None = None):
         super().__init__()
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.k = nn.Linear(hidden, hidden, bias=False)
@@ -39,6 +47,13 @@ class TimePointer(nn.Module):
         self.before = nn.Linear(hidden, hidden, bias=False) if context else None
         self.after = nn.Linear(hidden, hidden, bias=False) if context else None
         self.first, self.count = first, count
+        # pointer_options: the option lines' keys get their own map (an option's text is not a time).
+        self.k_option = nn.Linear(hidden, hidden, bias=False) if letters else None
+        width = max((len(ids) for ids in letters), default=0) if letters else 0
+        self.letter_ids = (torch.tensor([ids + [-1] * (width - len(ids)) for ids in letters], dtype=torch.long)
+                           if letters else None)  # (n_letters, variants), e.g. " B" and "B"
+        self.slots = count + (len(letters) if letters else 0)  # time steps, then option letters; spare: slots
+        self.kept: torch.Tensor | None = None  # (K,) the positions the LM head runs on (logits_to_keep), see keeping
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the keys, -1: none
         self.audio: torch.Tensor | None = None  # (B, T) which keys are audio tokens (else prompt time tokens)
         self.blocks: torch.Tensor | None = None  # (B, T) a prompt time token's question block, -1: all see it
@@ -53,7 +68,7 @@ class TimePointer(nn.Module):
     def set_rows(self, positions: torch.Tensor, steps: torch.Tensor, audio: torch.Tensor | None = None,
                  blocks: torch.Tensor | None = None, query_blocks: torch.Tensor | None = None) -> None:
         """The next LLM calls' keys: ``positions`` (B, T) long in the sequence (-1 pads a row with fewer) and
-        ``steps`` (B, T) their time steps. ``audio`` (B, T) bool tells the audio tokens from the prompt's own
+        ``steps`` (B, T) their slots (time steps; ``count + i`` for option line ``i``). ``audio`` (B, T) bool tells the audio tokens from the prompt's own
         time tokens (None: all audio); ``blocks`` (B, T) long the packed question block a prompt time token
         belongs to (-1: seen by every block); ``query_blocks`` (B, L) long each position's block in a packed
         call (:func:`~must.models.prompts.pack_questions`; None: one question per row). Forgets the previous batch's keys."""
@@ -68,10 +83,11 @@ class TimePointer(nn.Module):
         self.audio = audio
         self.blocks = torch.full_like(positions, -1) if blocks is None else blocks
         self.query_blocks = query_blocks
-        # Each key belongs to its own time step (the one its time token is); padding to a spare slot.
-        self.step_of = torch.where(valid, steps.clamp(0, self.count - 1), self.count)
-        held = torch.zeros(steps.shape[0], self.count + 1, dtype=torch.bool, device=steps.device)
-        audio_step = torch.where(audio, self.step_of, self.count)
+        # Each key belongs to its own slot (the time step its time token is, or its option's letter);
+        # padding to the spare slot ``slots``.
+        self.step_of = torch.where(valid, steps.clamp(0, self.slots - 1), self.slots)
+        held = torch.zeros(steps.shape[0], self.slots + 1, dtype=torch.bool, device=steps.device)
+        audio_step = torch.where(audio, self.step_of, self.slots)
         self.empty = ~held.scatter_(1, audio_step, True)[:, : self.count]  # (B, count) steps with no audio token
 
     def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,6 +138,9 @@ class TimePointer(nn.Module):
         rows = self.positions.clamp_min(0)
         picked = states.gather(1, rows[..., None].expand(-1, -1, states.shape[-1])).to(self.k.weight.dtype)
         self.keys = self.k(picked)
+        if self.k_option is not None:  # option-line keys through their own map
+            option = (self.step_of >= self.count) & (self.step_of < self.slots)
+            self.keys = torch.where(option[..., None], self.k_option(picked), self.keys)
         if self.before is not None:  # over the audio tokens only; the prompt's time tokens get none
             audio = self.audio
             context = running_max(self.before(picked), audio) + running_max(self.after(picked), audio, True)
@@ -143,24 +162,54 @@ class TimePointer(nn.Module):
             raise ValueError(f"time pointer: a call of {batch} rows for {n} audio rows")
         return torch.arange(n, device=self.positions.device).repeat_interleave(batch // n)
 
-    def per_step(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
-        """(B, L, T) key scores -> (B, L, count) time-step scores: the log-sum-exp over the keys of each step
-        (the audio tokens whose time embedding that step's token is, and the prompt's own time tokens of that
-        step), or for a step without an audio token (past the clip) the score of the nearest audio token."""
+    @contextlib.contextmanager
+    def keeping(self, positions: torch.Tensor | None):
+        """Within the block the LM head runs on the sequence positions ``positions`` (K,) only (HF's
+        ``logits_to_keep``), so a packed call's blocks are read at those positions."""
+        held, self.kept = self.kept, positions
+        try:
+            yield
+        finally:
+            self.kept = held
+
+    def _query_blocks(self, idx: torch.Tensor, length: int) -> torch.Tensor | None:
+        """(B, length) the packed block of each query position of this call, or None (one question per row).
+        A call may be cut to a row's length (``by_row``) and read at ``kept`` positions only."""
+        if self.query_blocks is None:
+            return None
+        qb = self.query_blocks[idx]
+        qb = qb[:, self.kept] if self.kept is not None else qb[:, :length]
+        return qb if qb.shape[1] == length else None
+
+    def per_slot(self, scores: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B, L, T) key scores -> (B, L, slots): the log-sum-exp over each slot's keys (-inf: none)."""
         idx = self._index(batch)
-        step_of = self.step_of[idx][:, None, :].expand_as(scores)  # padding goes to the spare slot ``count``
-        if self.query_blocks is not None and self.query_blocks.shape[1] == scores.shape[1]:
-            # A packed block sees the audio and its own prompt's time tokens, not the other blocks' (spare slot).
-            blocks, own = self.blocks[idx][:, None, :], self.query_blocks[idx][:, :, None]
-            step_of = torch.where((blocks < 0) | (blocks == own), step_of, self.count)
-        # Each step's own maximum: exact and stable however far apart the steps' scores are.
-        shape = (*scores.shape[:2], self.count + 1)
+        step_of = self.step_of[idx][:, None, :].expand_as(scores)  # padding goes to the spare slot ``slots``
+        own = self._query_blocks(idx, scores.shape[1])
+        if own is not None:
+            # A packed block sees the audio and its own prompt's keys, not the other blocks' (spare slot).
+            blocks = self.blocks[idx][:, None, :]
+            step_of = torch.where((blocks < 0) | (blocks == own[:, :, None]), step_of, self.slots)
+        # Each slot's own maximum: exact and stable however far apart the slots' scores are.
+        shape = (*scores.shape[:2], self.slots + 1)
         top = scores.new_full(shape, -math.inf).scatter_reduce(2, step_of, scores.detach(), "amax")
         e = (scores - top.gather(2, step_of)).exp()
         sums = e.new_zeros(shape).scatter_add(2, step_of, e)
-        pointed = (sums.log() + top)[..., : self.count]
+        return (sums.log() + top)[..., : self.slots]
+
+    def per_step(self, scores: torch.Tensor, batch: int, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, T) key scores -> (B, L, count) time-step scores: the log-sum-exp over the keys of each step
+        (the audio tokens whose time embedding that step's token is, and the prompt's own time tokens of that
+        step), or for a step without an audio token (past the clip) the score of the nearest audio token."""
+        pointed = (self.per_slot(scores, batch) if slots is None else slots)[..., : self.count]
+        idx = self._index(batch)
         near = self.nearest[idx][:, None, :].expand(-1, scores.shape[1], -1)
         return torch.where(self.empty[idx][:, None, :], scores.gather(2, near), pointed)
+
+    def per_letter(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, L, slots) -> (B, L, n_letters): each option letter's score, 0 where the prompt has no such option."""
+        letters = slots[..., self.count :]
+        return torch.where(torch.isfinite(letters), letters, torch.zeros_like(letters))
 
     def add(self, module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
         """Forward hook on the LM head: time-token logits += :meth:`per_step` of ``q(h) . k(audio tokens) / sqrt(H)``."""
@@ -171,9 +220,15 @@ class TimePointer(nn.Module):
             return logits
         keys = self.keys[self._index(h.shape[0])]
         scores = torch.einsum("blh,bth->blt", self.q(h.to(self.q.weight.dtype)), keys) / math.sqrt(h.shape[-1])
-        pointed = self.per_step(scores, h.shape[0])
+        slots = self.per_slot(scores, h.shape[0])
         logits = logits.clone()
-        logits[..., self.first : self.first + self.count] += pointed.to(logits.dtype)
+        logits[..., self.first : self.first + self.count] += self.per_step(scores, h.shape[0], slots).to(logits.dtype)
+        if self.letter_ids is not None:
+            letters = self.per_letter(slots).to(logits.dtype)
+            ids = self.letter_ids.to(logits.device)
+            for v in range(ids.shape[1]):  # each spelling of a letter (" B" after "→", "B" alone)
+                have = ids[:, v] >= 0
+                logits[..., ids[have, v]] += letters[..., have]
         return logits
 
 

@@ -249,17 +249,20 @@ def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def answer_logits(llm: torch.nn.Module, packed: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def answer_logits(llm: torch.nn.Module, packed: dict[str, torch.Tensor],
+                  pointer: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LLM on a packed batch (:func:`pack_questions`), returning ``(logits, positions)`` for
     :func:`per_block_loss`: the LM head runs on the :func:`answer_positions` only when the model's forward
     takes ``logits_to_keep`` (HF causal LMs; saves most of the head's matmuls and the softmax over the
-    vocabulary), else on every position (``positions`` None)."""
+    vocabulary), else on every position (``positions`` None). ``pointer`` (the model's time pointer) is told
+    which positions the head reads, so a packed call's blocks stay apart there."""
     inputs = {k: packed[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}
     positions = None
     if _takes_logits_to_keep(type(llm)):
         positions = answer_positions(packed["labels"])
         inputs["logits_to_keep"] = positions
-    return llm(**inputs, use_cache=False).logits, positions
+    with pointer.keeping(positions) if pointer is not None else contextlib.nullcontext():
+        return llm(**inputs, use_cache=False).logits, positions
 
 
 def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: bool = False,
@@ -272,7 +275,7 @@ def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: 
     ``pointer``: the model's time pointer (``model.pointer``), told which row each call holds.
     """
     if not by_row or packed["inputs_embeds"].shape[0] == 1:
-        logits, positions = answer_logits(llm, packed)
+        logits, positions = answer_logits(llm, packed, pointer)
         return per_block_loss(logits, packed["labels"], packed["block"], packed["n_blocks"], positions)
     total = None
     for b, n in enumerate(packed["lengths"].tolist()):
@@ -280,7 +283,7 @@ def block_losses(llm: torch.nn.Module, packed: dict[str, torch.Tensor], by_row: 
                "attention_mask": packed["attention_mask"][b: b + 1, :, :n, :n],
                "position_ids": packed["position_ids"][b: b + 1, :n], "labels": packed["labels"][b: b + 1, :n]}
         with pointer.only_row(b) if pointer is not None else contextlib.nullcontext():
-            logits, positions = answer_logits(llm, row)
+            logits, positions = answer_logits(llm, row, pointer)
         # A block lies in one row: the other rows add exactly 0 to its loss.
         losses = per_block_loss(logits, row["labels"], packed["block"][b: b + 1, :n], packed["n_blocks"], positions)
         total = losses if total is None else total + losses
