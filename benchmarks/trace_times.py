@@ -6,6 +6,12 @@ For each task: ``first within 3 s`` is the share of traces whose first ``M:SS`` 
 reference trace's first (for LTR and TAD that is the asked time, which the trace should copy; for TSG
 the time looked up), and ``one time only`` the share of traces with two or more times that are all the same
 (GTO's trace should name three different times). Seconds, 3 s as MusTBench's Hit@3s.
+
+Then the keyed traces' steps, each against the reference trace (``must.data.traces``): LTR's and TAD's
+``key right`` (the change key after the asked time, ``onset kick`` or ``louder``), LTR's letter right when the
+key is right and when it is not (was the option chosen from what the trace named?); GTO's keys copied right
+(X's, Y's and Z's key, each of the three), order right (the ``Y → X → Z`` written equals the reference's),
+and its letter right when the order is right.
 """
 
 from __future__ import annotations
@@ -40,6 +46,63 @@ def summarise(rows: list[dict], tol: float = 3.0) -> dict[str, dict[str, float]]
             for t, (n, hit, multi, same) in sorted(by.items())}
 
 
+_GTO_STEP = re.compile(r"([XYZ]) (.*?) (\d+:\d{2})")
+
+
+def change_key(trace: str) -> str:
+    """The change key after an LTR/TAD trace's first time: ``onset kick`` / ``offset bass`` or one word."""
+    head = (trace or "").split("→")[0]
+    words = TIME.sub(" ", head).split()
+    if not words:
+        return ""
+    return " ".join(words[:2]) if words[0] in ("onset", "offset") else words[0]
+
+
+def gto_parts(trace: str) -> tuple[dict[str, str], list[str]]:
+    """({X: key, ...}, the written order [Y, X, Z]) of a GTO trace ``X onset kick 0:40 … Y → X → Z → E``."""
+    parts = (trace or "").split("→")
+    keys = {name: key for name, key, _ in _GTO_STEP.findall(parts[0])}
+    order = [parts[0].split()[-1]] + [p.strip() for p in parts[1:-1]] if len(parts) >= 3 else []
+    return keys, order
+
+
+def _pct(a: int, b: int) -> float | None:
+    return 100 * a / b if b else None
+
+
+def steps_summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per task (LTR, TAD, GTO), the share of each step of the keyed trace that is right (module doc)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for task in ("LTR", "TAD"):
+        rs = [r for r in rows if r["task"] == task]
+        if not rs:
+            continue
+        right = [change_key(r.get("trace")) == change_key(r.get("reference_trace")) for r in rs]
+        hit = [str(r.get("prediction", "")).strip() == str(r.get("answer", "")).strip() for r in rs]
+        s = {"rows": len(rs), "key_right": _pct(sum(right), len(rs))}
+        if task == "LTR":
+            s["letter_if_key_right"] = _pct(sum(h for h, k in zip(hit, right) if k), sum(right))
+            s["letter_if_key_wrong"] = _pct(sum(h for h, k in zip(hit, right) if not k), len(rs) - sum(right))
+        out[task] = s
+    rs = [r for r in rows if r["task"] == "GTO"]
+    if rs:
+        keys_right = slots = order_right = letter_right = 0
+        for r in rs:
+            (got, got_order), (ref, ref_order) = gto_parts(r.get("trace")), gto_parts(r.get("reference_trace"))
+            slots += len(ref)
+            keys_right += sum(got.get(name) == key for name, key in ref.items())
+            if got_order and got_order == ref_order:
+                order_right += 1
+                letter_right += str(r.get("prediction", "")).strip() == str(r.get("answer", "")).strip()
+        out["GTO"] = {"rows": len(rs), "keys_right": _pct(keys_right, slots), "order_right": _pct(order_right, len(rs)),
+                      "letter_if_order_right": _pct(letter_right, order_right)}
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "  n/a" if v is None else f"{v:5.1f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("predictions", nargs="+", type=Path, help="predictions.jsonl files (must eval / must run)")
@@ -53,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         for task, s in summarise(rows).items():
             print(f"  {task:4s} {s['rows']:4d} rows  first within 3 s {s['first_within_3s']:5.1f}%  "
                   f"one time only {s['one_time_only']:5.1f}%")
+        for task, s in steps_summary(rows).items():
+            named = "  ".join(f"{k.replace('_', ' ')} {_fmt(v)}%" for k, v in s.items() if k != "rows")
+            print(f"  {task:4s} steps: {named}")
 
 
 if __name__ == "__main__":

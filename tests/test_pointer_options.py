@@ -50,7 +50,7 @@ def test_option_ends_are_each_option_lines_last_token(model):
 
 def test_letters_gain_their_option_keys_score_and_other_logits_stay(model):
     enc = model.encode_audio([_noise(6.0)], SR)
-    q, a = [LTR_Q], ["0:03 onset kick The drums come in. → A"]
+    q, a = [LTR_Q], ["0:03 onset kick → A"]
     p = model.pointer
     with torch.no_grad():
         on = model(enc, q, a).logits
@@ -96,7 +96,7 @@ def test_packed_losses_equal_each_question_alone_with_prompt_and_option_keys(mod
     answer positions alone (``logits_to_keep``) and where each row is cut to its length (``by_row``)."""
     enc = model.encode_audio([_noise(6.0)], SR)
     qs = [LTR_Q, "When does the bass enter?", GTO_Q.replace("Three", "3")]
-    ans = ["0:03 onset kick The drums come in. → A", "onset bass 0:02 → 0:02",
+    ans = ["0:03 onset kick → A", "onset bass 0:02 → 0:02",
            "X onset kick 0:01 Y louder 0:03 Z offset bass 0:05 X → Y → Z → A"]
     with torch.no_grad():
         alone = []

@@ -37,3 +37,33 @@ def test_a_file_that_is_not_predictions_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="scores.json: not a predictions file"):
         tt.main([str(bad)])
+
+
+def test_keyed_steps_right_and_the_letter_given_them(tmp_path, capsys):
+    ref_l = "0:13 onset kick → B"
+    ref_g = "X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → C"
+    rows = [
+        {"task": "LTR", "trace": "0:13 onset kick → B", "reference_trace": ref_l,
+         "prediction": "B", "answer": "B"},  # key right, letter right
+        {"task": "LTR", "trace": "0:13 onset kick → A", "reference_trace": ref_l,
+         "prediction": "A", "answer": "B"},  # key right, letter wrong
+        {"task": "LTR", "trace": "0:13 louder → B", "reference_trace": ref_l,
+         "prediction": "B", "answer": "B"},  # key wrong, letter right
+        {"task": "GTO", "trace": "X onset kick 0:40 Y louder 0:12 Z onset bass 1:05 Y → X → Z → C",
+         "reference_trace": ref_g, "prediction": "C", "answer": "C"},  # 2 of 3 keys, order and letter right
+        {"task": "GTO", "trace": "X onset kick 0:10 Y onset kick 0:12 Z onset kick 1:05 X → Y → Z → A",
+         "reference_trace": ref_g, "prediction": "A", "answer": "C"},  # 1 of 3 keys, order wrong
+    ]
+    assert tt.change_key("0:13 offset bass The bass leaves. → A") == "offset bass"
+    assert tt.change_key("1:12 louder → Everything becomes louder.") == "louder"
+    assert tt.gto_parts(ref_g) == ({"X": "onset kick", "Y": "louder", "Z": "offset bass"}, ["Y", "X", "Z"])
+    got = tt.steps_summary(rows)
+    assert got["LTR"]["key_right"] == pytest.approx(200 / 3)
+    assert got["LTR"]["letter_if_key_right"] == 50.0 and got["LTR"]["letter_if_key_wrong"] == 100.0
+    assert got["GTO"]["keys_right"] == pytest.approx(100 * 3 / 6)
+    assert got["GTO"]["order_right"] == 50.0 and got["GTO"]["letter_if_order_right"] == 100.0
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tt.main([str(path)])
+    out = capsys.readouterr().out
+    assert re.search(r"GTO +steps: keys right +50\.0% +order right +50\.0% +letter if order right +100\.0%", out), out

@@ -187,7 +187,7 @@ def _ltr_item(rng, time, correct, wrong, category, key):
     t = format_time(time)
     q = _pick(rng, _LTR_Q).format(t=t) + "\n" + _lettered(options, LTR_LETTERS)
     letter = LTR_LETTERS[pos]
-    return (category, "single_choice", q, letter, [letter], traces.ltr(t, key, correct, letter))
+    return (category, "single_choice", q, letter, [letter], traces.ltr(t, key, letter))
 
 
 def _quiet_time(track: Track, rng: np.random.Generator) -> float | None:

@@ -4,7 +4,7 @@ With ``model.answer_format: grounded`` the SFT targets, the captions and the GRP
 traces built exactly from the strong labels::
 
     TSG   onset bass 0:12 → 0:12            (offsets: "offset bass 0:40 → 0:40")
-    LTR   1:12 onset kick The kick comes in. → B   (the time asked, its change's key, the option, its letter)
+    LTR   1:12 onset kick → B                      (the time asked, its change's key, the option's letter)
     TAD   1:12 onset kick → The kick comes in.     (the time asked, its change's key, the description)
     GTO   X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → E
     MTR   arousal highest 0:20–0:35 → 0:20–0:35
@@ -55,10 +55,12 @@ def change_key(change: Mapping) -> str:
     return _KEY_WORDS[first]
 
 
-def ltr(time: str, key: str, change: str, letter: str) -> str:
-    """``1:12 onset kick The kick comes in. → B``: the asked time, the key of its change
-    (:func:`change_key`), the true option's text, its letter."""
-    return f"{time} {key} {change} {ARROW} {letter}"
+def ltr(time: str, key: str, letter: str) -> str:
+    """``1:12 onset kick → B``: the asked time, the key of its change (:func:`change_key`), the letter of
+    the option that says it. Not the option's text: its wording is drawn at random, so a model cannot
+    write it from the audio, and a letter learned after the true text (teacher-forced) is then chosen
+    after the model's own other wording (measured: ``benchmarks/results/grounded.md`` §7)."""
+    return f"{time} {key} {ARROW} {letter}"
 
 
 def tad(time: str, key: str, description: str) -> str:
