@@ -39,7 +39,8 @@ def tiny_sft_stage() -> SFTStage:
     # The encoder as it was when the golden values were recorded: frame_stats (in tiny.yaml since) widens the
     # encoder's features and so changes the projector's shape and every random draw after it.
     recipe.model.encoder.frame_stats = False
-    recipe.model.time_embedding.pointer = False  # the golden losses were recorded without the time pointer
+    te = recipe.model.time_embedding  # the golden losses were recorded without the time pointer
+    te.pointer = te.pointer_context = te.pointer_prompt = te.pointer_options = False
     torch.manual_seed(0)
     stage = SFTStage(MusicLALM.from_config(recipe.model), recipe.data,
                      stage_options(SFTStage, spec.options, "sft options"), recipe.seed)
