@@ -21,6 +21,7 @@ Qwen2 of the same size (LLMConfig defaults, no LoRA) doing forward + backward + 
 tokens is printed as the reference.
 
     python benchmarks/sft_step.py --steps 20 --lightning
+    python benchmarks/sft_step.py --set model.time_embedding.pointer_options=false   # a recipe override
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per pass (after --warmup)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of recipes/tiny.yaml")
     ap.add_argument("--cold", action="store_true", help="render tracks in the loader (not beforehand)")
     ap.add_argument("--lightning", action="store_true", help="also time Trainer.fit per step")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -192,7 +194,7 @@ def main() -> None:
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", args.set)
     stage = build_stage(recipe)
     opt = common.optimizer_config(stage.model, stage.options, sft_spec(recipe).trainer.max_steps)["optimizer"]
     stage.on_train_start()  # what Trainer.fit calls before the first step
