@@ -301,11 +301,14 @@ class MusicLALM(nn.Module):
             self._audio_tags = (key, "<|audio_bos|>" in vocab and "<|audio_eos|>" in vocab)
         return self._audio_tags[1]
 
-    def _ids(self, text: str) -> list[int]:
+    def spelled(self, text: str) -> str:
+        """``text`` as the tokenizer sees it: with time tokens every ``M:SS`` of a prompt, caption or answer
+        becomes its time token."""
         te = self.cfg.time_embedding
-        if te.kind == "tokens":  # every M:SS of a prompt, caption or answer becomes its time token
-            text = time_tokens.to_tokens(text, te.resolution, self.time_embedding.count)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return time_tokens.to_tokens(text, te.resolution, self.time_embedding.count) if te.kind == "tokens" else text
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(self.spelled(text), add_special_tokens=False).input_ids
 
     def decode(self, ids) -> list[str]:
         """Generated ids (a list of id lists or a (B, N) tensor) as MusTBench text: special tokens

@@ -143,16 +143,16 @@ def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
     """(token index in ``model.text_ids(text)``, letter index 0-5) of the last token of each option line of
     ``text``: the one token whose state has read the whole option (``time_embedding.pointer_options``).
     Memoised per model; [] when the text has no options."""
-    memo = model.__dict__.setdefault("_option_memo", OrderedDict())
+    memo = _memo(_OPTIONS_MEMO, model)
     if text in memo:
+        memo.move_to_end(text)
         return memo[text]
-    te = model.cfg.time_embedding
-    spelled = text if te.kind != "tokens" else _to_tokens(text, te.resolution, model.time_embedding.count)
+    spelled = model.spelled(text)
     out: list[tuple[int, int]] = []
     lines = list(_OPTION_LINE.finditer(spelled))
     if lines:
-        enc = model.tokenizer(spelled, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [a for a, _ in enc["offset_mapping"]]
+        starts = [a for a, _ in model.tokenizer(spelled, add_special_tokens=False,
+                                                return_offsets_mapping=True)["offset_mapping"]]
         for m in lines:
             end = m.start() + len(m.group(0).split("<|")[0].rstrip())  # the chat template's <|im_end|> may follow
             last = max(i for i, a in enumerate(starts) if a < end)  # the token holding the line's last char
@@ -163,26 +163,26 @@ def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _to_tokens(text: str, resolution: float, count: int) -> str:
-    from must.models.time_tokens import to_tokens
-
-    return to_tokens(text, resolution, count)
-
-
 #: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
 #: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
 #: the memo starts afresh when the tokenizer object or its size changes.
 _IDS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
+_OPTIONS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
 IDS_MEMO_SIZE = 65536
+
+
+def _memo(store: weakref.WeakKeyDictionary, model: MusicLALM) -> OrderedDict:
+    """``model``'s memo in ``store``, started afresh when its tokenizer object or size changes."""
+    key = (id(model.tokenizer), len(model.tokenizer))
+    held = store.get(model)
+    if held is None or held[0] != key:
+        held = store[model] = (key, OrderedDict())
+    return held[1]
 
 
 def _text_ids_memo(model: MusicLALM):
     """``model.text_ids``, memoised per model (least recently used texts dropped past ``IDS_MEMO_SIZE``)."""
-    key = (id(model.tokenizer), len(model.tokenizer))
-    held = _IDS_MEMO.get(model)
-    if held is None or held[0] != key:
-        held = _IDS_MEMO[model] = (key, OrderedDict())
-    memo = held[1]
+    memo = _memo(_IDS_MEMO, model)
 
     def ids_of(text: str) -> list[int]:
         ids = memo.get(text)
