@@ -127,6 +127,12 @@ class TimeEmbeddingConfig:
     pointer_options: bool = False
     """``pointer``: the answer letters (A-F) also point at their option lines in the prompt (a key from each
     line's last token), so choosing the option a trace has just described is one comparison (§7 there)."""
+    read_prompt: bool = False
+    """``tokens``: each time token of a prompt ("at 1:12") also carries the audio around its time: learned maps
+    (zero at the start) of the mean audio token in the ``read_seconds`` before it and in those after it, added to
+    its input embedding, so "what changes at 1:12" reads the audio from the asked time itself."""
+    read_seconds: float = 3.0
+    """``read_prompt``: the window before and after the time, seconds."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

@@ -147,6 +147,11 @@ def check_config(cfg: ModelConfig) -> None:
     for key in ("pointer_context", "pointer_prompt", "pointer_options"):
         if getattr(cfg.time_embedding, key) and not cfg.time_embedding.pointer:
             raise ConfigError(f"model.time_embedding.{key} shapes the time pointer: set model.time_embedding.pointer: true")
+    if cfg.time_embedding.read_prompt and cfg.time_embedding.kind != "tokens":
+        raise ConfigError("model.time_embedding.read_prompt reads the audio at a prompt's time tokens: set "
+                          "model.time_embedding.kind: tokens")
+    if cfg.time_embedding.read_prompt and cfg.time_embedding.read_seconds <= 0:
+        raise ConfigError(f"model.time_embedding.read_seconds = {cfg.time_embedding.read_seconds} must be > 0")
 
 
 class MusicLALM(nn.Module):

@@ -55,6 +55,12 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     te = model.time_embedding
     # Only pointer_prompt reads the marks: otherwise the empty range skips the per-token scan's matches.
     first, count = (te.first, te.count) if model.pointer is not None and te.cfg.pointer_prompt else (0, 0)
+    reading = te.kind == "tokens" and te.cfg.read_prompt
+    reads: list[tuple[int, int, int, int]] = []  # read_prompt: (row, position, time step, clip) of prompt time tokens
+
+    def read_marks(ids: list[int], r: int, at: int, b: int) -> None:
+        if reading:
+            reads.extend((r, at + i, t - te.first, b) for i, t in enumerate(ids) if te.first <= t < te.first + te.count)
 
     options = model.pointer is not None and te.cfg.pointer_options
 
@@ -74,6 +80,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         text_ids += ids
         text_at += [(r, i) for i in range(len(ids))]
         row_marks = time_marks(ids, 0, -1, before)  # a question before the music is shared by the row's blocks
+        read_marks(ids, r, 0, b)
         n = len(ids)
         pieces = []
         if encoding.host_embeds is not None:
@@ -91,6 +98,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             ids = ids_of(after)
             a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
             row_marks += time_marks(ids, n, flat, after)  # the question's, never the answer's: no label leaks
+            read_marks(ids, r, n, b)
             m = len(ids) + len(a_ids)
             text_ids += ids + a_ids
             text_at += [(r, i) for i in range(n, n + m)]
@@ -110,6 +118,8 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(inputs.dtype))
     for r, lo, piece in audio_at:
         inputs[r, lo: lo + len(piece)] = piece
+    if reads:
+        inputs = _read_prompt_times(model, encoding, audio, inputs, reads)
     lab_t = torch.full((bsz, length), -100, dtype=torch.long)
     blk_t = torch.full((bsz, length), -1, dtype=torch.long)
     pos_t = torch.zeros(bsz, length, dtype=torch.long)
@@ -133,6 +143,22 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     return {"inputs_embeds": inputs, "attention_mask": mask, "position_ids": pos_t, "labels": lab_t,
             "block": blk_t, "lengths": real.sum(1), "n_blocks": flat, "audio_start": audio_start, "clip": clip,
             "time_marks": marks}
+
+
+def _read_prompt_times(model: MusicLALM, encoding: AudioEncoding, audio: torch.Tensor, inputs: torch.Tensor,
+                       reads: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """``time_embedding.read_prompt``: ``inputs`` (B, L, H) with each prompt time token's read of its clip's
+    audio (:meth:`~must.models.time_embedding.TimeEmbedding.read`) added; ``reads`` (row, position, step, clip)."""
+    te = model.time_embedding
+    at = torch.tensor(reads, dtype=torch.long, device=inputs.device)
+    add = inputs.new_zeros(len(reads), inputs.shape[-1])
+    for b in at[:, 3].unique().tolist():
+        pick = at[:, 3] == b
+        mask = encoding.mask[b].to(audio.device)
+        seconds = at[pick, 2].to(audio.dtype) * te.cfg.resolution
+        add[pick] = te.read(audio[b][mask], encoding.times[b].to(audio.device)[mask].to(audio.dtype),
+                            seconds).to(add.dtype)
+    return inputs.index_put((at[:, 0], at[:, 1]), add, accumulate=True)
 
 
 #: An option line of a multiple-choice question: ``B. the drums come in`` (or ``(B) …``, ``B) …``), letters A-F.

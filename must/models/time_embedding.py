@@ -57,11 +57,31 @@ class TimeEmbedding(nn.Module):
             # weigh the time against the content without untying it from the text's time tokens.
             self.gate = nn.Parameter(torch.ones(hidden))
             # Its q/k maps are time_embedding.* parameters: saved, loaded and trained with the embedding.
+            # read_prompt: what sounds before and after a prompt's time, added to that time token (zero at first).
+            self.read_before = nn.Linear(hidden, hidden, bias=False) if cfg.read_prompt else None
+            self.read_after = nn.Linear(hidden, hidden, bias=False) if cfg.read_prompt else None
+            if cfg.read_prompt:
+                nn.init.zeros_(self.read_before.weight)
+                nn.init.zeros_(self.read_after.weight)
             letters = option_letter_ids(tokenizer) if cfg.pointer and cfg.pointer_options else None
             self.pointer = (TimePointer(hidden, self.first, self.count, cfg.pointer_context, letters)
                             if cfg.pointer else None)
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
+
+    def read(self, audio: torch.Tensor, times: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``read_prompt``: (M, H) what to add to M prompt time tokens. ``audio`` (T, H) one clip's audio tokens
+        at ``times`` (T,) seconds; ``at`` (M,) the tokens' times, seconds. The mean audio token of
+        ``[at - read_seconds, at)`` through one map plus that of ``[at, at + read_seconds)`` through the other
+        (a window with no token adds 0)."""
+        w = self.cfg.read_seconds
+        t, a = times[None, :], at[:, None]
+        out = audio.new_zeros(len(at), audio.shape[-1])
+        for lo, hi, proj in ((a - w, a, self.read_before), (a, a + w, self.read_after)):
+            inside = ((t >= lo) & (t < hi)).to(audio.dtype)  # (M, T)
+            mean = inside @ audio / inside.sum(-1, keepdim=True).clamp_min(1.0)
+            out = out + proj(mean)
+        return out
 
     def slot_ids(self, second: int) -> list[int]:
         """Token ids of ``format_time(second)`` right-aligned in ``slots`` slots (-1 = empty slot)."""
