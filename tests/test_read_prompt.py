@@ -66,3 +66,19 @@ def test_read_prompt_needs_time_tokens_and_a_window():
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "digits", "read_prompt": True}})
     with pytest.raises(ConfigError, match="read_seconds = 0.0 must be > 0"):
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "read_prompt": True, "read_seconds": 0.0}})
+
+
+def test_save_and_load_keep_the_read_maps_and_the_logits(tmp_path, model):
+    te = model.time_embedding
+    enc = model.encode_audio([_noise(7.0)], SR)
+    with torch.no_grad():
+        torch.nn.init.normal_(te.read_after.weight)
+        try:
+            logits = model(enc, [Q], ["0:03 onset kick → A"]).logits
+            model.save_pretrained(tmp_path / "m")
+        finally:
+            torch.nn.init.zeros_(te.read_after.weight)
+    m2 = MusicLALM.from_pretrained(tmp_path / "m").eval()
+    assert m2.time_embedding.read_after.weight.abs().max() > 0
+    with torch.no_grad():
+        assert torch.equal(logits, m2(m2.encode_audio([_noise(7.0)], SR), [Q], ["0:03 onset kick → A"]).logits)
