@@ -40,7 +40,7 @@ def tiny_sft_stage() -> SFTStage:
     # encoder's features and so changes the projector's shape and every random draw after it.
     recipe.model.encoder.frame_stats = False
     te = recipe.model.time_embedding  # the golden losses were recorded without the time pointer
-    te.pointer = te.pointer_context = te.pointer_prompt = te.pointer_options = False
+    te.pointer = te.pointer_context = te.pointer_prompt = te.pointer_options = te.read_prompt = False
     torch.manual_seed(0)
     stage = SFTStage(MusicLALM.from_config(recipe.model), recipe.data,
                      stage_options(SFTStage, spec.options, "sft options"), recipe.seed)
