@@ -3,9 +3,9 @@
 With ``model.answer_format: grounded`` the SFT targets, the captions and the GRPO completions are
 traces built exactly from the strong labels::
 
-    TSG   onset bass 0:12 → 0:12            (offsets: "offset bass 0:40 → 0:40")
-    LTR   1:12 onset kick → B                      (the time asked, its change's key, the option's letter)
-    TAD   1:12 onset kick → The kick comes in.     (the time asked, its change's key, the description)
+    TSG   onset bass 0:12 → 0:12                 (offsets: "offset bass 0:40 → 0:40")
+    LTR   1:12 onset kick → B                    (the time asked, its change's key, the option's letter)
+    TAD   1:12 onset kick → The kick comes in.   (the time asked, its change's key, the description)
     GTO   X onset kick 0:40 Y louder 0:12 Z offset bass 1:05 Y → X → Z → E
     MTR   arousal highest 0:20–0:35 → 0:20–0:35
 
@@ -15,7 +15,8 @@ position that predicts the time already holds what is asked (one attention step 
 --source-last``), and the letter tasks reach their letter through what was just written. A change is named by its
 *key* (:func:`change_key`: ``onset kick``, ``louder``…), a fixed short phrase, so GTO's ``X`` is first
 turned into what X is (a copy from the question) and only then into a time (one lookup into the audio),
-and LTR's time into what changes there before the option's free wording. Only the
+and LTR's time into what changes there before its letter (with ``time_embedding.pointer_options`` the letter
+points at the option line that says it). Only the
 text after the last ``→`` is the MusTBench answer (:func:`final_answer`); it is all that is scored.
 """
 
