@@ -1,6 +1,5 @@
 """Option pointer (``time_embedding.pointer_options``): answer letters point at their option lines' last tokens."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,9 +8,8 @@ from must.models.lalm import MusicLALM
 from must.models.prompts import option_ends, pack_questions
 from must.models.time_pointer import TimePointer
 from must.stages import common
-from tests._tiny import TINY_MODEL
+from tests._tiny import SR, TINY_MODEL, noise, reloaded
 
-SR = 16000
 OPTIONS = {**TINY_MODEL, "answer_format": "grounded",
            "time_embedding": {"kind": "tokens", "pointer": True, "pointer_prompt": True, "pointer_options": True}}
 LTR_Q = ("What change happens in the music at around 0:03?\nA. The drums come in.\nB. No noticeable change happens."
@@ -19,10 +17,6 @@ LTR_Q = ("What change happens in the music at around 0:03?\nA. The drums come in
 GTO_Q = ("Three transitions occur in this audio:\nX: The drums come in.\nY: The music gets louder.\n"
          "Z: The bass drops out.\nWhat is the correct temporal order?\nA. X → Y → Z\nB. X → Z → Y\nC. Y → X → Z\n"
          "D. Y → Z → X\nE. Z → X → Y\nF. Z → Y → X")
-
-
-def _noise(seconds, seed=0):
-    return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def test_option_ends_are_each_option_lines_last_token(model):
 
 
 def test_letters_gain_their_option_keys_score_and_other_logits_stay(model):
-    enc = model.encode_audio([_noise(6.0)], SR)
+    enc = model.encode_audio([noise(6.0)], SR)
     q, a = [LTR_Q], ["0:03 onset kick → A"]
     p = model.pointer
     with torch.no_grad():
@@ -94,7 +88,7 @@ def test_option_keys_use_their_own_map():
 def test_packed_losses_equal_each_question_alone_with_prompt_and_option_keys(model, by_row):
     """A packed block sees its own prompt's time and option keys only, also where the LM head runs on the
     answer positions alone (``logits_to_keep``) and where each row is cut to its length (``by_row``)."""
-    enc = model.encode_audio([_noise(6.0)], SR)
+    enc = model.encode_audio([noise(6.0)], SR)
     qs = [LTR_Q, "When does the bass enter?", GTO_Q.replace("Three", "3")]
     ans = ["0:03 onset kick → A", "onset bass 0:02 → 0:02",
            "X onset kick 0:01 Y louder 0:03 Z offset bass 0:05 X → Y → Z → A"]
@@ -109,15 +103,8 @@ def test_packed_losses_equal_each_question_alone_with_prompt_and_option_keys(mod
 
 
 def test_save_and_load_keeps_the_option_keys_and_the_logits(tmp_path, model):
-    enc = model.encode_audio([_noise(7.0)], SR)
-    q, a = [GTO_Q], ["X onset kick 0:01 Y louder 0:03 Z offset bass 0:05 X → Y → Z → A"]
-    with torch.no_grad():
-        logits = model(enc, q, a).logits
-    model.save_pretrained(tmp_path / "m")
-    m2 = MusicLALM.from_pretrained(tmp_path / "m").eval()
+    m2, _ = reloaded(model, tmp_path / "m", GTO_Q, "X onset kick 0:01 Y louder 0:03 Z offset bass 0:05 X → Y → Z → A")
     assert torch.equal(m2.pointer.k_option.weight, model.pointer.k_option.weight)
-    with torch.no_grad():
-        assert torch.equal(logits, m2(m2.encode_audio([_noise(7.0)], SR), q, a).logits)
 
 
 def test_pointer_options_need_the_pointer():

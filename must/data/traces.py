@@ -102,7 +102,7 @@ def target(answer: str, trace: str, answer_format: str) -> str:
 def caption(track: Track) -> str:
     """The grounded caption of a track: every event in time order, in the traces' language, both
     directions: ``onset bass 0:12.`` (thing → time, every run's start and end; ``louder 0:25.`` for a
-    change that is not a source's), ``0:25 onset drums The drums come in.`` (time → key → wording),
+    change that is not a source's), ``0:25 onset kick The kick drum comes in.`` (time → key → wording),
     ``arousal highest 0:25–0:40.``, each sentence one lookup."""
     from must.data.tasks import arousal_extreme  # tasks imports this module
 

@@ -134,6 +134,7 @@ def check_config(cfg: ModelConfig) -> None:
         "model.encoder.frame_pool": (cfg.encoder.frame_pool, 1, float("inf")),
         "model.time_embedding.resolution": (cfg.time_embedding.resolution, 1e-3, float("inf")),
         "model.time_embedding.max_seconds": (cfg.time_embedding.max_seconds, 1.0, 36000.0),
+        "model.time_embedding.read_seconds": (cfg.time_embedding.read_seconds, 1e-3, float("inf")),
     }
     for key, (value, lo, hi) in ranges.items():
         if not lo <= value <= hi:
@@ -150,8 +151,6 @@ def check_config(cfg: ModelConfig) -> None:
     if cfg.time_embedding.read_prompt and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.read_prompt reads the audio at a prompt's time tokens: set "
                           "model.time_embedding.kind: tokens")
-    if cfg.time_embedding.read_prompt and cfg.time_embedding.read_seconds <= 0:
-        raise ConfigError(f"model.time_embedding.read_seconds = {cfg.time_embedding.read_seconds} must be > 0")
 
 
 class MusicLALM(nn.Module):

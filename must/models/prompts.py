@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from must.models.time_embedding import OPTION_LETTERS
+
 if TYPE_CHECKING:
     from must.models.lalm import AudioEncoding, MusicLALM
 
@@ -53,21 +55,20 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     # all text goes through the embedding in one call (one lookup and one backward, not one per piece).
     text_ids, text_at, audio_at, rows, must_at, clips, marks = [], [], [], [], [], [], []
     te = model.time_embedding
-    # Only pointer_prompt reads the marks: otherwise the empty range skips the per-token scan's matches.
-    first, count = (te.first, te.count) if model.pointer is not None and te.cfg.pointer_prompt else (0, 0)
-    reading = te.kind == "tokens" and te.cfg.read_prompt
+    pointing = model.pointer is not None and te.cfg.pointer_prompt  # pointer_prompt / read_prompt need time tokens
+    options = model.pointer is not None and te.cfg.pointer_options
     reads: list[tuple[int, int, int, int]] = []  # read_prompt: (row, position, time step, clip) of prompt time tokens
 
-    def read_marks(ids: list[int], r: int, at: int, b: int) -> None:
-        if reading:
-            reads.extend((r, at + i, t - te.first, b) for i, t in enumerate(ids) if te.first <= t < te.first + te.count)
-
-    options = model.pointer is not None and te.cfg.pointer_options
-
-    def time_marks(ids: list[int], at: int, block: int, text: str) -> list[tuple[int, int, int]]:
-        """(position, slot, block) of the prompt's time tokens among ``ids`` (the tokens of ``text``) placed
-        from ``at`` on, and with ``pointer_options`` of its option lines' last tokens (slot ``count + letter``)."""
-        marks = [(at + i, t - first, block) for i, t in enumerate(ids) if first <= t < first + count]
+    def prompt_keys(ids: list[int], at: int, block: int, text: str, r: int, b: int) -> list[tuple[int, int, int]]:
+        """The pointer's marks (position, slot, block) of ``ids`` (the tokens of ``text``, placed from ``at`` on in
+        row ``r``, about clip ``b``): its time tokens with ``pointer_prompt``, its option lines' last tokens (slot
+        ``count + letter``) with ``pointer_options``; its time tokens also go to ``reads`` with ``read_prompt``.
+        One scan of the ids, and none when neither option asks for their times."""
+        times = ([(at + i, t - te.first) for i, t in enumerate(ids) if te.first <= t < te.first + te.count]
+                 if pointing or te.cfg.read_prompt else [])
+        if te.cfg.read_prompt:
+            reads.extend((r, pos, step, b) for pos, step in times)
+        marks = [(pos, step, block) for pos, step in times] if pointing else []
         if options:
             marks += [(at + i, model.pointer.count + letter, block) for i, letter in option_ends(model, text)]
         return marks
@@ -79,8 +80,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         ids = ids_of(before)
         text_ids += ids
         text_at += [(r, i) for i in range(len(ids))]
-        row_marks = time_marks(ids, 0, -1, before)  # a question before the music is shared by the row's blocks
-        read_marks(ids, r, 0, b)
+        row_marks = prompt_keys(ids, 0, -1, before, r, b)  # a question before the music: shared by the row's blocks
         n = len(ids)
         pieces = []
         if encoding.host_embeds is not None:
@@ -97,8 +97,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             after = first_after if j == 0 else model.prompt_parts(q)[1]
             ids = ids_of(after)
             a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
-            row_marks += time_marks(ids, n, flat, after)  # the question's, never the answer's: no label leaks
-            read_marks(ids, r, n, b)
+            row_marks += prompt_keys(ids, n, flat, after, r, b)  # the question's, never the answer's: no label leaks
             m = len(ids) + len(a_ids)
             text_ids += ids + a_ids
             text_at += [(r, i) for i in range(n, n + m)]
@@ -162,7 +161,7 @@ def _read_prompt_times(model: MusicLALM, encoding: AudioEncoding, audio: torch.T
 
 
 #: An option line of a multiple-choice question: ``B. the drums come in`` (or ``(B) …``, ``B) …``), letters A-F.
-_OPTION_LINE = re.compile(r"(?m)^\(?([A-F])[.)] .*\S")
+_OPTION_LINE = re.compile(rf"(?m)^\(?([{OPTION_LETTERS}])[.)] .*\S")
 
 
 def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
@@ -182,7 +181,7 @@ def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
         for m in lines:
             end = m.start() + len(m.group(0).split("<|")[0].rstrip())  # the chat template's <|im_end|> may follow
             last = max(i for i, a in enumerate(starts) if a < end)  # the token holding the line's last char
-            out.append((last, "ABCDEF".index(m.group(1))))
+            out.append((last, OPTION_LETTERS.index(m.group(1))))
     memo[text] = out
     if len(memo) > IDS_MEMO_SIZE:
         memo.popitem(last=False)
