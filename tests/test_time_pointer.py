@@ -176,6 +176,36 @@ def test_context_keys_add_the_running_maxima_of_the_audio_before_and_after():
         MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_context": True}})
 
 
+def test_window_means_average_the_tokens_within_the_window_strictly_before_and_after():
+    from must.models.time_pointer import window_means
+
+    x = torch.tensor([[[1.0], [3.0], [5.0], [20.0], [9.0]]])  # (1, 5, 1); the last token is padding
+    at = torch.tensor([[0.0, 1.0, 2.0, 6.0, 3.0]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    before, after = window_means(x, at, valid, 2.0)
+    assert before[0, :, 0].tolist() == [0.0, 1.0, 2.0, 0.0, 4.0]  # at 2 s: tokens at 0 and 1 s; at 6 s: none within 2 s
+    assert after[0, :4, 0].tolist() == [4.0, 5.0, 0.0, 0.0]  # at 0 s: tokens at 1 and 2 s; padding (9) unseen
+
+
+def test_window_keys_add_the_near_means_of_the_audio_tokens_only():
+    from must.models.time_pointer import window_means
+
+    torch.manual_seed(0)
+    p = TimePointer(hidden=4, first=0, count=8, window=2.0)
+    # three audio tokens at steps 0, 1, 4 and a prompt time token (step 1) at position 4
+    p.set_rows(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[0, 1, 4, 1]]),
+               torch.tensor([[True, True, True, False]]))
+    states = torch.randn(1, 5, 4)
+    p.starts(None, (), {})
+    p.capture(None, (), states)
+    a = states[:, 1:4]
+    before, after = window_means(a, torch.tensor([[0.0, 1.0, 4.0]]), torch.ones(1, 3, dtype=torch.bool), 2.0)
+    torch.testing.assert_close(p.keys[:, :3], p.k(a) + p.near_before(before) + p.near_after(after))
+    torch.testing.assert_close(p.keys[0, 3], p.k(states[0, 4]))  # a prompt time token's key has no window part
+    with pytest.raises(ConfigError, match="pointer_window.*pointer: true"):
+        MusicLALM.from_config({**TINY_MODEL, "time_embedding": {"kind": "tokens", "pointer_window": 3.0}})
+
+
 def test_prompt_time_keys_join_their_step_and_only_their_own_block_sees_them():
     p = TimePointer(hidden=4, first=0, count=4)
     # Audio tokens of steps 0, 1 (positions 0, 1); prompt time tokens of step 1 (block 0, position 3) and

@@ -121,6 +121,10 @@ class TimeEmbeddingConfig:
     pointer_context: bool = False
     """``pointer``: each key also holds what sounds anywhere before and after its audio token (running maxima),
     so a first onset and a final offset are one comparison (``benchmarks/results/grounded.md`` §6)."""
+    pointer_window: float = 0.0
+    """``pointer``: > 0 also gives each audio key the mean of the audio tokens' states in this many seconds before
+    it and in as many after it, so a key knows what changes right at its token (an offset is local; the running
+    maxima of ``pointer_context`` are global); 0 = off."""
     pointer_prompt: bool = False
     """``pointer``: it also points at the prompt's own time tokens, so copying the asked time (LTR's and TAD's
     "at 0:13") is one step, as naming an audio token's is (``benchmarks/results/grounded.md`` §6)."""

@@ -135,6 +135,7 @@ def check_config(cfg: ModelConfig) -> None:
         "model.time_embedding.resolution": (cfg.time_embedding.resolution, 1e-3, float("inf")),
         "model.time_embedding.max_seconds": (cfg.time_embedding.max_seconds, 1.0, 36000.0),
         "model.time_embedding.read_seconds": (cfg.time_embedding.read_seconds, 1e-3, float("inf")),
+        "model.time_embedding.pointer_window": (cfg.time_embedding.pointer_window, 0.0, float("inf")),
     }
     for key, (value, lo, hi) in ranges.items():
         if not lo <= value <= hi:
@@ -145,7 +146,7 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
     if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
-    for key in ("pointer_context", "pointer_prompt", "pointer_options"):
+    for key in ("pointer_context", "pointer_prompt", "pointer_options", "pointer_window"):
         if getattr(cfg.time_embedding, key) and not cfg.time_embedding.pointer:
             raise ConfigError(f"model.time_embedding.{key} shapes the time pointer: set model.time_embedding.pointer: true")
     if cfg.time_embedding.read_prompt and cfg.time_embedding.kind != "tokens":

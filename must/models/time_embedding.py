@@ -68,8 +68,8 @@ class TimeEmbedding(nn.Module):
                 nn.init.zeros_(self.read_before.weight)
                 nn.init.zeros_(self.read_after.weight)
             letters = option_letter_ids(tokenizer) if cfg.pointer and cfg.pointer_options else None
-            self.pointer = (TimePointer(hidden, self.first, self.count, cfg.pointer_context, letters)
-                            if cfg.pointer else None)
+            self.pointer = (TimePointer(hidden, self.first, self.count, cfg.pointer_context, letters,
+                                        cfg.pointer_window / cfg.resolution) if cfg.pointer else None)
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
         # read_labels: what a prompt's ``X: <text>`` line says, added to its label X (zero at first); any kind.

@@ -38,7 +38,7 @@ class TimePointer(nn.Module):
     the end of option line ``i`` (letter ``"ABCDEF"[i]``), whose token ids are ``letters[i]`` (-1 pads)."""
 
     def __init__(self, hidden: int, first: int, count: int, context: bool = False,
-                 letters: list[list[int]] | None = None):
+                 letters: list[list[int]] | None = None, window: float = 0.0):
         super().__init__()
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.k = nn.Linear(hidden, hidden, bias=False)
@@ -46,6 +46,12 @@ class TimePointer(nn.Module):
         # tokens before it and of those after it, so "first onset" and "final offset" are linear in the key.
         self.before = nn.Linear(hidden, hidden, bias=False) if context else None
         self.after = nn.Linear(hidden, hidden, bias=False) if context else None
+        # ``time_embedding.pointer_window``: and the mean of the audio tokens in the ``window`` time steps before
+        # it and in those after it, so "the bass stops here" is local: a running maximum is undone by one stray
+        # later detection, and cannot tell the token at an offset from every later one.
+        self.window = window
+        self.near_before = nn.Linear(hidden, hidden, bias=False) if window > 0 else None
+        self.near_after = nn.Linear(hidden, hidden, bias=False) if window > 0 else None
         self.first, self.count = first, count
         # pointer_options: the option lines' keys get their own map (an option's text is not a time).
         self.k_option = nn.Linear(hidden, hidden, bias=False) if letters else None
@@ -145,6 +151,10 @@ class TimePointer(nn.Module):
             audio = self.audio
             context = running_max(self.before(picked), audio) + running_max(self.after(picked), audio, True)
             self.keys = self.keys + context * audio[..., None]
+        if self.near_before is not None:
+            near = window_means(picked, self.step_of.to(picked.dtype), self.audio, self.window)
+            context = self.near_before(near[0]) + self.near_after(near[1])
+            self.keys = self.keys + context * self.audio[..., None]
 
     def follow(self, index: torch.Tensor | None) -> None:
         """The next calls' rows are the audio rows ``index`` (a sampler that drops finished rows says which
@@ -243,6 +253,18 @@ def running_max(x: torch.Tensor, valid: torch.Tensor, later: bool = False) -> to
     run = torch.cat([run.new_full(run[:, :1].shape, -math.inf), run[:, :-1]], 1)  # strictly before
     run = run.flip(1) if later else run
     return run.masked_fill(run == -math.inf, 0.0)
+
+
+def window_means(x: torch.Tensor, at: torch.Tensor, valid: torch.Tensor, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, H) states at times ``at`` (B, T) -> (mean of the valid states in ``[at - width, at)``, mean of those
+    in ``(at, at + width]``), each (B, T, H), 0 where there are none; ``valid`` (B, T) bool, ``width`` in ``at``'s unit."""
+    gap = at[:, None, :] - at[:, :, None]  # (B, T query, T key): how much later the key is
+    ok = valid[:, None, :]
+    out = []
+    for inside in ((gap < 0) & (gap >= -width), (gap > 0) & (gap <= width)):
+        w = (inside & ok).to(x.dtype)
+        out.append(w @ x / w.sum(-1, keepdim=True).clamp_min(1.0))
+    return out[0], out[1]
 
 
 def final_norm(llm: nn.Module) -> nn.Module:
