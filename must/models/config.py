@@ -137,11 +137,6 @@ class TimeEmbeddingConfig:
     its input embedding, so "what changes at 1:12" reads the audio from the asked time itself."""
     read_seconds: float = 3.0
     """``read_prompt``: the window before and after the time, seconds."""
-    read_labels: bool = False
-    """Each label of a prompt's ``X: <text>`` line (GTO's X, Y, Z), wherever it stands in the prompt (its options
-    too), also carries its line's text: learned maps (zero at the start) of the line's mean token embedding and of
-    an early-weighted one (the first phrase names the change), added to the label's input embedding, so an
-    answer's ``X`` fetches what X is by matching its own token (one attention step, not an induction)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

@@ -58,14 +58,12 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     pointing = model.pointer is not None and te.cfg.pointer_prompt  # pointer_prompt / read_prompt need time tokens
     options = model.pointer is not None and te.cfg.pointer_options
     reads: list[tuple[int, int, int, int]] = []  # read_prompt: (row, position, time step, clip) of prompt time tokens
-    labelled: list[tuple[int, list[int], list[int]]] = []  # read_labels: (row, label positions, line positions)
 
     def prompt_keys(ids: list[int], at: int, block: int, text: str, r: int, b: int) -> list[tuple[int, int, int]]:
         """The pointer's marks (position, slot, block) of ``ids`` (the tokens of ``text``, placed from ``at`` on in
         row ``r``, about clip ``b``): its time tokens with ``pointer_prompt``, its option lines' last tokens (slot
-        ``count + letter``) with ``pointer_options``; its time tokens also go to ``reads`` with ``read_prompt``, its
-        labelled lines to ``labelled`` with ``read_labels``. One scan of the ids, and none when no option asks for
-        their times."""
+        ``count + letter``) with ``pointer_options``; its time tokens also go to ``reads`` with ``read_prompt``.
+        One scan of the ids, and none when neither option asks for their times."""
         times = ([(at + i, t - te.first) for i, t in enumerate(ids) if te.first <= t < te.first + te.count]
                  if pointing or te.cfg.read_prompt else [])
         if te.cfg.read_prompt:
@@ -73,9 +71,6 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         marks = [(pos, step, block) for pos, step in times] if pointing else []
         if options:
             marks += [(at + i, model.pointer.count + letter, block) for i, letter in option_ends(model, text)]
-        if te.cfg.read_labels:
-            labelled.extend((r, [at + i for i in labels], [at + i for i in words])
-                            for labels, words in label_lines(model, text))
         return marks
 
     flat = 0
@@ -122,8 +117,6 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(inputs.dtype))
     for r, lo, piece in audio_at:
         inputs[r, lo: lo + len(piece)] = piece
-    if labelled:  # before the time reads: a line is read from its plain token embeddings
-        inputs = _read_labels(model, inputs, labelled)
     if reads:
         inputs = _read_prompt_times(model, encoding, audio, inputs, reads)
     lab_t = torch.full((bsz, length), -100, dtype=torch.long)
@@ -167,17 +160,6 @@ def _read_prompt_times(model: MusicLALM, encoding: AudioEncoding, audio: torch.T
     return inputs.index_put((at[:, 0], at[:, 1]), add, accumulate=True)
 
 
-def _read_labels(model: MusicLALM, inputs: torch.Tensor, labelled: list[tuple[int, list[int], list[int]]]) -> torch.Tensor:
-    """``time_embedding.read_labels``: ``inputs`` (B, L, H) with each labelled line's read
-    (:meth:`~must.models.time_embedding.TimeEmbedding.read_labels`) added at every position of its label;
-    ``labelled`` (row, label positions, line positions)."""
-    adds = model.time_embedding.read_labels([inputs[r, words] for r, _, words in labelled]).to(inputs.dtype)
-    rows = torch.tensor([r for r, labels, _ in labelled for _ in labels], dtype=torch.long, device=inputs.device)
-    cols = torch.tensor([p for _, labels, _ in labelled for p in labels], dtype=torch.long, device=inputs.device)
-    count = torch.tensor([len(labels) for _, labels, _ in labelled], device=inputs.device)
-    return inputs.index_put((rows, cols), adds.repeat_interleave(count, 0), accumulate=True)
-
-
 #: An option line of a multiple-choice question: ``B. the drums come in`` (or ``(B) …``, ``B) …``), letters A-F.
 _OPTION_LINE = re.compile(rf"(?m)^\(?([{OPTION_LETTERS}])[.)] .*\S")
 
@@ -206,42 +188,11 @@ def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
     return out
 
 
-#: A labelled line of a prompt: ``X: Suddenly the mix softens.`` (GTO's X, Y, Z); one capital letter, a colon.
-_LABEL_LINE = re.compile(r"(?m)^([A-Z]): (.*\S)")
-
-
-def label_lines(model: MusicLALM, text: str) -> list[tuple[list[int], list[int]]]:
-    """Per ``X: <text>`` line of ``text`` (``time_embedding.read_labels``): the token indices (in
-    ``model.text_ids(text)``) of every token that is its label alone, wherever it stands (``X`` opening the
-    line, `` X`` in an option ``A. X → Y → Z``), and those of the line's text after ``X: ``. Memoised per
-    model; [] when the text has no labelled line."""
-    memo = _memo(_LABELS_MEMO, model)
-    if text in memo:
-        memo.move_to_end(text)
-        return memo[text]
-    spelled = model.spelled(text)
-    out: list[tuple[list[int], list[int]]] = []
-    lines = list(_LABEL_LINE.finditer(spelled))
-    if lines:
-        spans = model.tokenizer(spelled, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        for m in lines:
-            end = m.start(2) + len(m.group(2).split("<|")[0].rstrip())  # the chat template's <|im_end|> may follow
-            words = [i for i, (a, b) in enumerate(spans) if b > m.start(2) and a < end]
-            labels = [i for i, (a, b) in enumerate(spans) if spelled[a:b].strip() == m.group(1)]
-            if words and labels:
-                out.append((labels, words))
-    memo[text] = out
-    if len(memo) > IDS_MEMO_SIZE:
-        memo.popitem(last=False)
-    return out
-
-
 #: Token ids of prompt and answer texts per model, so a question asked again (every epoch) is not
 #: tokenised again. Assumes ``model.text_ids`` is a pure function of the text for a given tokenizer;
 #: the memo starts afresh when the tokenizer object or its size changes.
 _IDS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
 _OPTIONS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
-_LABELS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
 IDS_MEMO_SIZE = 65536
 
 

@@ -20,10 +20,6 @@ from must.models.time_pointer import TimePointer
 from must.timecode import format_time
 
 
-#: ``read_labels``: the weight of a line's ``j``-th token in its early-weighted mean is ``LABEL_DECAY ** j``
-#: (half of the weight on its first two tokens, 88 % on its first six).
-LABEL_DECAY = 0.7
-
 #: The option letters the pointer can point (``time_embedding.pointer_options``): MusTBench's LTR A-D, GTO A-F.
 OPTION_LETTERS = "ABCDEF"
 
@@ -72,12 +68,6 @@ class TimeEmbedding(nn.Module):
                                         cfg.pointer_window / cfg.resolution) if cfg.pointer else None)
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
-        # read_labels: what a prompt's ``X: <text>`` line says, added to its label X (zero at first); any kind.
-        self.label_mean = nn.Linear(hidden, hidden, bias=False) if cfg.read_labels else None
-        self.label_first = nn.Linear(hidden, hidden, bias=False) if cfg.read_labels else None
-        if cfg.read_labels:
-            nn.init.zeros_(self.label_mean.weight)
-            nn.init.zeros_(self.label_first.weight)
 
     def read(self, audio: torch.Tensor, times: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``read_prompt``: (M, H) what to add to M prompt time tokens. ``audio`` (T, H) one clip's audio tokens
@@ -92,18 +82,6 @@ class TimeEmbedding(nn.Module):
             mean = inside @ audio / inside.sum(-1, keepdim=True).clamp_min(1.0)
             out = out + proj(mean)
         return out
-
-    def read_labels(self, lines: list[torch.Tensor]) -> torch.Tensor:
-        """``read_labels``: (N, H) what to add to the labels of N lines, each ``lines[i]`` (n_i, H) the input
-        embeddings of line ``i``'s text in order. Its mean through one map plus a mean weighted
-        ``LABEL_DECAY ** j`` at the ``j``-th token through the other: a line such as "The guitar and vocals come
-        in and the music gets louder" is keyed by its first phrase (``onset guitar``), which a plain mean loses."""
-        means, firsts = [], []
-        for x in lines:
-            w = LABEL_DECAY ** torch.arange(len(x), device=x.device, dtype=x.dtype)
-            means.append(x.mean(0))
-            firsts.append((w[:, None] * x).sum(0) / w.sum())
-        return self.label_mean(torch.stack(means)) + self.label_first(torch.stack(firsts))
 
     def slot_ids(self, second: int) -> list[int]:
         """Token ids of ``format_time(second)`` right-aligned in ``slots`` slots (-1 = empty slot)."""
