@@ -137,6 +137,11 @@ class TimeEmbeddingConfig:
     its input embedding, so "what changes at 1:12" reads the audio from the asked time itself."""
     read_seconds: float = 3.0
     """``read_prompt``: the window before and after the time, seconds."""
+    read_labels: bool = False
+    """``pointer``: an answer's label token (GTO's ``X``, ``Y``, ``Z``) also carries what its prompt line ``X: <text>``
+    says: learned maps (zero at the start) of the line's mean token embedding and of an early-weighted one, added to
+    that token's input embedding in training and generation alike, so the trace's ``X onset kick`` names what X
+    is without fetching the line by its label (an induction step a from-scratch LLM does not form)."""
     slots: int = 6
     """``digits``: right-aligned token slots (``M:SS`` is 4 tokens, ``MM:SS`` 5), each with its own gate."""
     sinusoid_dim: int = 64

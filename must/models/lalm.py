@@ -146,7 +146,7 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.encoder.head_features appends the source head's outputs: set model.encoder.num_sources")
     if cfg.time_embedding.pointer and cfg.time_embedding.kind != "tokens":
         raise ConfigError("model.time_embedding.pointer points time tokens into the audio: set model.time_embedding.kind: tokens")
-    for key in ("pointer_context", "pointer_prompt", "pointer_options", "pointer_window"):
+    for key in ("pointer_context", "pointer_prompt", "pointer_options", "pointer_window", "read_labels"):
         if getattr(cfg.time_embedding, key) and not cfg.time_embedding.pointer:
             raise ConfigError(f"model.time_embedding.{key} shapes the time pointer: set model.time_embedding.pointer: true")
     if cfg.time_embedding.read_prompt and cfg.time_embedding.kind != "tokens":

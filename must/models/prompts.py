@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 from collections import OrderedDict
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from must.models.time_embedding import OPTION_LETTERS
+from must.models.time_pointer import LABEL_LETTERS
 
 if TYPE_CHECKING:
     from must.models.lalm import AudioEncoding, MusicLALM
@@ -58,6 +60,9 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     pointing = model.pointer is not None and te.cfg.pointer_prompt  # pointer_prompt / read_prompt need time tokens
     options = model.pointer is not None and te.cfg.pointer_options
     reads: list[tuple[int, int, int, int]] = []  # read_prompt: (row, position, time step, clip) of prompt time tokens
+    labelling = model.pointer is not None and model.pointer.label_ids is not None  # read_labels
+    labelled: list[tuple[int, int, list[int], list[int]]] = []  # (row, label, its line's positions, answer positions)
+    label_ids = [{i for i in ids.tolist() if i >= 0} for ids in model.pointer.label_ids] if labelling else []
 
     def prompt_keys(ids: list[int], at: int, block: int, text: str, r: int, b: int) -> list[tuple[int, int, int]]:
         """The pointer's marks (position, slot, block) of ``ids`` (the tokens of ``text``, placed from ``at`` on in
@@ -81,6 +86,7 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
         text_ids += ids
         text_at += [(r, i) for i in range(len(ids))]
         row_marks = prompt_keys(ids, 0, -1, before, r, b)  # a question before the music: shared by the row's blocks
+        row_lines = {k: words for k, words in label_lines(model, before)} if labelling else {}
         n = len(ids)
         pieces = []
         if encoding.host_embeds is not None:
@@ -99,6 +105,13 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
             a_ids = [] if ans is None else ids_of(ans[j])[:cut] + [eos]
             row_marks += prompt_keys(ids, n, flat, after, r, b)  # the question's, never the answer's: no label leaks
             m = len(ids) + len(a_ids)
+            if labelling:  # each label line's read goes to that label's tokens in this block's answer
+                lines = {**row_lines, **{k: [n + w for w in words] for k, words in label_lines(model, after)}}
+                start = n + len(ids)
+                for k, words in lines.items():
+                    said = [start + i for i, t in enumerate(a_ids) if t in label_ids[k]]
+                    labelled.append((r, k, words, said))
+            m = len(ids) + len(a_ids)
             text_ids += ids + a_ids
             text_at += [(r, i) for i in range(n, n + m)]
             n += m
@@ -111,12 +124,15 @@ def pack_questions(model: MusicLALM, encoding: AudioEncoding, questions: Sequenc
     length = max(len(lab) for lab, _, _ in rows)
     bsz = len(rows)
     at = torch.tensor(text_at, dtype=torch.long, device=dev).reshape(-1, 2)
-    emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
+    with model.pointer.own_text() if labelling else contextlib.nullcontext():  # its answers' reads are added below
+        emb = model.llm.get_input_embeddings()(torch.tensor(text_ids, dtype=torch.long, device=dev))
     # The wider of the projector's and the LLM's dtypes (a float32 projector beside a bf16 LLM is common).
     inputs = audio.new_zeros(bsz, length, model.hidden_size, dtype=torch.promote_types(audio.dtype, emb.dtype))
     inputs = inputs.index_put((at[:, 0], at[:, 1]), emb.to(inputs.dtype))
     for r, lo, piece in audio_at:
         inputs[r, lo: lo + len(piece)] = piece
+    if labelling:
+        inputs = _read_labels(model, inputs, labelled, generating=answers is None)
     if reads:
         inputs = _read_prompt_times(model, encoding, audio, inputs, reads)
     lab_t = torch.full((bsz, length), -100, dtype=torch.long)
@@ -160,6 +176,55 @@ def _read_prompt_times(model: MusicLALM, encoding: AudioEncoding, audio: torch.T
     return inputs.index_put((at[:, 0], at[:, 1]), add, accumulate=True)
 
 
+def _read_labels(model: MusicLALM, inputs: torch.Tensor, labelled: list[tuple[int, int, list[int], list[int]]],
+                 generating: bool) -> torch.Tensor:
+    """``time_embedding.read_labels``: ``inputs`` (B, L, H) with each labelled line's read
+    (:meth:`~must.models.time_pointer.TimePointer.read_lines`) added at its label's tokens in the answer;
+    ``labelled`` (row, label, line positions, answer positions). For a generation prompt (``generating``) the
+    pointer keeps the reads per row, for the tokens still to be generated."""
+    pointer = model.pointer
+    table = (inputs.new_zeros(inputs.shape[0], len(pointer.label_ids), inputs.shape[-1])
+             if generating else None)  # (B, n_labels, H)
+    if labelled:
+        reads = pointer.read_lines([inputs[r, words] for r, _, words, _ in labelled]).to(inputs.dtype)
+        said = [(i, r, p) for i, (r, _, _, at) in enumerate(labelled) for p in at]
+        if said:
+            i, r, p = (torch.tensor(x, dtype=torch.long, device=inputs.device) for x in zip(*said))
+            inputs = inputs.index_put((r, p), reads[i], accumulate=True)
+        if table is not None:
+            r, k = (torch.tensor(x, dtype=torch.long, device=inputs.device) for x in zip(*[(r, k) for r, k, _, _ in labelled]))
+            table = table.index_put((r, k), reads)
+    pointer.set_labels(table)
+    return inputs
+
+
+#: A labelled line of a prompt: ``X: Suddenly the mix softens.`` (GTO's X, Y, Z, :data:`LABEL_LETTERS`).
+_LABEL_LINE = re.compile(rf"(?m)^([{LABEL_LETTERS}]): (.*\S)")
+
+
+def label_lines(model: MusicLALM, text: str) -> list[tuple[int, list[int]]]:
+    """(label index in :data:`LABEL_LETTERS`, token indices in ``model.text_ids(text)`` of the line's text after
+    ``X: ``) per labelled line of ``text`` (``time_embedding.read_labels``). Memoised per model; [] when none."""
+    memo = _memo(_LABELS_MEMO, model)
+    if text in memo:
+        memo.move_to_end(text)
+        return memo[text]
+    spelled = model.spelled(text)
+    out: list[tuple[int, list[int]]] = []
+    lines = list(_LABEL_LINE.finditer(spelled))
+    if lines:
+        spans = model.tokenizer(spelled, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for m in lines:
+            end = m.start(2) + len(m.group(2).split("<|")[0].rstrip())  # the chat template's <|im_end|> may follow
+            words = [i for i, (a, b) in enumerate(spans) if b > m.start(2) and a < end]
+            if words:
+                out.append((LABEL_LETTERS.index(m.group(1)), words))
+    memo[text] = out
+    if len(memo) > IDS_MEMO_SIZE:
+        memo.popitem(last=False)
+    return out
+
+
 #: An option line of a multiple-choice question: ``B. the drums come in`` (or ``(B) …``, ``B) …``), letters A-F.
 _OPTION_LINE = re.compile(rf"(?m)^\(?([{OPTION_LETTERS}])[.)] .*\S")
 
@@ -193,6 +258,7 @@ def option_ends(model: MusicLALM, text: str) -> list[tuple[int, int]]:
 #: the memo starts afresh when the tokenizer object or its size changes.
 _IDS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
 _OPTIONS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
+_LABELS_MEMO: weakref.WeakKeyDictionary[MusicLALM, tuple[tuple, OrderedDict]] = weakref.WeakKeyDictionary()
 IDS_MEMO_SIZE = 65536
 
 

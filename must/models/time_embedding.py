@@ -16,7 +16,7 @@ from torch import nn
 
 from must.models import time_tokens
 from must.models.config import TimeEmbeddingConfig
-from must.models.time_pointer import TimePointer
+from must.models.time_pointer import LABEL_LETTERS, TimePointer
 from must.timecode import format_time
 
 
@@ -24,11 +24,11 @@ from must.timecode import format_time
 OPTION_LETTERS = "ABCDEF"
 
 
-def option_letter_ids(tokenizer) -> list[list[int]]:
-    """Per letter of :data:`OPTION_LETTERS` the ids of its one-token spellings: ``" B"`` (after a trace's
-    ``→``) and ``"B"`` (a plain answer opening the turn)."""
+def option_letter_ids(tokenizer, letters: str = OPTION_LETTERS) -> list[list[int]]:
+    """Per letter of ``letters`` (:data:`OPTION_LETTERS`) the ids of its one-token spellings: ``" B"`` (after a
+    trace's ``→``) and ``"B"`` (a plain answer opening the turn)."""
     out = []
-    for letter in OPTION_LETTERS:
+    for letter in letters:
         ids = {tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in (f" {letter}", letter)}
         out.append(sorted(i[0] for i in ids if len(i) == 1))
     return out
@@ -64,8 +64,9 @@ class TimeEmbedding(nn.Module):
                 nn.init.zeros_(self.read_before.weight)
                 nn.init.zeros_(self.read_after.weight)
             letters = option_letter_ids(tokenizer) if cfg.pointer and cfg.pointer_options else None
+            labels = option_letter_ids(tokenizer, LABEL_LETTERS) if cfg.pointer and cfg.read_labels else None
             self.pointer = (TimePointer(hidden, self.first, self.count, cfg.pointer_context, letters,
-                                        cfg.pointer_window / cfg.resolution) if cfg.pointer else None)
+                                        cfg.pointer_window / cfg.resolution, labels) if cfg.pointer else None)
         elif cfg.kind != "none":
             raise ValueError(f"time_embedding.kind must be tokens, digits, sinusoidal or none, got {cfg.kind!r}")
 

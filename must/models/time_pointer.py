@@ -31,6 +31,13 @@ from torch import nn
 from must.errors import ConfigError
 
 
+#: ``time_embedding.read_labels``: the labels whose ``X: <text>`` lines are read (MusTBench GTO's three changes).
+LABEL_LETTERS = "XYZ"
+#: ``read_labels``: the weight of a line's ``j``-th token in its early-weighted mean is ``LABEL_DECAY ** j``
+#: (half of the weight on its first two tokens, 88 % on its first six).
+LABEL_DECAY = 0.7
+
+
 class TimePointer(nn.Module):
     """Query and key maps (H -> H) and the rows of the current batch: where each row's keys sit (its audio
     tokens, and with ``time_embedding.pointer_prompt`` its prompt's own time tokens) and which slot each holds:
@@ -38,7 +45,8 @@ class TimePointer(nn.Module):
     the end of option line ``i`` (letter ``"ABCDEF"[i]``), whose token ids are ``letters[i]`` (-1 pads)."""
 
     def __init__(self, hidden: int, first: int, count: int, context: bool = False,
-                 letters: list[list[int]] | None = None, window: float = 0.0):
+                 letters: list[list[int]] | None = None, window: float = 0.0,
+                 labels: list[list[int]] | None = None):
         super().__init__()
         self.q = nn.Linear(hidden, hidden, bias=False)
         self.k = nn.Linear(hidden, hidden, bias=False)
@@ -59,6 +67,17 @@ class TimePointer(nn.Module):
         self.letter_ids = (torch.tensor([ids + [-1] * (width - len(ids)) for ids in letters], dtype=torch.long)
                            if letters else None)  # (n_letters, variants), e.g. " B" and "B"
         self.slots = count + (len(letters) if letters else 0)  # time steps, then option letters; spare: slots
+        # ``time_embedding.read_labels``: an answer's label token (``X``) gains its prompt line's read (zero at first).
+        self.label_mean = nn.Linear(hidden, hidden, bias=False) if labels else None
+        self.label_first = nn.Linear(hidden, hidden, bias=False) if labels else None
+        if labels:
+            nn.init.zeros_(self.label_mean.weight)
+            nn.init.zeros_(self.label_first.weight)
+        lw = max((len(ids) for ids in labels), default=0) if labels else 0
+        self.label_ids = (torch.tensor([ids + [-1] * (lw - len(ids)) for ids in labels], dtype=torch.long)
+                          if labels else None)  # (n_labels, variants): "X" and " X"
+        self.label_rows: torch.Tensor | None = None  # (B, n_labels, H) each prompt row's line reads, see set_labels
+        self._own_text = False  # pack_questions is embedding its own text (it adds the answers' reads itself)
         self.kept: torch.Tensor | None = None  # (K,) the positions the LM head runs on (logits_to_keep), see keeping
         self.positions: torch.Tensor | None = None  # (B, T) sequence positions of the keys, -1: none
         self.audio: torch.Tensor | None = None  # (B, T) which keys are audio tokens (else prompt time tokens)
@@ -96,34 +115,91 @@ class TimePointer(nn.Module):
         audio_step = torch.where(audio, self.step_of, self.slots)
         self.empty = ~held.scatter_(1, audio_step, True)[:, : self.count]  # (B, count) steps with no audio token
 
-    def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(positions, steps, audio) of one row as :meth:`set_rows` takes them, padding dropped."""
+    def row(self, row: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(positions, steps, audio, label reads) of one row as :meth:`set_rows` and :meth:`set_labels` take them,
+        padding dropped."""
         valid = self.positions[row] >= 0
-        return self.positions[row][valid], self.step_of[row][valid], self.audio[row][valid]
+        labels = None if self.label_rows is None else self.label_rows[row]
+        return self.positions[row][valid], self.step_of[row][valid], self.audio[row][valid], labels
 
-    def stack_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], shifts: list[int]) -> None:
-        """:meth:`set_rows` from rows gathered one at a time (:meth:`row`), row ``i`` moved ``shifts[i]`` on
-        (the left padding a batch of separately built prompts gets)."""
-        n = max(len(p) for p, _, _ in rows)
+    def stack_rows(self, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                   shifts: list[int]) -> None:
+        """:meth:`set_rows` (and :meth:`set_labels`) from rows gathered one at a time (:meth:`row`), row ``i``
+        moved ``shifts[i]`` on (the left padding a batch of separately built prompts gets)."""
+        n = max(len(r[0]) for r in rows)
         positions = torch.full((len(rows), n), -1, dtype=torch.long, device=rows[0][0].device)
         steps = torch.full_like(positions, -1)
         audio = torch.zeros_like(positions, dtype=torch.bool)
-        for i, ((p, st, au), shift) in enumerate(zip(rows, shifts)):
+        for i, ((p, st, au, _), shift) in enumerate(zip(rows, shifts)):
             positions[i, : len(p)], steps[i, : len(p)], audio[i, : len(p)] = p + shift, st, au
         self.set_rows(positions, steps, audio)
+        self.set_labels(None if rows[0][3] is None else torch.stack([r[3] for r in rows]))
+
+    def read_lines(self, lines: list[torch.Tensor]) -> torch.Tensor:
+        """``read_labels``: (N, H) the reads of N labelled lines, each ``lines[i]`` (n_i, H) the input embeddings
+        of line ``i``'s text in order: its mean through one map plus a mean weighted ``LABEL_DECAY ** j`` at the
+        ``j``-th token through the other (a line such as "The guitar and vocals come in and the music gets louder"
+        is keyed by its first phrase, ``onset guitar``, which a plain mean loses)."""
+        means, firsts = [], []
+        for x in lines:
+            w = LABEL_DECAY ** torch.arange(len(x), device=x.device, dtype=x.dtype)
+            means.append(x.mean(0))
+            firsts.append((w[:, None] * x).sum(0) / w.sum())
+        x = torch.stack(means).to(self.label_mean.weight.dtype)
+        return self.label_mean(x) + self.label_first(torch.stack(firsts).to(x.dtype))
+
+    def set_labels(self, rows: torch.Tensor | None) -> None:
+        """The next calls' label reads: ``rows`` (B, n_labels, H), per prompt row the read of each label's line
+        (zeros for a label its prompt has none of); None: none. A generated label token gains its row's read."""
+        self.label_rows = rows
+
+    @contextlib.contextmanager
+    def own_text(self):
+        """Within the block the input embedding is embedding a prompt builder's text, whose answers' reads the
+        builder adds itself: :meth:`embed_labels` leaves it alone."""
+        held, self._own_text = self._own_text, True
+        try:
+            yield
+        finally:
+            self._own_text = held
+
+    def label_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) token ids -> (..., n_labels) bool: which label each token is alone (``X`` or `` X``)."""
+        table = self.label_ids.to(ids.device)
+        return ((ids[..., None, None] == table) & (table >= 0)).any(-1)
+
+    def embed_labels(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the input embedding: a generated or scored completion's label token (``X``) gains its
+        prompt row's line read (:meth:`set_labels`); every other token, and a prompt builder's text, is unchanged."""
+        if self.label_rows is None or self._own_text or inputs[0].dim() != 2:
+            return out
+        which = self.label_mask(inputs[0])
+        if not which.any():
+            return out
+        n = self.label_rows.shape[0]
+        batch = inputs[0].shape[0]
+        if self.row_index is not None and len(self.row_index) == batch:
+            idx = self.row_index
+        elif batch % n == 0:
+            idx = torch.arange(n, device=out.device).repeat_interleave(batch // n)
+        else:
+            raise ValueError(f"label reads: a call of {batch} rows for {n} prompt rows")
+        reads = self.label_rows[idx].to(out.dtype)  # (batch, n_labels, H)
+        return out + torch.einsum("blk,bkh->blh", which.to(out.dtype), reads)
 
     @contextlib.contextmanager
     def only_row(self, row: int):
         """Within the block, the LLM calls are of sequence row ``row`` alone (one call per row)."""
-        held = self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks
-        self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks = (
-            None if x is None else x[row : row + 1] for x in held)
+        held = (self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks,
+                self.label_rows)
+        (self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks, self.query_blocks,
+         self.label_rows) = (None if x is None else x[row : row + 1] for x in held)
         self.keys = None
         try:
             yield
         finally:
             (self.positions, self.nearest, self.step_of, self.empty, self.audio, self.blocks,
-             self.query_blocks), self.keys = held, None
+             self.query_blocks, self.label_rows), self.keys = held, None
 
     def starts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the decoder: does this call start the sequence (no cache, or an empty one)?"""
@@ -277,7 +353,10 @@ def final_norm(llm: nn.Module) -> nn.Module:
 
 
 def attach(pointer: TimePointer, llm: nn.Module) -> list:
-    """Hook ``pointer`` into ``llm`` (final norm and LM head); returns the handles."""
+    """Hook ``pointer`` into ``llm`` (final norm and LM head; the input embedding with label reads); returns the handles."""
     head, decoder = llm.get_output_embeddings(), llm.get_decoder()
-    return [decoder.register_forward_pre_hook(pointer.starts, with_kwargs=True),
-            final_norm(llm).register_forward_hook(pointer.capture), head.register_forward_hook(pointer.add)]
+    handles = [decoder.register_forward_pre_hook(pointer.starts, with_kwargs=True),
+               final_norm(llm).register_forward_hook(pointer.capture), head.register_forward_hook(pointer.add)]
+    if pointer.label_ids is not None:
+        handles.append(llm.get_input_embeddings().register_forward_hook(pointer.embed_labels))
+    return handles
