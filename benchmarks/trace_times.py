@@ -10,8 +10,9 @@ the time looked up), and ``one time only`` the share of traces with two or more 
 Then the keyed traces' steps, each against the reference trace (``must.data.traces``): LTR's and TAD's
 ``key right`` (the change key after the asked time, ``onset kick`` or ``louder``), LTR's letter right when the
 key is right and when it is not (was the option chosen from what the trace named?); GTO's keys copied right
-(X's, Y's and Z's key, each of the three), order right (the ``Y → X → Z`` written equals the reference's),
-and its letter right when the order is right.
+(X's, Y's and Z's key, each of the three), the time named after a right key within 3 s, the written order a
+permutation of X, Y, Z at all, order right (the ``Y → X → Z`` written equals the reference's), and its letter
+right when the order is right.
 """
 
 from __future__ import annotations
@@ -66,11 +67,17 @@ def gto_parts(trace: str) -> tuple[dict[str, str], list[str]]:
     return keys, order
 
 
+def gto_times(trace: str) -> dict[str, int]:
+    """{X: seconds, ...}: the time each label's step names in a GTO trace."""
+    head = (trace or "").split("→")[0]
+    return {name: times(at)[0] for name, _, at in _GTO_STEP.findall(head)}
+
+
 def _pct(a: int, b: int) -> float | None:
     return 100 * a / b if b else None
 
 
-def steps_summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+def steps_summary(rows: list[dict], tol: float = 3.0) -> dict[str, dict[str, float | None]]:
     """Per task (LTR, TAD, GTO), the share of each step of the keyed trace that is right (module doc)."""
     out: dict[str, dict[str, float | None]] = {}
     for task in ("LTR", "TAD"):
@@ -86,16 +93,21 @@ def steps_summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
         out[task] = s
     rs = [r for r in rows if r["task"] == "GTO"]
     if rs:
-        keys_right = slots = order_right = letter_right = 0
+        keys_right = slots = timed = order_right = letter_right = permutations = 0
         for r in rs:
             (got, got_order), (ref, ref_order) = gto_parts(r.get("trace")), gto_parts(r.get("reference_trace"))
+            got_at, ref_at = gto_times(r.get("trace")), gto_times(r.get("reference_trace"))
             slots += len(ref)
-            keys_right += sum(got.get(name) == key for name, key in ref.items())
+            right = [name for name, key in ref.items() if got.get(name) == key]
+            keys_right += len(right)
+            timed += sum(name in got_at and abs(got_at[name] - ref_at[name]) <= tol for name in right)
+            permutations += sorted(got_order) == ["X", "Y", "Z"]
             if got_order and got_order == ref_order:
                 order_right += 1
                 letter_right += str(r.get("prediction", "")).strip() == str(r.get("answer", "")).strip()
-        out["GTO"] = {"rows": len(rs), "keys_right": _pct(keys_right, slots), "order_right": _pct(order_right, len(rs)),
-                      "letter_if_order_right": _pct(letter_right, order_right)}
+        out["GTO"] = {"rows": len(rs), "keys_right": _pct(keys_right, slots),
+                      "time_if_key_right": _pct(timed, keys_right), "order_a_permutation": _pct(permutations, len(rs)),
+                      "order_right": _pct(order_right, len(rs)), "letter_if_order_right": _pct(letter_right, order_right)}
     return out
 
 

@@ -62,8 +62,15 @@ def test_keyed_steps_right_and_the_letter_given_them(tmp_path, capsys):
     assert got["LTR"]["letter_if_key_right"] == 50.0 and got["LTR"]["letter_if_key_wrong"] == 100.0
     assert got["GTO"]["keys_right"] == pytest.approx(100 * 3 / 6)
     assert got["GTO"]["order_right"] == 50.0 and got["GTO"]["letter_if_order_right"] == 100.0
+    # right keys: X, Y of row 1 (0:40 and 0:12, both right), X of row 2 (0:10 against 0:40): 2 of 3 timed right
+    assert got["GTO"]["time_if_key_right"] == pytest.approx(200 / 3)
+    assert got["GTO"]["order_a_permutation"] == 100.0
+    assert tt.gto_times("X onset kick 0:40 Y louder 1:12 Z X → X → Z → C") == {"X": 40, "Y": 72}
+    assert tt.steps_summary([{**rows[3], "trace": "X onset kick 0:40 Y louder 0:12 Z onset bass 1:05 Y → Y → Z → C"}]
+                            )["GTO"]["order_a_permutation"] == 0.0
     path = tmp_path / "predictions.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     tt.main([str(path)])
     out = capsys.readouterr().out
-    assert re.search(r"GTO +steps: keys right +50\.0% +order right +50\.0% +letter if order right +100\.0%", out), out
+    assert re.search(r"GTO +steps: keys right +50\.0% +time if key right +66\.7% +order a permutation +100\.0% +order right"
+                     r" +50\.0% +letter if order right +100\.0%", out), out
